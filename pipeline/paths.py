@@ -1,0 +1,92 @@
+"""Where each stage writes its outputs (the DVC outs). Stages talk only through these files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """The output tree of one pipeline, rooted at ``root`` (default ``outputs/``)."""
+
+    root: Path = Path("outputs")
+
+    # validate
+    @property
+    def validate_dir(self) -> Path:
+        return self.root / "validate"
+
+    def validated(self, split: str) -> Path:
+        return self.validate_dir / f"annotations-{split}.csv"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.validate_dir / "quarantine.csv"
+
+    @property
+    def classes(self) -> Path:
+        return self.validate_dir / "classes.json"
+
+    @property
+    def validate_report(self) -> Path:
+        return self.validate_dir / "report.json"
+
+    # dedup
+    @property
+    def dedup_dir(self) -> Path:
+        return self.root / "dedup"
+
+    def deduped(self, split: str) -> Path:
+        return self.dedup_dir / f"annotations-{split}.csv"
+
+    @property
+    def duplicates(self) -> Path:
+        return self.dedup_dir / "duplicates.csv"
+
+    @property
+    def dedup_report(self) -> Path:
+        return self.dedup_dir / "report.json"
+
+    # train
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def model(self) -> Path:
+        return self.train_dir / "model.keras"
+
+    @property
+    def history(self) -> Path:
+        return self.train_dir / "history.csv"
+
+    @property
+    def train_metrics(self) -> Path:
+        return self.train_dir / "metrics.json"
+
+    @property
+    def mlflow_run(self) -> Path:
+        return self.train_dir / "mlflow_run.json"
+
+    # evaluate
+    @property
+    def evaluate_dir(self) -> Path:
+        return self.root / "evaluate"
+
+    @property
+    def eval_metrics(self) -> Path:
+        return self.evaluate_dir / "metrics.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.evaluate_dir / "predictions.csv"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.evaluate_dir / "plots"
+
+    # register
+    @property
+    def registry_record(self) -> Path:
+        return self.root / "register" / "record.json"
