@@ -125,7 +125,7 @@ class Params(Section):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
-    register: RegisterParams = RegisterParams()
+    register_: RegisterParams = Field(default=RegisterParams(), alias="register")
     mlflow: MlflowParams = MlflowParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

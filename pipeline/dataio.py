@@ -59,13 +59,17 @@ def read_raw_annotations(path: Path) -> pd.DataFrame:
     Validation decides what is wrong with a row; reading must not drop or alter any.
     """
     if not path.is_file():
-        raise UserError(f"{path}: annotation file not found",
-                        hint="the data folder needs annotations-train/val/test.csv")
+        raise UserError(
+            f"{path}: annotation file not found",
+            hint="the data folder needs annotations-train/val/test.csv",
+        )
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
-        raise UserError(f"{path}: empty file (no header)",
-                        hint=f"expected the header {','.join(ANNOTATION_COLUMNS)}") from None
+        raise UserError(
+            f"{path}: empty file (no header)",
+            hint=f"expected the header {','.join(ANNOTATION_COLUMNS)}",
+        ) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not a readable CSV: {exc}") from None
     frame.columns = [str(col).strip() for col in frame.columns]
@@ -80,8 +84,9 @@ def read_raw_annotations(path: Path) -> pd.DataFrame:
 
 def read_clean_annotations(path: Path) -> pd.DataFrame:
     """Read annotations written by a stage (already validated): typed columns."""
-    frame = pd.read_csv(path, dtype={"image_id": str, "class_name": str, "folder": str},
-                        keep_default_na=False)
+    frame = pd.read_csv(
+        path, dtype={"image_id": str, "class_name": str, "folder": str}, keep_default_na=False
+    )
     frame[BOX_COLUMNS] = frame[BOX_COLUMNS].astype("float64")
     return frame
 
@@ -95,9 +100,13 @@ def open_image_rgb(path: Path, max_pixels: int | None = None) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         image = Image.open(path)
-        if max_pixels is not None and image.width * image.height > max_pixels:
-            raise ValueError(f"{image.width}x{image.height} exceeds {max_pixels} pixels")
-        image.load()
+        try:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise ValueError(f"{image.width}x{image.height} exceeds {max_pixels} pixels")
+            image.load()
+        except BaseException:
+            image.close()  # a failed decode (truncated file) must not leak the file handle
+            raise
     image = ImageOps.exif_transpose(image)
     return to_rgb(image)
 
@@ -140,7 +149,10 @@ def atomic_path(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    # Keep the suffix: some writers (Keras, matplotlib) pick the format from it.
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -159,8 +171,10 @@ def write_json(target: Path, payload: Any) -> None:
 def read_json(path: Path) -> Any:
     """Read a JSON file written by a stage; a missing one is a clear error."""
     if not Path(path).is_file():
-        raise UserError(f"{path}: not found", hint="run the stage that writes it first "
-                        "(`dvc repro` runs every stage in order)")
+        raise UserError(
+            f"{path}: not found",
+            hint="run the stage that writes it first (`dvc repro` runs every stage in order)",
+        )
     return json.loads(Path(path).read_text())
 
 
