@@ -95,17 +95,13 @@ def data_synth(
     quiet: QuietOpt = False,
 ) -> None:
     """Generate the synthetic snacks dataset (deterministic from synth.seed)."""
-    import shutil
-
     from pipeline import synth
     from pipeline.config import load_params
 
     settings = load_params(params).synth
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            fail(f"{out} already exists and is not empty; pass --force to replace it")
-        shutil.rmtree(out)
-    manifest = synth.generate(out, settings, progress=not quiet)
+    if out.exists() and any(out.iterdir()) and not force:
+        fail(f"{out} already exists and is not empty; pass --force to replace it")
+    manifest = synth.generate(out, settings, progress=not quiet, overwrite=force)
     counts = manifest["counts"]
     typer.echo(
         f"wrote {out}: "
