@@ -86,11 +86,11 @@ class ModelParams(Section):
 
 class TrainParams(Section):
     seed: int = 42
-    epochs: PositiveInt = 12
+    epochs: PositiveInt = 24
     batch_size: PositiveInt = 32
-    learning_rate: Annotated[float, Field(gt=0, le=1)] = 1e-3
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 3e-3
     # Epochs (1-based) at which the learning rate is divided by 10, as the book does.
-    lr_drop_epochs: list[PositiveInt] = [8, 11]
+    lr_drop_epochs: list[PositiveInt] = [16, 21]
     box_loss_weight: Annotated[float, Field(ge=0)] = 10.0
     # "image": one sample per image, target = its largest box of the folder class;
     # "rows": one sample per CSV row (the book's generator).

@@ -1,0 +1,69 @@
+# snackloc: two commands do all set-up on a fresh clone.
+#   make run    install (locked), generate data/ if missing, `dvc repro` end to end
+#   make test   install (locked), lint, run the test suite
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+UV := .tools/bin/uv
+BIN := $(CURDIR)/$(VENV)/bin
+
+# Offline, project-local state for every tool (see pipeline/env.py for the same in Python).
+export PATH := $(BIN):$(PATH)
+export UV_PYTHON_DOWNLOADS := never
+export UV_SYSTEM_CERTS := 1
+export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export MLFLOW_DISABLE_TELEMETRY := true
+export GX_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: help install run data test test-slow lint format ui bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(UV): tools/uv-requirements.txt
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check --require-hashes -r tools/uv-requirements.txt
+	@touch $(UV)
+
+install: $(UV) ## create .venv from uv.lock (exact, hashed versions)
+	$(UV) sync --frozen --python $(PYTHON) --quiet
+	@[ -d .git ] || git init --quiet
+	@[ -d .dvc ] || dvc init --quiet
+
+data: install ## generate the synthetic dataset into data/ unless it exists
+	@if [ ! -f data/annotations-train.csv ]; then \
+	  snackloc data synth --out data; \
+	  dvc status data.dvc; \
+	else echo "data/ exists: kept"; fi
+
+run: data ## the main job: `dvc repro` end to end, then show metrics
+	dvc repro
+	dvc metrics show
+	@echo "Plots: outputs/evaluate/plots/*.png   MLflow UI: make ui"
+
+test: install ## lint and run the test suite (offline, CPU)
+	ruff check .
+	ruff format --check .
+	pytest
+
+test-slow: install ## also the slow end-to-end cases
+	pytest -m "slow or not slow"
+
+lint: install ## ruff lint + format check
+	ruff check . && ruff format --check .
+
+format: install ## apply ruff fixes and formatting
+	ruff check --fix . && ruff format .
+
+ui: install ## MLflow UI on http://127.0.0.1:5000
+	snackloc ui
+
+clean: ## remove outputs and local tracking state (keeps data/ and .venv)
+	rm -rf outputs mlflow.db mlartifacts .prefect

@@ -1,0 +1,159 @@
+"""The real pipeline end to end: `dvc repro` in a temporary git repo, tiny synthetic data,
+real Prefect server, real MLflow sqlite store and registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import BIN, ROOT
+
+STAGES = ["validate", "dedup", "train", "evaluate", "register"]
+TINY = {
+    "synth": {
+        "train_images": 40,
+        "val_images": 12,
+        "test_images": 12,
+        "min_side": 64,
+        "max_side": 128,
+    },
+    "validate": {"max_bad_fraction": 0.6},
+    "model": {"alpha": 0.25, "image_size": 32, "box_head_filters": 32},
+    "train": {"epochs": 2, "batch_size": 8, "lr_drop_epochs": [2]},
+}
+
+
+def sh(*args: str, cwd: Path, env: dict | None = None, check: bool = True):
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+        )
+    return done
+
+
+def tiny_params() -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    return params
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_server):
+    """A fresh project repo with tiny data, after one full `dvc repro`."""
+    root = tmp_path_factory.mktemp("project")
+    for name in ("pipeline", "flows"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(ROOT / name, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PREFECT_API_URL": prefect_server,
+    }
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "t@example.com"],
+        ["git", "config", "user.name", "test"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+        ["snackloc", "data", "synth", "--out", "data", "--quiet"],
+        ["dvc", "add", "-q", "data"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "tiny project"],
+    ):
+        sh(*command, cwd=root, env=env)
+    first = sh("dvc", "repro", cwd=root, env=env)
+    return root, env, first.stdout + first.stderr
+
+
+def test_every_stage_ran_and_wrote_its_outputs(project):
+    root, _, log = project
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in log
+    outputs = root / "outputs"
+    for path in (
+        "validate/quarantine.csv",
+        "dedup/duplicates.csv",
+        "train/model.keras",
+        "train/history.csv",
+        "evaluate/metrics.json",
+        "register/record.json",
+        "evaluate/plots/confusion_matrix.png",
+    ):
+        assert (outputs / path).is_file(), path
+    history = pd.read_csv(outputs / "train/history.csv")
+    assert list(history.epoch) == [1, 2]
+    assert {"val_class_accuracy", "val_box_mean_iou"} <= set(history.columns)
+
+
+def test_bad_rows_are_quarantined_with_reasons(project):
+    root, _, _ = project
+    manifest = json.loads((root / "data" / "defects.json").read_text())
+    quarantine = pd.read_csv(root / "outputs/validate/quarantine.csv", dtype=str)
+    assert len(quarantine) > 0 and quarantine.reasons.str.len().min() > 0
+    quarantined = set(zip(quarantine.split, quarantine.row.astype(int), strict=True))
+    for defect in manifest["defects"]:
+        if defect["kind"] in {"missing_file", "box_inverted", "unknown_class", "path_traversal"}:
+            for row in defect["rows"]:
+                assert (defect["split"], row) in quarantined, defect
+
+
+def test_metrics_are_shown_by_dvc(project):
+    root, env, _ = project
+    shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=root, env=env).stdout)
+    files = next(iter(shown.values()))["data"]
+    test_metrics = files["outputs/evaluate/metrics.json"]["data"]["test"]
+    assert 0.0 <= test_metrics["accuracy"] <= 1.0
+    assert 0.0 <= test_metrics["mean_iou"] <= 1.0
+    assert files["outputs/validate/report.json"]["data"]["rows_quarantined"] > 0
+
+
+def test_mlflow_run_and_registered_version(project):
+    import mlflow
+
+    root, _, _ = project
+    client = mlflow.MlflowClient(
+        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+        registry_uri=f"sqlite:///{root / 'mlflow.db'}",
+    )
+    record = json.loads((root / "outputs/register/record.json").read_text())
+    version = client.get_model_version_by_alias("snackloc", "challenger")
+    assert str(version.version) == record["version"] == "1"
+    assert version.tags["data_version"] != "untracked"
+    run = client.get_run(version.run_id)
+    assert run.data.params["train.epochs"] == "2"
+    assert "test_accuracy" in run.data.metrics and "test_mean_iou" in run.data.metrics
+    assert len(client.get_metric_history(run.info.run_id, "val_class_accuracy")) == 2
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation/plots")}
+    assert "evaluation/plots/confusion_matrix.png" in artifacts
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    info = mlflow.models.get_model_info("models:/snackloc@challenger")
+    assert info.signature is not None and info.signature.inputs.to_dict()[0]["tensor-spec"]
+
+
+def test_second_repro_is_a_noop_and_a_param_reruns_only_its_stages(project):
+    root, env, _ = project
+    assert "up to date" in sh("dvc", "status", cwd=root, env=env).stdout
+    again = sh("dvc", "repro", cwd=root, env=env).stdout
+    assert "Running stage" not in again
+
+    model_mtime = (root / "outputs/train/model.keras").stat().st_mtime_ns
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["evaluate"]["batch_size"] = 16
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(sh("dvc", "status", "--json", cwd=root, env=env).stdout)
+    assert set(status) == {"evaluate"}
+    rerun = sh("dvc", "repro", cwd=root, env=env).stdout
+    assert "Running stage 'evaluate'" in rerun
+    for stage in ("validate", "dedup", "train"):
+        assert f"Running stage '{stage}'" not in rerun
+    assert (root / "outputs/train/model.keras").stat().st_mtime_ns == model_mtime
