@@ -14,6 +14,8 @@ DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "PREFECT_LOGGING_EXTRA_LOGGERS": "pipeline",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    # The job-runner pool of `mlflow server/ui` slows its start and stop; nothing here uses it.
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     "GX_ANALYTICS_ENABLED": "false",
     "DVC_NO_ANALYTICS": "1",
     "TF_CPP_MIN_LOG_LEVEL": "2",

@@ -1,29 +1,41 @@
-"""Stage "evaluate": score the trained model on a held-out split (DESIGN.md metrics).
+"""Stage "evaluate": score the trained model on the held-out splits (metrics.py definitions).
 
-Each evaluated image has one target (the rule of ``loader.select_targets``). Predicted boxes
-are clipped to [0, 1] and re-ordered before scoring. Metrics:
+Writes, under outputs/evaluate/:
+- metrics.json: headline metrics of each split and of the trivial baseline on it
+  (``test``, ``test_baseline``, ``val``, ``val_baseline``) — the DVC metrics file;
+- predictions.csv: one row per image and split, with target, prediction and IoU;
+- per_class.csv: accuracy, mean IoU, IoU≥0.5 rate and CorLoc per split and class;
+- splits.json: images and a data fingerprint per split (the promotion gate compares them);
+- plots/: confusion matrix, IoU histogram, per-class bars, training curves and galleries of
+  the best, worst and random predictions of the primary split (``evaluate.split``);
+- summary.md: a markdown summary (also a Prefect artifact).
 
-- accuracy / top3_accuracy: predicted class vs the target's class;
-- mean_iou / median_iou: IoU of the predicted box with the target box (the book's metric);
-- iou50_rate: share of images whose predicted box reaches IoU ≥ 0.5 with the target box;
-- corloc: share of images whose predicted class is right AND whose box reaches IoU ≥ 0.5 with
-  some ground-truth box of that class in the image (the best-matching one);
-- baseline: the same figures for always predicting the training set's majority class and
-  mean target box, so every number has a reference.
+Everything is also attached to the training run in MLflow.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pipeline import metrics as m
 from pipeline import tracking
-from pipeline.boxes import clip_and_order, iou
-from pipeline.config import Params
-from pipeline.dataio import BOX_COLUMNS, read_clean_annotations, read_json, write_csv, write_json
+from pipeline.boxes import clip_and_order
+from pipeline.config import EvaluateParams, Params
+from pipeline.dataio import (
+    BOX_COLUMNS,
+    atomic_path,
+    read_clean_annotations,
+    read_json,
+    write_csv,
+    write_json,
+)
+from pipeline.errors import UserError
 from pipeline.loader import SnackDataset, sample_table
 from pipeline.model import load_model
 from pipeline.paths import Outputs
@@ -31,48 +43,30 @@ from pipeline.paths import Outputs
 log = logging.getLogger(__name__)
 
 
-def best_iou_same_class(
-    samples: pd.DataFrame,
-    rows: pd.DataFrame,
-    pred_class: np.ndarray,
-    pred_box: np.ndarray,
-    classes: list[str],
-) -> np.ndarray:
-    """Per sample: best IoU of the predicted box with any ground-truth box of the predicted
-    class on the same image (0 if the image has none of that class)."""
-    groups = {
-        key: g[BOX_COLUMNS].to_numpy()
-        for key, g in rows.groupby(["folder", "image_id", "class_name"], sort=False)
-    }
-    best = np.zeros(len(samples))
-    for i, (folder, image_id) in enumerate(zip(samples.folder, samples.image_id, strict=True)):
-        boxes = groups.get((folder, image_id, classes[pred_class[i]]))
-        if boxes is not None:
-            best[i] = iou(np.repeat(pred_box[i : i + 1], len(boxes), axis=0), boxes).max()
-    return best
+def splits_to_score(params: EvaluateParams) -> list[str]:
+    """The primary split first, then the extra ones (without repeats)."""
+    return list(dict.fromkeys([params.split, *params.extra_splits]))
 
 
-def score(
-    labels: np.ndarray,
-    target_boxes: np.ndarray,
-    probs: np.ndarray,
-    pred_boxes: np.ndarray,
-    same_class_iou: np.ndarray,
-) -> dict[str, float]:
-    """The headline metrics for one set of predictions."""
-    pred_class = probs.argmax(axis=1)
-    top3 = np.argsort(-probs, axis=1)[:, :3]
-    ious = iou(clip_and_order(pred_boxes), target_boxes)
-    correct = pred_class == labels
-    return {
-        "images": len(labels),
-        "accuracy": float(correct.mean()),
-        "top3_accuracy": float((top3 == labels[:, None]).any(axis=1).mean()),
-        "mean_iou": float(ious.mean()),
-        "median_iou": float(np.median(ious)),
-        "iou50_rate": float((ious >= 0.5).mean()),
-        "corloc": float((correct & (same_class_iou >= 0.5)).mean()),
-    }
+def load_split(
+    params: Params, outputs: Outputs, split: str, classes: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A split's deduplicated annotation rows and its samples (one per image)."""
+    rows = read_clean_annotations(outputs.deduped(split))
+    samples = sample_table({split: rows}, classes, params.data.root, "image")
+    if samples.empty:
+        raise UserError(f"no {split} images left to evaluate after validate and dedup")
+    return rows, samples
+
+
+def fingerprint(samples: pd.DataFrame) -> str:
+    """A hash of the evaluated images' targets and bytes: equal means "the same test set"."""
+    digest = hashlib.sha256()
+    columns = ["folder", "image_id", "class_name", *BOX_COLUMNS]
+    digest.update(samples[columns].to_csv(index=False, float_format="%.6f").encode())
+    for path in samples.path:
+        digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    return digest.hexdigest()[:16]
 
 
 def predict(model, samples: pd.DataFrame, size: int, batch_size: int):
@@ -82,76 +76,131 @@ def predict(model, samples: pd.DataFrame, size: int, batch_size: int):
     return np.asarray(out["class"], dtype="float64"), np.asarray(out["box"], dtype="float64")
 
 
-def baseline(
-    train: pd.DataFrame, samples: pd.DataFrame, rows: pd.DataFrame, classes: list[str]
-) -> dict[str, float]:
-    """Majority class and mean target box of the training set, scored like the model."""
-    n = len(samples)
-    majority = int(train.label.mode().iloc[0])
-    probs = np.zeros((n, len(classes)))
-    probs[:, majority] = 1.0
-    boxes = np.repeat(train[BOX_COLUMNS].to_numpy().mean(axis=0, keepdims=True), n, axis=0)
-    same = best_iou_same_class(samples, rows, np.full(n, majority), boxes, classes)
-    return score(samples.label.to_numpy(), samples[BOX_COLUMNS].to_numpy(), probs, boxes, same)
+def evaluate_model(
+    model,
+    samples: pd.DataFrame,
+    rows: pd.DataFrame,
+    classes: list[str],
+    image_size: int,
+    batch_size: int,
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Headline metrics and the prediction table of one model on one split."""
+    probs, boxes = predict(model, samples, image_size, batch_size)
+    same = m.best_iou_same_class(samples, rows, probs.argmax(axis=1), boxes, classes)
+    labels, targets = samples.label.to_numpy(), samples[BOX_COLUMNS].to_numpy()
+    scores = m.score(labels, targets, probs, clip_and_order(boxes), same)
+    return scores, m.prediction_table(samples, classes, probs, boxes, same)
+
+
+def score_splits(
+    params: Params, outputs: Outputs, model, classes: list[str]
+) -> tuple[dict[str, dict], dict[str, dict], pd.DataFrame]:
+    """Metrics and baseline of every configured split, their fingerprints, all predictions."""
+    train_rows = read_clean_annotations(outputs.deduped("train"))
+    train = sample_table({"train": train_rows}, classes, params.data.root, params.train.target)
+    size, batch = params.model.image_size, params.evaluate.batch_size
+    results, splits, tables = {}, {}, []
+    for split in splits_to_score(params.evaluate):
+        rows, samples = load_split(params, outputs, split, classes)
+        results[split], predictions = evaluate_model(model, samples, rows, classes, size, batch)
+        results[f"{split}_baseline"] = m.baseline(train, samples, rows, classes)
+        splits[split] = {"images": len(samples), "fingerprint": fingerprint(samples)}
+        tables.append(predictions)
+    return results, splits, pd.concat(tables, ignore_index=True)
 
 
 def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, Any]:
-    """Evaluate on ``params.evaluate.split``; write metrics, predictions and plots."""
+    """Evaluate every configured split; write metrics, tables, plots and the summary."""
     from pipeline import plots
 
-    split = params.evaluate.split
     classes = read_json(outputs.classes)["classes"]
-    root = params.data.root
-    rows = read_clean_annotations(outputs.deduped(split))
-    samples = sample_table({split: rows}, classes, root, "image")
-    train = sample_table(
-        {"train": read_clean_annotations(outputs.deduped("train"))},
-        classes,
-        root,
-        params.train.target,
-    )
-
     model = load_model(outputs.model)
-    probs, boxes = predict(model, samples, params.model.image_size, params.evaluate.batch_size)
-    pred_class = probs.argmax(axis=1)
-    same = best_iou_same_class(samples, rows, pred_class, clip_and_order(boxes), classes)
-    labels, targets = samples.label.to_numpy(), samples[BOX_COLUMNS].to_numpy()
-    metrics = {
-        split: score(labels, targets, probs, boxes, same),
-        "baseline": baseline(train, samples, rows, classes),
-    }
+    results, splits, predictions = score_splits(params, outputs, model, classes)
+    per_class = m.per_class_table(predictions, classes)
 
-    predictions = samples[["split", "folder", "image_id", "class_name", *BOX_COLUMNS]].copy()
-    predictions["pred_class"] = [classes[i] for i in pred_class]
-    predictions["pred_prob"] = probs.max(axis=1)
-    for j, col in enumerate(BOX_COLUMNS):
-        predictions[f"pred_{col}"] = clip_and_order(boxes)[:, j]
-    predictions["iou"] = iou(clip_and_order(boxes), targets)
+    primary = params.evaluate.split
+    history = pd.read_csv(outputs.history) if outputs.history.is_file() else None
+    plot_files = plots.evaluation_plots(
+        predictions[predictions.split == primary].reset_index(drop=True),
+        per_class[per_class.split == primary],
+        classes,
+        history,
+        params.data.root,
+        outputs.plots_dir,
+        params.evaluate.gallery_images,
+    )
+    run_id = read_json(outputs.mlflow_run)["run_id"]
+    markdown = summary_markdown(results, per_class, primary, plot_files, run_id)
     write_csv(outputs.predictions, predictions)
-    plot_files = plots.evaluation_plots(predictions, classes, outputs.plots_dir)
-    write_json(outputs.eval_metrics, metrics)
-    log_to_mlflow(params, outputs, metrics, plot_files)
+    write_csv(outputs.per_class, per_class)
+    write_json(outputs.eval_splits, splits)
+    write_text(outputs.eval_summary, markdown)
+    write_json(outputs.eval_metrics, results)
+    log_to_mlflow(params, outputs, results, plot_files)
+    scores, base = results[primary], results[f"{primary}_baseline"]
     log.info(
         "%s: accuracy %.3f, mean IoU %.3f, CorLoc %.3f (baseline %.3f / %.3f / %.3f)",
-        split,
-        metrics[split]["accuracy"],
-        metrics[split]["mean_iou"],
-        metrics[split]["corloc"],
-        metrics["baseline"]["accuracy"],
-        metrics["baseline"]["mean_iou"],
-        metrics["baseline"]["corloc"],
+        primary,
+        *(scores[k] for k in ("accuracy", "mean_iou", "corloc")),
+        *(base[k] for k in ("accuracy", "mean_iou", "corloc")),
     )
-    return metrics
+    return {**results, "markdown": markdown}
 
 
-def log_to_mlflow(params: Params, outputs: Outputs, metrics: dict, plot_files) -> None:
-    """Attach metrics, predictions and plots to the training run."""
+def write_text(target: Path, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+
+
+def log_to_mlflow(params: Params, outputs: Outputs, results: dict, plot_files) -> None:
+    """Attach metrics, tables, summary and plots to the training run."""
     import mlflow
 
     with tracking.resume_run(params, outputs, stage="evaluate"):
-        for group, values in metrics.items():
+        for group, values in results.items():
             mlflow.log_metrics({f"{group}_{k}": float(v) for k, v in values.items()})
-        mlflow.log_artifact(str(outputs.predictions), artifact_path="evaluation")
-        mlflow.log_artifact(str(outputs.eval_metrics), artifact_path="evaluation")
+        for path in (
+            outputs.predictions,
+            outputs.per_class,
+            outputs.eval_metrics,
+            outputs.eval_splits,
+            outputs.eval_summary,
+        ):
+            mlflow.log_artifact(str(path), artifact_path="evaluation")
         for path in plot_files:
             mlflow.log_artifact(str(path), artifact_path="evaluation/plots")
+
+
+def _metrics_rows(results: dict) -> list[str]:
+    """Markdown table rows: one per metric, a model and a baseline column per split."""
+    splits = [k for k in results if not k.endswith("_baseline")]
+    header = ["metric"] + [f"{s} {kind}" for s in splits for kind in ("model", "baseline")]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for name in ("images", *m.HEADLINE):
+        cells = [name]
+        for s in splits:
+            for key in (s, f"{s}_baseline"):
+                value = results[key][name]
+                cells.append(str(int(value)) if name == "images" else f"{value:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def summary_markdown(
+    results: dict, per_class: pd.DataFrame, primary: str, plot_files, run_id: str
+) -> str:
+    """A short human summary: headline metrics, weakest and strongest classes, plots."""
+    table = per_class[(per_class.split == primary) & (per_class.images > 0)]
+    ranked = table.sort_values(["corloc", "accuracy"], kind="stable")
+    lines = ["# snackloc evaluation", "", *_metrics_rows(results), ""]
+    lines += [f"MLflow run `{run_id}`, artifacts `evaluation/plots/`:", ""]
+    lines += [f"- {Path(p).name}" for p in plot_files]
+    lines += ["", f"## Classes on {primary} (weakest first, by CorLoc)", ""]
+    lines += ["| class | images | accuracy | mean IoU | CorLoc |", "|---|---|---|---|---|"]
+    for row in ranked.itertuples():
+        lines.append(
+            f"| {row.class_name} | {row.images} | {row.accuracy:.3f} "
+            f"| {row.mean_iou:.3f} | {row.corloc:.3f} |"
+        )
+    return "\n".join(lines) + "\n"

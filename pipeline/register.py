@@ -1,7 +1,16 @@
-"""Stage "register": log the trained model to MLflow and register a new version.
+"""Stage "register": log the trained model to MLflow, register a version and run the gate.
 
-The version carries a signature, an input example, the class list and lineage tags (git
-commit, data version, params hash, metrics); it gets the alias ``challenger``.
+The version carries a signature, an input example, the class list and image size (model
+metadata), lineage tags (git commit, data version, params hash), its metrics on the
+evaluation split, and the gate's decision with its reasons. It always gets the alias
+``challenger``; it gets ``champion`` only when pipeline/gate.py says so.
+
+Comparing with the champion on the same test split: each version is tagged with the
+fingerprint of the split it was scored on (pipeline/evaluate.py). When the champion's
+fingerprint matches, its tagged metrics are compared. When it does not (the test data
+changed, or ``evaluate.split`` did), the champion is re-scored here on the current split, so
+both numbers come from the same images; if that is impossible (it predicts other classes or
+cannot be loaded), the candidate is not promoted and the reason says why.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import tracking
+from pipeline import gate, registry, tracking
 from pipeline.config import Params
 from pipeline.dataio import read_json, write_json
 from pipeline.model import load_model
@@ -20,7 +29,8 @@ from pipeline.paths import Outputs
 
 log = logging.getLogger(__name__)
 
-CHALLENGER = "challenger"
+CHALLENGER = gate.CHALLENGER
+CHAMPION = gate.CHAMPION
 
 
 def pip_requirements() -> list[str]:
@@ -35,7 +45,7 @@ def input_example(size: int) -> np.ndarray:
     return image[None].astype("float32")
 
 
-def lineage_tags(params: Params, metrics: dict[str, Any]) -> dict[str, str]:
+def lineage_tags(params: Params, metrics: dict[str, Any], fingerprint: str) -> dict[str, str]:
     """Tags that say where a version came from and how good it was."""
     split = params.evaluate.split
     dump = params.model_dump(mode="json", by_alias=True)
@@ -44,24 +54,30 @@ def lineage_tags(params: Params, metrics: dict[str, Any]) -> dict[str, str]:
         "data_version": tracking.data_version(),
         "params_hash": tracking.params_hash(dump),
         "eval_split": split,
+        "eval_fingerprint": fingerprint,
     }
-    tags.update({f"metric.{k}": f"{v:.6g}" for k, v in metrics.get(split, {}).items()})
+    prefix = registry.METRIC_PREFIX
+    tags.update({f"{prefix}{k}": f"{v:.6g}" for k, v in metrics.get(split, {}).items()})
     return tags
 
 
-def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, Any]:
-    """Log the model with signature and register it; write the registry record."""
+def decision_tags(decision: gate.Decision) -> dict[str, str]:
+    """The gate's verdict as version tags."""
+    return {
+        "gate.decision": decision.alias,
+        "gate.metric": decision.metric,
+        "gate.reasons": "; ".join(decision.reasons),
+        "gate.champion_version": decision.champion_version or "none",
+    }
+
+
+def log_and_register(model, params: Params, outputs: Outputs, classes: list[str]):
+    """Log the model (tensorflow flavor) to the training run and register a new version."""
     import mlflow
     from mlflow.models import infer_signature
 
-    model = load_model(outputs.model)
-    classes = read_json(outputs.classes)["classes"]
-    metrics = read_json(outputs.eval_metrics)
     example = input_example(params.model.image_size)
     prediction = {k: np.asarray(v) for k, v in model.predict(example, verbose=0).items()}
-    name = params.register_.model_name
-    tags = lineage_tags(params, metrics)
-
     with tracking.resume_run(params, outputs, stage="register") as run:
         info = mlflow.tensorflow.log_model(
             model,
@@ -70,23 +86,116 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
             input_example=example,
             pip_requirements=pip_requirements(),
             metadata={"classes": classes, "image_size": params.model.image_size},
-            registered_model_name=name,
+            registered_model_name=params.register_.model_name,
         )
-    client = mlflow.MlflowClient()
-    model_version = str(info.registered_model_version)
-    for key, value in tags.items():
-        client.set_model_version_tag(name, model_version, key, value)
-    client.set_registered_model_alias(name, CHALLENGER, model_version)
+    return str(info.registered_model_version), run.info.run_id
 
-    record = {
-        "model_name": name,
-        "version": model_version,
-        "alias": CHALLENGER,
-        "model_uri": f"models:/{name}/{model_version}",
-        "run_id": run.info.run_id,
+
+def rescore(params: Params, outputs: Outputs, name: str, number: str, classes: list[str]):
+    """The champion's metrics on the current evaluation split (None, why) if impossible."""
+    import mlflow
+
+    from pipeline import evaluate
+
+    uri = f"models:/{name}/{number}"
+    try:
+        meta = mlflow.models.get_model_info(uri).metadata or {}
+        if meta.get("classes") != classes:
+            return None, "it predicts a different class list"
+        model = mlflow.tensorflow.load_model(uri)
+        rows, samples = evaluate.load_split(params, outputs, params.evaluate.split, classes)
+        size, batch = int(meta["image_size"]), params.evaluate.batch_size
+        metrics, _ = evaluate.evaluate_model(model, samples, rows, classes, size, batch)
+    except Exception as exc:  # any failure means "not comparable", never a crash of the stage
+        log.warning("could not re-score champion v%s: %s", number, exc)
+        return None, f"re-scoring failed: {exc}"
+    return metrics, "re-scored on the current split"
+
+
+def champion_for_gate(
+    client, params: Params, outputs: Outputs, classes: list[str], fingerprint: str
+) -> gate.Champion | None:
+    """The current champion with metrics comparable to the candidate's (see module doc)."""
+    name = params.register_.model_name
+    current = registry.version_by_alias(client, name, CHAMPION)
+    if current is None:
+        return None
+    same_split = current.tags.get("eval_split") == params.evaluate.split
+    if same_split and current.tags.get("eval_fingerprint") == fingerprint:
+        metrics = registry.tag_numbers(current.tags, registry.METRIC_PREFIX)
+        return gate.Champion(str(current.version), metrics, "same test split")
+    metrics, note = rescore(params, outputs, name, str(current.version), classes)
+    return gate.Champion(str(current.version), metrics, f"other test data; {note}")
+
+
+def apply_decision(client, name: str, number: str, tags: dict, decision: gate.Decision) -> None:
+    """Tags first, aliases last: a failure before the end leaves the old champion in place."""
+    registry.set_tags(client, name, number, tags)
+    client.set_registered_model_alias(name, CHALLENGER, number)
+    if decision.promote:
+        promoted = {"promoted_at": registry.now(), "promoted_by": "gate"}
+        registry.make_champion(client, name, number, promoted)
+
+
+def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, Any]:
+    """Register the model, decide champion vs challenger, write the registry record."""
+    model = load_model(outputs.model)
+    classes = read_json(outputs.classes)["classes"]
+    metrics = read_json(outputs.eval_metrics)
+    split = params.evaluate.split
+    fingerprint = read_json(outputs.eval_splits)[split]["fingerprint"]
+    name = params.register_.model_name
+
+    number, run_id = log_and_register(model, params, outputs, classes)
+    client = registry.connect(tracking.tracking_uri())
+    champion = champion_for_gate(client, params, outputs, classes, fingerprint)
+    decision = gate.decide(
+        metrics[split], metrics.get(f"{split}_baseline"), champion, params.register_.gate
+    )
+    tags = {**lineage_tags(params, metrics, fingerprint), **decision_tags(decision)}
+    apply_decision(client, name, number, tags, decision)
+
+    before = champion.version if champion else None
+    record = registry.action_record(
+        "register", name, number, before, number if decision.promote else before, decision.reasons
+    )
+    record |= {
+        "aliases": [CHALLENGER, CHAMPION] if decision.promote else [CHALLENGER],
+        "model_uri": f"models:/{name}/{number}",
+        "run_id": run_id,
         "tracking_uri": tracking.tracking_uri(),
+        "decision": decision.as_dict(),
         "tags": tags,
     }
     write_json(outputs.registry_record, record)
-    log.info("registered %s version %s as @%s", name, model_version, CHALLENGER)
+    registry.append_history(outputs.registry_history, record)
+    log.info("registered %s v%s as @%s: %s", name, number, decision.alias, decision.reasons)
     return record
+
+
+def _keep(record: dict[str, Any], uri: str, outputs: Outputs) -> dict[str, Any]:
+    """Add the store to a manual action's record and append it to the history."""
+    record["tracking_uri"] = uri
+    registry.append_history(outputs.registry_history, record)
+    log.info(
+        "%s: %s v%s is @%s",
+        record["action"],
+        record["model_name"],
+        record["champion_after"],
+        CHAMPION,
+    )
+    return record
+
+
+def promote(params: Params, outputs: Outputs, version: str, reason: str = "") -> dict[str, Any]:
+    """`snackloc promote VERSION`: make a version the champion by hand."""
+    uri = tracking.tracking_uri()
+    record = registry.promote(registry.connect(uri), params.register_.model_name, version, reason)
+    return _keep(record, uri, outputs)
+
+
+def rollback(params: Params, outputs: Outputs, reason: str = "") -> dict[str, Any]:
+    """`snackloc rollback`: give @champion back to the previous champion."""
+    uri = tracking.tracking_uri()
+    record = registry.rollback(registry.connect(uri), params.register_.model_name, reason)
+    return _keep(record, uri, outputs)

@@ -1,0 +1,27 @@
+"""A tiny untrained two-head model for tests that need a real Keras model (no fixtures).
+
+Import from a test module as ``from helpers_model import save_tiny_model``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.config import ModelParams
+
+TINY_MODEL = ModelParams(alpha=0.25, image_size=32, box_head_filters=16)
+
+
+def save_tiny_model(folder: Path, classes: list[str], seed: int = 0) -> tuple[Path, Path]:
+    """Build, save and return (model.keras, classes.json) in ``folder``."""
+    import keras
+
+    from pipeline.model import build_model
+
+    keras.utils.set_random_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    model_path, classes_path = folder / "model.keras", folder / "classes.json"
+    build_model(len(classes), TINY_MODEL).save(model_path)
+    classes_path.write_text(json.dumps({"classes": classes}))
+    return model_path, classes_path

@@ -1,0 +1,114 @@
+"""`snackloc predict` on every kind of image a user may have, with a real (tiny) model."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from helpers_data import noise_image, write_image
+from helpers_model import save_tiny_model
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline import predict
+from pipeline.cli import app
+from pipeline.errors import UserError
+
+CLASSES = ["apple", "banana", "cake"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(model.keras, classes.json) of an untrained tiny model."""
+    return save_tiny_model(tmp_path_factory.mktemp("model"), CLASSES)
+
+
+@pytest.fixture
+def images(tmp_path):
+    """One file per case, keyed by what it is: (path, displayed width × height or None)."""
+    folder = tmp_path / "in"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display: stored 60×40, shown 40×60
+    truncated = io.BytesIO()
+    noise_image("t", (64, 48)).save(truncated, "JPEG")
+    corrupt = folder / "corrupt.jpg"
+    cases = {
+        "rgb": (write_image(folder / "rgb.jpg", noise_image("a", (60, 40))), (60, 40)),
+        "gray": (write_image(folder / "gray.jpg", noise_image("b", (50, 70), "L")), (50, 70)),
+        "png": (
+            write_image(folder / "png.jpg", noise_image("c", (33, 21), "RGBA"), "PNG"),
+            (33, 21),
+        ),
+        "cmyk": (write_image(folder / "cmyk.jpg", noise_image("d", (45, 45), "CMYK")), (45, 45)),
+        "exif": (write_image(folder / "exif.jpg", noise_image("e", (60, 40)), exif=exif), (40, 60)),
+        "big": (write_image(folder / "big.jpg", noise_image("f", (1200, 300))), (1200, 300)),
+        "corrupt": (corrupt, None),
+        "missing": (folder / "missing.jpg", None),
+    }
+    corrupt.write_bytes(truncated.getvalue()[:300])
+    return cases
+
+
+def test_predicts_every_readable_image_and_reports_the_bad_ones(tiny, images, tmp_path):
+    model, classes = tiny
+    predictor = predict.load_predictor(str(model), classes)
+    assert predictor.image_size == 32 and predictor.classes == CLASSES
+    paths = [path for path, _ in images.values()]
+    results = {r.image: r for r in predict.predict_images(predictor, paths, tmp_path / "out")}
+    for name, (path, size) in images.items():
+        result = results[str(path)]
+        if size is None:
+            assert result.error and result.class_name is None, name
+            continue
+        assert result.error is None, (name, result.error)
+        assert (result.width, result.height) == size, name
+        assert result.class_name in CLASSES and 0 < result.probability <= 1
+        x0, x1, y0, y1 = result.box
+        assert 0 <= x0 <= x1 <= 1 and 0 <= y0 <= y1 <= 1
+        px0, px1, py0, py1 = result.box_pixels
+        assert 0 <= px0 <= px1 <= size[0] and 0 <= py0 <= py1 <= size[1]
+        with Image.open(result.drawn) as drawn:
+            assert drawn.size == size and drawn.format == "JPEG"
+    assert results[str(images["missing"][0])].error == "file not found"
+    assert "truncated" in results[str(images["corrupt"][0])].error.lower()
+
+
+def test_cli_json_output_and_exit_status(tiny, images, tmp_path):
+    model, classes = tiny
+    good = [str(images["rgb"][0]), str(images["gray"][0])]
+    args = ["predict", *good, "--model", str(model), "--classes", str(classes)]
+    runner = CliRunner()
+    done = runner.invoke(app, [*args, "--out", str(tmp_path / "o"), "--json"])
+    assert done.exit_code == 0, done.output
+    rows = json.loads(done.stdout)
+    assert [r["image"] for r in rows] == good and all(r["error"] is None for r in rows)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["gray.jpg", "rgb.jpg"]
+
+    done = runner.invoke(app, [*args, str(images["corrupt"][0]), "--out", str(tmp_path / "o2")])
+    assert done.exit_code == 1
+    assert "corrupt.jpg: cannot decode the image" in done.stderr
+    assert "rgb.jpg" in done.stdout and "x_min, x_max, y_min, y_max" in done.stdout
+
+
+def test_same_names_in_two_folders_do_not_overwrite(tiny, tmp_path):
+    model, classes = tiny
+    paths = [write_image(tmp_path / d / "x.jpg") for d in ("a", "b")]
+    predictor = predict.load_predictor(str(model), classes)
+    drawn = [r.drawn for r in predict.predict_images(predictor, paths, tmp_path / "out")]
+    assert drawn == [str(tmp_path / "out" / "x.jpg"), str(tmp_path / "out" / "x-2.jpg")]
+
+
+def test_wrong_class_list_and_missing_registry_model_are_clear_errors(tiny, tmp_path, monkeypatch):
+    model, _ = tiny
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps({"classes": ["a", "b"]}))
+    with pytest.raises(UserError, match=r"predicts 3 classes but .* lists 2"):
+        predict.load_predictor(str(model), two)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(UserError, match="cannot load model models:/nothing@champion"):
+        predict.load_predictor("models:/nothing@champion")
+
+
+def test_pixel_boxes_follow_the_contract_order():
+    assert predict.to_pixels([0.1, 0.5, 0.25, 1.0], 200, 100) == [20, 100, 25, 100]

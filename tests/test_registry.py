@@ -1,0 +1,228 @@
+"""The registry round trip through a real `mlflow server` on 127.0.0.1: register versions,
+let the gate decide, promote and roll back by hand, and load @champion for prediction."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import urllib.request
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import BIN, free_port, wait_healthy
+from helpers_data import write_image
+from helpers_model import TINY_MODEL, save_tiny_model
+
+from pipeline import predict, register, registry, tracking
+from pipeline.config import Params, RegisterParams
+from pipeline.dataio import write_json
+from pipeline.errors import UserError
+from pipeline.paths import Outputs
+
+CLASSES = ["apple", "banana", "cake"]
+NAME = "tiny"
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` (sqlite store, served artifacts); yields its URL and the
+    tiny model, built while the server starts (both take seconds)."""
+    home = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = (home / "server.log").open("w")
+    command = [
+        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+        "--artifacts-destination", str(home / "artifacts"),
+    ]  # fmt: skip
+    # No job runner: it starts a pool of worker processes this registry does not use.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    process = subprocess.Popen(
+        command, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        model_files = save_tiny_model(home / "model", CLASSES)
+        wait_healthy(f"{url}/health", process)
+        yield url, model_files
+    finally:
+        stop(process)
+        log.close()
+
+
+@pytest.fixture
+def project(mlflow_server, tmp_path, monkeypatch):
+    """Params, stage outputs (tiny model, classes, training run) and a client of the server."""
+    url, (model, classes) = mlflow_server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    params = Params(model=TINY_MODEL, register=RegisterParams(model_name=NAME))
+    outputs = Outputs(tmp_path / "outputs")
+    for source, target in ((model, outputs.model), (classes, outputs.classes)):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, target)
+    client = registry.connect(url)
+    run = client.create_run(tracking.setup_experiment(params.mlflow.experiment))
+    write_json(outputs.mlflow_run, {"run_id": run.info.run_id})
+    return params, outputs, client
+
+
+def evaluated(outputs: Outputs, corloc: float, fingerprint: str = "same-test-set") -> None:
+    """Write what the evaluate stage would have: metrics and the split fingerprint."""
+    model = {
+        "images": 10, "accuracy": 0.8, "top3_accuracy": 0.9, "mean_iou": 0.5,
+        "median_iou": 0.5, "iou50_rate": 0.5, "iou75_rate": 0.2, "corloc": corloc,
+    }  # fmt: skip
+    write_json(outputs.eval_metrics, {"test": model, "test_baseline": dict.fromkeys(model, 0.05)})
+    write_json(outputs.eval_splits, {"test": {"images": 10, "fingerprint": fingerprint}})
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM the process group (a server and its workers), SIGKILL if it lingers."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def champion(client) -> str:
+    return str(client.get_model_version_by_alias(NAME, "champion").version)
+
+
+def history(outputs: Outputs) -> list[dict]:
+    return [json.loads(line) for line in outputs.registry_history.read_text().splitlines()]
+
+
+def test_register_gate_promote_rollback_round_trip(project, tmp_path):
+    params, outputs, client = project
+
+    evaluated(outputs, corloc=0.30)
+    first = register.run(params, outputs)
+    assert first["version"] == "1" and first["aliases"] == ["challenger", "champion"]
+    assert first["decision"]["reasons"][-1] == "no champion yet"
+    assert json.loads(outputs.registry_record.read_text()) == json.loads(json.dumps(first))
+
+    evaluated(outputs, corloc=0.25)
+    second = register.run(params, outputs)
+    assert second["aliases"] == ["challenger"] and champion(client) == "1"
+    tags = client.get_model_version(NAME, "2").tags
+    assert tags["gate.decision"] == "challenger" and tags["metric.corloc"] == "0.25"
+    assert "does not beat champion v1 on corloc: 0.2500 vs 0.3000" in tags["gate.reasons"]
+    assert tags["eval_fingerprint"] == "same-test-set" and tags["metric.accuracy"] == "0.8"
+
+    evaluated(outputs, corloc=0.40)
+    assert register.run(params, outputs)["decision"]["promote"]
+    assert champion(client) == "3"
+    assert client.get_model_version(NAME, "3").tags["previous_champion"] == "1"
+    assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "3"
+
+    back = register.rollback(params, outputs, reason="bad in production")
+    assert (back["champion_before"], back["champion_after"]) == ("3", "1")
+    assert "rolled_back_at" in client.get_model_version(NAME, "3").tags
+    assert champion(client) == "1"
+
+    manual = register.promote(params, outputs, "2", reason="hand-picked")
+    assert manual["champion_after"] == "2" and "hand-picked" in manual["reasons"][0]
+    assert client.get_model_version(NAME, "2").tags["previous_champion"] == "1"
+    register.rollback(params, outputs)
+    assert champion(client) == "1"
+    with pytest.raises(UserError, match="records no previous champion"):
+        register.rollback(params, outputs)
+    with pytest.raises(UserError, match="has no version '9'"):
+        register.promote(params, outputs, "9")
+
+    actions = [(r["action"], r["champion_after"]) for r in history(outputs)]
+    assert actions == [
+        ("register", "1"), ("register", "1"), ("register", "3"),
+        ("rollback", "1"), ("promote", "2"), ("rollback", "1"),
+    ]  # fmt: skip
+
+    predictor = predict.load_predictor(f"models:/{NAME}@champion")
+    assert predictor.classes == CLASSES and predictor.image_size == TINY_MODEL.image_size
+    (result,) = predict.predict_images(predictor, [write_image(tmp_path / "x.jpg")])
+    assert result.error is None and result.class_name in CLASSES
+
+
+def ensure_champion(params: Params, outputs: Outputs, client) -> str:
+    """The champion; one is registered first if there is none (when a test runs alone)."""
+    if registry.version_by_alias(client, NAME, "champion") is None:
+        evaluated(outputs, corloc=0.30)
+        register.run(params, outputs)
+    return champion(client)
+
+
+def test_a_failure_while_moving_the_alias_keeps_the_old_champion(project, monkeypatch):
+    params, outputs, client = project
+    before = ensure_champion(params, outputs, client)
+    real = type(client).set_registered_model_alias
+
+    def flaky(self, name, alias, version):
+        if alias == "champion":
+            raise ConnectionError("tracking server went away")
+        return real(self, name, alias, version)
+
+    monkeypatch.setattr(type(client), "set_registered_model_alias", flaky)
+    evaluated(outputs, corloc=0.99)
+    with pytest.raises(ConnectionError):
+        register.run(params, outputs)
+    monkeypatch.undo()
+    assert champion(client) == before
+    newest = client.get_model_version_by_alias(NAME, "challenger")
+    assert newest.tags["gate.decision"] == "champion"  # decided, but never half-applied
+
+
+def test_a_champion_scored_on_other_test_data_is_rescored(project, tmp_path):
+    params, outputs, client = project
+    ensure_champion(params, outputs, client)
+    data = tmp_path / "data"
+    rows = []
+    for i, cls in enumerate(CLASSES * 2):
+        write_image(data / "test" / cls / f"img{i}.jpg")
+        rows.append((f"img{i}", 0.1, 0.9, 0.1, 0.9, cls, cls))
+    columns = ["image_id", "x_min", "x_max", "y_min", "y_max", "class_name", "folder"]
+    outputs.dedup_dir.mkdir(parents=True)
+    pd.DataFrame(rows, columns=columns).to_csv(outputs.deduped("test"), index=False)
+    params = params.model_copy(update={"data": params.data.model_copy(update={"root": data})})
+
+    evaluated(outputs, corloc=0.95, fingerprint="new-test-set")
+    record = register.run(params, outputs)
+    reason = record["decision"]["reasons"][-1]
+    assert "other test data; re-scored on the current split" in reason
+    assert record["decision"]["promote"] and champion(client) == record["version"]
+
+
+@pytest.mark.slow  # ~35 s on a busy 2-core machine: the server process imports TensorFlow
+def test_mlflow_models_serve_answers_a_request(project, tmp_path):
+    """docs/serving.md: `mlflow models serve` of @champion, one request on 127.0.0.1."""
+    params, outputs, client = project
+    ensure_champion(params, outputs, client)
+    port = free_port()
+    command = [
+        str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion",
+        "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
+    ]  # fmt: skip
+    # The local env manager starts `uvicorn` from PATH: the virtualenv's bin must be on it.
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    log = (tmp_path / "serve.log").open("w")
+    process = subprocess.Popen(
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/ping", process)
+        image = np.full((1, TINY_MODEL.image_size, TINY_MODEL.image_size, 3), 128.0)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": image.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = json.loads(response.read())["predictions"]
+    finally:
+        stop(process)
+        log.close()
+    assert np.asarray(predictions["class"]).shape == (1, len(CLASSES))
+    assert np.asarray(predictions["box"]).shape == (1, 4)
