@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from pipeline.augment import AugmentSettings, augment
 from pipeline.dataio import BOX_COLUMNS, image_path, load_image_array
 
 
@@ -78,12 +79,47 @@ class ImageCache:
         return self.images[self.index[path]]
 
 
+def read_image(path: str, size: int, cache: ImageCache | None = None) -> np.ndarray:
+    """One resized uint8 image: from the cache when it has it, else decoded from disk."""
+    if cache is not None:
+        return cache.get(path)
+    return load_image_array(Path(path), size)
+
+
+class ImageBatches(keras.utils.PyDataset):
+    """Batches of images alone (float32 0-255) of the given files, in order: for predict()."""
+
+    def __init__(
+        self,
+        paths: list[str],
+        image_size: int,
+        batch_size: int,
+        cache: ImageCache | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.paths = paths
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.paths) / self.batch_size)
+
+    def __getitem__(self, batch: int) -> np.ndarray:
+        chunk = self.paths[batch * self.batch_size : (batch + 1) * self.batch_size]
+        return np.stack([read_image(p, self.image_size, self.cache) for p in chunk]).astype(
+            "float32"
+        )
+
+
 class SnackDataset(keras.utils.PyDataset):
     """Batches of (images float32 0-255, {"class": labels, "box": boxes}).
 
-    Shuffles every epoch from its own seeded generator and flips images horizontally (boxes
-    flipped with them) when ``hflip`` is on. Without a cache, images are decoded per batch by
-    the PyDataset worker threads.
+    Shuffles every epoch from its own seeded generator and, given ``augment`` settings,
+    transforms each image with its box (pipeline/augment.py). Random draws are seeded per
+    (epoch, batch), so a batch is the same whichever worker thread builds it. Without a
+    cache, images are decoded per batch by the PyDataset worker threads.
     """
 
     def __init__(
@@ -92,7 +128,7 @@ class SnackDataset(keras.utils.PyDataset):
         image_size: int,
         batch_size: int,
         shuffle: bool = False,
-        hflip: bool = False,
+        augment: AugmentSettings | None = None,
         seed: int = 0,
         cache: ImageCache | None = None,
         **kwargs,
@@ -104,7 +140,7 @@ class SnackDataset(keras.utils.PyDataset):
         self.image_size = image_size
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.hflip = hflip
+        self.augment = augment
         self.cache = cache
         self.seed = seed
         self.epoch = 0
@@ -113,22 +149,19 @@ class SnackDataset(keras.utils.PyDataset):
     def __len__(self) -> int:
         return math.ceil(len(self.paths) / self.batch_size)
 
-    def _image(self, path: str) -> np.ndarray:
-        if self.cache is not None:
-            return self.cache.get(path)
-        return load_image_array(Path(path), self.image_size)
-
     def __getitem__(self, batch: int):
         picks = self.order[batch * self.batch_size : (batch + 1) * self.batch_size]
-        images = np.stack([self._image(self.paths[i]) for i in picks]).astype("float32")
+        images = np.stack([read_image(self.paths[i], self.image_size, self.cache) for i in picks])
         boxes = self.boxes[picks].copy()
-        if self.hflip:
-            # Seeded per (epoch, batch): the same flips whatever thread builds the batch.
+        if self.augment is None:
+            images = images.astype("float32")
+        else:
             rng = np.random.default_rng([self.seed, self.epoch, batch])
-            flip = rng.random(len(picks)) < 0.5
-            images[flip] = images[flip, :, ::-1]
-            # x' = 1 - x, and min/max swap.
-            boxes[flip, 0], boxes[flip, 1] = 1.0 - boxes[flip, 1], 1.0 - boxes[flip, 0]
+            out = [
+                augment(img, box, self.augment, rng) for img, box in zip(images, boxes, strict=True)
+            ]
+            images = np.stack([img for img, _ in out]).astype("float32")
+            boxes = np.stack([box for _, box in out]).astype("float32")
         return images, {"class": self.labels[picks], "box": boxes}
 
     def _epoch_order(self) -> np.ndarray:

@@ -11,43 +11,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from pipeline.backbones import FAMILIES, SCRATCH_BN_MOMENTUM, build_backbone
 from pipeline.config import ModelParams
-from pipeline.errors import UserError
-
-# MobileNet v1 ImageNet weights exist only for these input sizes.
-IMAGENET_SIZES = (128, 160, 192, 224)
-SCRATCH_BN_MOMENTUM = 0.9
-
-
-def build_backbone(params: ModelParams) -> keras.Model:
-    """The MobileNet feature extractor (no top), random or ImageNet-initialised."""
-    size = params.image_size
-    weights = None if params.weights == "none" else "imagenet"
-    if weights and size not in IMAGENET_SIZES:
-        raise UserError(
-            f"model.image_size={size} has no ImageNet MobileNet weights",
-            hint=f"use one of {IMAGENET_SIZES}, or model.weights: none",
-        )
-    try:
-        backbone = keras.applications.MobileNet(
-            input_shape=(size, size, 3), alpha=params.alpha, include_top=False, weights=weights
-        )
-    except Exception as exc:  # network errors come in many types
-        if weights is None:
-            raise
-        raise UserError(
-            f"could not load ImageNet weights for MobileNet (alpha={params.alpha}): {exc}",
-            hint="this host may be offline: copy the weights file into ~/.keras/models/ "
-            "or set model.weights: none",
-        ) from None
-    if weights is None:
-        # From random init the features move fast; BatchNorm's moving statistics must keep
-        # up or inference (validation) collapses to one class. Keras' 0.99 lags too far
-        # behind on a few hundred steps; 0.9 follows (measured: val accuracy 0.05 vs 0.23).
-        for layer in backbone.layers:
-            if isinstance(layer, layers.BatchNormalization):
-                layer.momentum = SCRATCH_BN_MOMENTUM
-    return backbone
 
 
 def build_model(num_classes: int, params: ModelParams) -> keras.Model:
@@ -58,8 +23,11 @@ def build_model(num_classes: int, params: ModelParams) -> keras.Model:
     """
     size = params.image_size
     image = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
-    # MobileNet expects [-1, 1].
-    scaled = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(image)
+    if FAMILIES[params.backbone].rescales_input:
+        scaled = image  # MobileNetV3 rescales 0-255 pixels itself
+    else:
+        # MobileNet v1 and v2 expect [-1, 1].
+        scaled = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(image)
     features = build_backbone(params)(scaled)
 
     pooled = layers.GlobalAveragePooling2D(name="class_pool")(features)
@@ -72,15 +40,29 @@ def build_model(num_classes: int, params: ModelParams) -> keras.Model:
     x = layers.BatchNormalization(momentum=SCRATCH_BN_MOMENTUM, name="box_bn")(x)
     x = layers.ReLU(name="box_relu")(x)
     x = layers.GlobalAveragePooling2D(name="box_pool")(x)
-    # Start from a centred box rather than a degenerate one at the origin.
-    box_out = layers.Dense(
-        4,
-        name="box",
-        dtype="float32",
-        bias_initializer=keras.initializers.Constant([0.25, 0.75, 0.25, 0.75]),
-    )(x)
-
+    box_out = box_output(x, params.box_output)
     return keras.Model(image, {"class": class_out, "box": box_out}, name="snackloc")
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The backbone sub-model of a two-head model (its one nested model)."""
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """Pixels → backbone features, sharing the model's layers (run it in inference mode)."""
+    return keras.Model(model.inputs, model.get_layer("class_pool").input, name="features")
+
+
+def heads_model(model: keras.Model) -> keras.Model:
+    """The two heads alone, fed with backbone features; shares layers and weights with model.
+
+    Training it on features from ``feature_extractor`` is training ``model`` with a frozen
+    backbone (BatchNorm in inference mode), without running the backbone every step.
+    """
+    features = model.get_layer("class_pool").input  # the backbone's output in model's graph
+    outputs = {name: model.get_layer(name).output for name in ("class", "box")}
+    return keras.Model(features, outputs, name="heads")
 
 
 class BoxMeanIoU(keras.metrics.Metric):
@@ -119,13 +101,91 @@ def box_iou(true, pred):
     return ops.divide_no_nan(inter, area_true + area_pred - inter)
 
 
-def compile_model(model: keras.Model, learning_rate: float, box_loss_weight: float) -> None:
-    """Adam, sparse categorical cross-entropy + weighted MSE, as the book does."""
+def box_output(x, kind: str):
+    """The box head's last layer, named ``box``: (x_min, x_max, y_min, y_max).
+
+    "sigmoid": four sigmoid units, each coordinate pair ordered with Minimum/Maximum, so
+    every prediction is a valid box inside the image. Built from stock layers only, so the
+    saved model loads in Keras' safe mode and in MLflow without custom code.
+    "linear": the book's Dense(4), started from a centred box.
+    """
+    if kind == "linear":
+        centred = keras.initializers.Constant([0.25, 0.75, 0.25, 0.75])
+        return layers.Dense(4, name="box", dtype="float32", bias_initializer=centred)(x)
+    units = [
+        layers.Dense(
+            1,
+            activation="sigmoid",
+            dtype="float32",
+            name=f"box_{name}",
+            bias_initializer=keras.initializers.Constant(bias),
+        )(x)
+        for name, bias in (("x_a", -1.1), ("x_b", 1.1), ("y_a", -1.1), ("y_b", 1.1))
+    ]  # biases ±1.1 start near the centred box (0.25, 0.75)
+    coords = [
+        layers.Minimum(name="box_x_min", dtype="float32")(units[:2]),
+        layers.Maximum(name="box_x_max", dtype="float32")(units[:2]),
+        layers.Minimum(name="box_y_min", dtype="float32")(units[2:]),
+        layers.Maximum(name="box_y_max", dtype="float32")(units[2:]),
+    ]
+    return layers.Concatenate(name="box", dtype="float32")(coords)
+
+
+def giou_loss(y_true, y_pred):
+    """1 - generalized IoU per box (Rezatofighi et al. 2019); 0 for a perfect box."""
+    true = ops.cast(y_true, "float32")
+    pred = ops.cast(y_pred, "float32")
+    x0 = ops.minimum(pred[:, 0], pred[:, 1])
+    x1 = ops.maximum(pred[:, 0], pred[:, 1])
+    y0 = ops.minimum(pred[:, 2], pred[:, 3])
+    y1 = ops.maximum(pred[:, 2], pred[:, 3])
+    inter_w = ops.maximum(0.0, ops.minimum(true[:, 1], x1) - ops.maximum(true[:, 0], x0))
+    inter_h = ops.maximum(0.0, ops.minimum(true[:, 3], y1) - ops.maximum(true[:, 2], y0))
+    inter = inter_w * inter_h
+    union = (true[:, 1] - true[:, 0]) * (true[:, 3] - true[:, 2]) + (x1 - x0) * (y1 - y0) - inter
+    hull = (ops.maximum(true[:, 1], x1) - ops.minimum(true[:, 0], x0)) * (
+        ops.maximum(true[:, 3], y1) - ops.minimum(true[:, 2], y0)
+    )
+    iou = ops.divide_no_nan(inter, union)
+    return 1.0 - (iou - ops.divide_no_nan(hull - union, hull))
+
+
+def giou_l1_loss(y_true, y_pred):
+    """GIoU loss plus the mean absolute coordinate error (as DETR combines them)."""
+    l1 = ops.mean(ops.abs(ops.cast(y_true, "float32") - ops.cast(y_pred, "float32")), axis=-1)
+    return giou_loss(y_true, y_pred) + l1
+
+
+BOX_LOSSES = {"mse": "mse", "giou": giou_loss, "giou_l1": giou_l1_loss}
+
+
+def compile_model(
+    model: keras.Model,
+    learning_rate: float,
+    box_loss_weight: float,
+    box_loss: str = "mse",
+    weight_decay: float = 0.0,
+    jit_compile: bool | str = "auto",
+    run_eagerly: bool = False,
+) -> None:
+    """Cross-entropy for the class, the chosen box loss (weighted), Adam or AdamW.
+
+    The book's recipe is box_loss="mse", box_loss_weight=10, weight_decay=0 (Adam).
+    ``jit_compile`` (XLA) and ``run_eagerly`` come from pipeline/hardware.py. Also compiles a
+    ``heads_model``.
+    """
+    optimizer = (
+        keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+        if weight_decay > 0
+        else keras.optimizers.Adam(learning_rate)
+    )
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss={"class": "sparse_categorical_crossentropy", "box": "mse"},
+        optimizer=optimizer,
+        loss={"class": "sparse_categorical_crossentropy", "box": BOX_LOSSES[box_loss]},
         loss_weights={"class": 1.0, "box": box_loss_weight},
         metrics={"class": ["accuracy"], "box": [BoxMeanIoU()]},
+        jit_compile=jit_compile,
+        run_eagerly=run_eagerly,
     )
 
 

@@ -2,33 +2,92 @@
 
 Writes the model (``model.keras``), the per-epoch history (a DVC plot), the final training
 metrics and the id of the MLflow run that the evaluate and register stages add to.
+
+Training runs in phases (``plan_phases``): with ``train.freeze_backbone_epochs`` > 0 the
+heads train first on a frozen backbone (BatchNorm in inference mode), optionally on backbone
+features computed once (``train.cache_features``); then everything is fine-tuned at the
+learning rate times ``train.fine_tune_lr_factor``. Each finished epoch is backed up under
+``outputs/train/backup/`` (not a DVC out): a run that was interrupted resumes from its last
+finished epoch, in the same MLflow run, when params and data are unchanged. The backup is
+removed once the model is saved.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import shutil
+import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import pandas as pd
 
-from pipeline import hardware, tracking
-from pipeline.config import Params
+from pipeline import backbones, hardware, tracking
+from pipeline.augment import AugmentSettings
+from pipeline.config import Params, TrainParams
 from pipeline.dataio import atomic_path, read_clean_annotations, read_json, write_csv, write_json
 from pipeline.errors import UserError
-from pipeline.loader import ImageCache, SnackDataset, sample_table
-from pipeline.model import build_model, compile_model
+from pipeline.loader import ImageBatches, ImageCache, SnackDataset, sample_table
+from pipeline.model import (
+    backbone_of,
+    build_model,
+    compile_model,
+    feature_extractor,
+    heads_model,
+)
 from pipeline.paths import Outputs
 
 log = logging.getLogger(__name__)
 
 
-def learning_rate_at(epoch: int, base: float, drops: list[int]) -> float:
-    """Base rate divided by 10 at each (1-based) drop epoch already reached."""
+def learning_rate_at(
+    epoch: int, base: float, drops: list[int], schedule: str = "step", epochs: int = 1
+) -> float:
+    """Learning rate of a (0-based) epoch.
+
+    step: base divided by 10 at each (1-based) drop epoch already reached (the book).
+    cosine: a linear warmup over the first epoch, then cosine decay towards zero.
+    """
+    if schedule == "cosine":
+        if epoch == 0:
+            return base * 0.1
+        progress = (epoch - 1) / max(1, epochs - 1)
+        return base * 0.5 * (1 + math.cos(math.pi * progress))
     return base / 10 ** sum(1 for drop in drops if epoch + 1 >= drop)
+
+
+def learning_rate_for(epoch: int, t: TrainParams) -> float:
+    """The schedule's rate, times fine_tune_lr_factor once a frozen backbone is unfrozen."""
+    rate = learning_rate_at(epoch, t.learning_rate, t.lr_drop_epochs, t.lr_schedule, t.epochs)
+    if 0 < t.freeze_backbone_epochs <= epoch:
+        rate *= t.fine_tune_lr_factor
+    return rate
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Epochs [start, end) (0-based) trained with the backbone frozen or trainable."""
+
+    start: int
+    end: int
+    frozen: bool
+
+
+def plan_phases(epochs: int, frozen_epochs: int) -> list[Phase]:
+    """Heads-only epochs first (if any), then the fine-tuning (or from-scratch) epochs."""
+    phases = []
+    if frozen_epochs > 0:
+        phases.append(Phase(0, frozen_epochs, frozen=True))
+    if frozen_epochs < epochs:
+        phases.append(Phase(frozen_epochs, epochs, frozen=False))
+    return phases
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
@@ -39,6 +98,30 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 
         metrics = {k: float(v) for k, v in (logs or {}).items() if math.isfinite(float(v))}
         mlflow.log_metrics(metrics, step=epoch)
+
+
+class HistoryLog(keras.callbacks.Callback):
+    """Append each finished epoch's logs to a JSON-lines file: the history survives resumes."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.epochs_run = 0
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        self.epochs_run += 1
+
+
+def read_history(path: Path) -> pd.DataFrame:
+    """The epochs logged by HistoryLog, one row per epoch (a repeated epoch keeps its last)."""
+    if not path.is_file():
+        return pd.DataFrame({"epoch": []})
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    frame = pd.DataFrame(rows).drop_duplicates("epoch", keep="last")
+    return frame.sort_values("epoch").reset_index(drop=True)
 
 
 def load_samples(params: Params, outputs: Outputs) -> tuple[list[str], pd.DataFrame, pd.DataFrame]:
@@ -75,17 +158,191 @@ def make_datasets(params: Params, train_samples, val_samples, progress: bool):
         "workers": t.workers,
         "use_multiprocessing": False,
     }
-    train_ds = SnackDataset(train_samples, shuffle=True, hflip=t.hflip, seed=t.seed, **common)
+    a = t.augment
+    settings = AugmentSettings(
+        hflip=a.hflip,
+        crop_scale=a.crop_scale,
+        min_visible=a.min_visible,
+        color_jitter=a.color_jitter,
+    )
+    train_ds = SnackDataset(train_samples, shuffle=True, augment=settings, seed=t.seed, **common)
     val_ds = SnackDataset(val_samples, **common)
     return train_ds, val_ds
 
 
-def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, Any]:
-    """Train, save the model and history, and log everything to a new MLflow run."""
+def backbone_features(model: keras.Model, ds: SnackDataset, workers: int = 1) -> np.ndarray:
+    """Backbone features of every sample of ``ds``, in sample order; each image runs once.
+
+    ``predict`` runs BatchNorm in inference mode, as a frozen backbone does while training.
+    """
+    unique = list(dict.fromkeys(ds.paths))
+    images = ImageBatches(unique, ds.image_size, ds.batch_size, cache=ds.cache, workers=workers)
+    features = feature_extractor(model).predict(images, verbose=0)
+    row = {path: i for i, path in enumerate(unique)}
+    return features[[row[path] for path in ds.paths]]
+
+
+def targets(ds: SnackDataset) -> dict[str, np.ndarray]:
+    """The (unaugmented) training targets of every sample of ``ds``, in sample order."""
+    return {"class": ds.labels, "box": ds.boxes}
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns."""
+
+    model: keras.Model
+    history: pd.DataFrame  # every epoch trained so far, resumed ones included
+    epochs_run: int  # epochs trained by this call
+
+
+def fit(
+    params: Params,
+    num_classes: int,
+    train_ds: SnackDataset,
+    val_ds: SnackDataset,
+    backup: Path,
+    setup: hardware.Setup,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int | str = 2,
+) -> FitResult:
+    """Build the model and train it phase by phase, backing up every epoch under ``backup``.
+
+    If ``backup`` holds the state of an interrupted call with the same arguments, training
+    continues from its last finished epoch.
+    """
+    backup.mkdir(parents=True, exist_ok=True)
+    with setup.strategy.scope():
+        model = build_model(num_classes, params.model)
+    history = HistoryLog(backup / "history.jsonl")
+    t = params.train
+    for index, phase in enumerate(plan_phases(t.epochs, t.freeze_backbone_epochs)):
+        resume = keras.callbacks.BackupAndRestore(
+            str(backup / f"phase-{index}"), delete_checkpoint=False
+        )
+        phase_callbacks = [resume, history, *callbacks]
+        if fit_phase(model, phase, t, train_ds, val_ds, setup, phase_callbacks, verbose):
+            log.info("early stopping: no better val_loss for %d epochs", t.early_stopping_patience)
+            break
+    return FitResult(model, read_history(history.path), history.epochs_run)
+
+
+def fit_phase(
+    model: keras.Model,
+    phase: Phase,
+    t: TrainParams,
+    train_ds: SnackDataset,
+    val_ds: SnackDataset,
+    setup: hardware.Setup,
+    callbacks: list[keras.callbacks.Callback],
+    verbose: int | str,
+) -> bool:
+    """Train one phase (from its backup, if any); True when early stopping ended it."""
+    backbone_of(model).trainable = not phase.frozen  # frozen BatchNorm runs in inference mode
+    on_features = phase.frozen and t.cache_features
+    target = heads_model(model) if on_features else model
+    with setup.strategy.scope():
+        compile_model(
+            target,
+            t.learning_rate,
+            t.box_loss_weight,
+            t.box_loss,
+            t.weight_decay,
+            jit_compile=setup.jit_compile,
+            run_eagerly=setup.run_eagerly,
+        )
+    schedule = keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate_for(epoch, t))
+    stopper = []
+    if t.early_stopping_patience:
+        stopper = [
+            keras.callbacks.EarlyStopping(
+                patience=t.early_stopping_patience, restore_best_weights=True
+            )
+        ]
+    target.fit(
+        **phase_data(model, on_features, t, train_ds, val_ds),
+        initial_epoch=phase.start,
+        epochs=phase.end,
+        callbacks=[schedule, *callbacks, *stopper],
+        verbose=verbose,
+    )
+    return bool(stopper) and stopper[0].stopped_epoch > 0
+
+
+def phase_data(
+    model: keras.Model,
+    on_features: bool,
+    t: TrainParams,
+    train_ds: SnackDataset,
+    val_ds: SnackDataset,
+) -> dict[str, Any]:
+    """fit() arguments for the data: the generators, or backbone features computed once."""
+    if not on_features:
+        return {"x": train_ds, "validation_data": val_ds}
+    started = time.perf_counter()
+    data = {
+        "x": backbone_features(model, train_ds, t.workers),
+        "y": targets(train_ds),
+        "batch_size": t.batch_size,
+        "shuffle": True,
+        "validation_data": (backbone_features(model, val_ds, t.workers), targets(val_ds)),
+    }
+    log.info("backbone features computed in %.1f s", time.perf_counter() - started)
+    return data
+
+
+def open_backup(backup: Path, fingerprint: str) -> str | None:
+    """Keep a backup of the same training (return its MLflow run id), else start afresh."""
+    state = backup / "state.json"
+    if state.is_file():
+        saved = read_json(state)
+        if saved.get("fingerprint") == fingerprint:
+            log.info("resuming an interrupted training from %s", backup)
+            return saved.get("mlflow_run_id")
+        log.warning("discarding %s: it backs up a training with other params or data", backup)
+    if backup.exists():
+        shutil.rmtree(backup)
+    backup.mkdir(parents=True)
+    return None
+
+
+def start_mlflow_run(experiment_id: str, resume_id: str | None):
+    """The interrupted run to continue, when there is one (and it still exists), else a new one."""
     import mlflow
 
-    keras.utils.set_random_seed(params.train.seed)
-    strategy = hardware.configure()
+    if resume_id:
+        try:
+            return mlflow.start_run(run_id=resume_id)
+        except mlflow.exceptions.MlflowException as exc:
+            log.warning("cannot resume MLflow run %s (%s): starting a new run", resume_id, exc)
+    return mlflow.start_run(experiment_id=experiment_id)
+
+
+def log_inputs(
+    dump: dict[str, Any], setup: hardware.Setup, classes: int, train: int, val: int
+) -> None:
+    """Tags (lineage, hardware) and params (data, model, train, sample counts) of the run."""
+    import mlflow
+
+    mlflow.set_tags(
+        {
+            "snackloc.stage": "train",
+            "git_commit": tracking.git_commit(),
+            "data_version": tracking.data_version(),
+            "params_hash": tracking.params_hash(dump),
+            **setup.describe(),
+        }
+    )
+    mlflow.log_params(tracking.flatten({k: dump[k] for k in ("data", "model", "train")}))
+    mlflow.log_params({"classes": classes, "train_samples": train, "val_samples": val})
+
+
+def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, Any]:
+    """Train, save the model and history, and log everything to an MLflow run."""
+    import mlflow
+
+    backbones.check_params(params.model)
+    setup = hardware.configure(params.train)
     classes, train_samples, val_samples = load_samples(params, outputs)
     train_ds, val_ds = make_datasets(params, train_samples, val_samples, progress)
     log.info(
@@ -94,83 +351,72 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
         len(val_samples),
         len(classes),
     )
-
-    with strategy.scope():
-        model = build_model(len(classes), params.model)
-        compile_model(model, params.train.learning_rate, params.train.box_loss_weight)
-
-    t = params.train
-    callbacks = [
-        keras.callbacks.LearningRateScheduler(
-            lambda epoch: learning_rate_at(epoch, t.learning_rate, t.lr_drop_epochs)
-        ),
-        MlflowEpochLogger(),
-    ]
-    experiment_id = tracking.setup_experiment(params.mlflow.experiment)
     dump = params.model_dump(mode="json", by_alias=True)
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        mlflow.set_tags(
-            {
-                "snackloc.stage": "train",
-                "git_commit": tracking.git_commit(),
-                "data_version": tracking.data_version(),
-                "params_hash": tracking.params_hash(dump),
-            }
+    lineage = {k: dump[k] for k in ("data", "model", "train")}
+    fingerprint = tracking.params_hash(
+        {**lineage, "classes": classes, "train": train_ds.paths, "val": val_ds.paths}
+    )
+    backup = outputs.train_dir / "backup"
+    resume_id = open_backup(backup, fingerprint)
+    experiment_id = tracking.setup_experiment(params.mlflow.experiment)
+    with start_mlflow_run(experiment_id, resume_id) as run:
+        write_json(
+            backup / "state.json", {"fingerprint": fingerprint, "mlflow_run_id": run.info.run_id}
         )
-        mlflow.log_params(tracking.flatten({k: dump[k] for k in ("data", "model", "train")}))
-        mlflow.log_params(
-            {
-                "classes": len(classes),
-                "train_samples": len(train_samples),
-                "val_samples": len(val_samples),
-            }
-        )
+        log_inputs(dump, setup, len(classes), len(train_samples), len(val_samples))
         started = time.perf_counter()
-        history = model.fit(
+        result = fit(
+            params,
+            len(classes),
             train_ds,
-            validation_data=val_ds,
-            epochs=t.epochs,
-            callbacks=callbacks,
-            verbose=1 if progress else 2,
+            val_ds,
+            backup,
+            setup,
+            callbacks=[MlflowEpochLogger()],
+            verbose=1 if progress and sys.stdout.isatty() else 2,
         )
         seconds = time.perf_counter() - started
-        result = save_outputs(model, history.history, outputs, seconds, len(train_samples))
+        metrics = save_outputs(
+            result.model, result.history, outputs, seconds, len(train_samples) * result.epochs_run
+        )
         mlflow.log_metrics(
-            {"train_seconds": seconds, "train_images_per_second": result["images_per_second"]}
+            {"train_seconds": seconds, "train_images_per_second": metrics["images_per_second"]}
         )
         mlflow.log_artifact(str(outputs.history), artifact_path="training")
         write_json(
             outputs.mlflow_run,
             {
                 "run_id": run.info.run_id,
-                "experiment_id": experiment_id,
+                "experiment_id": run.info.experiment_id,
                 "tracking_uri": tracking.tracking_uri(),
             },
         )
-    return result
+    shutil.rmtree(backup)
+    return metrics
 
 
 def save_outputs(
     model: keras.Model,
-    history: dict[str, list[float]],
+    history: pd.DataFrame,
     outputs: Outputs,
     seconds: float,
-    samples: int,
+    samples_seen: int,
 ) -> dict[str, Any]:
-    """Model (write-then-rename), history CSV and final-epoch metrics JSON."""
+    """Model (write-then-rename), history CSV and final-epoch metrics JSON.
+
+    ``samples_seen`` counts the training samples of the epochs run in ``seconds``.
+    """
     with atomic_path(outputs.model) as tmp:
         model.save(tmp)
-    frame = pd.DataFrame(history)
-    frame.insert(0, "epoch", range(1, len(frame) + 1))
-    write_csv(outputs.history, frame)
-    final = {k: round(float(v[-1]), 6) for k, v in history.items()}
-    epochs = len(frame)
+    write_csv(outputs.history, history)
+    epochs = len(history)
+    final = {k: round(float(v), 6) for k, v in history.iloc[-1].items() if k != "epoch"}
     metrics = {
         **final,
         "epochs": epochs,
         "train_seconds": round(seconds, 1),
-        "images_per_second": round(samples * epochs / max(seconds, 1e-9), 1),
+        "images_per_second": round(samples_seen / max(seconds, 1e-9), 1),
     }
     write_json(outputs.train_metrics, metrics)
-    log.info("saved %s (%d epochs in %.0f s)", Path(outputs.model), epochs, seconds)
+    log.info("saved %s (%d epochs, %.0f s in this run)", Path(outputs.model), epochs, seconds)
     return metrics

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.loader import ImageCache, SnackDataset, sample_table, select_targets
+from pipeline.augment import AugmentSettings
+from pipeline.loader import ImageBatches, ImageCache, SnackDataset, sample_table, select_targets
 
 
 def rows(*entries):
@@ -52,7 +53,9 @@ def test_flipped_boxes_follow_the_pixels(tmp_path):
     for i in range(16):
         make_image(tmp_path / "train" / "x" / f"im{i}.jpg", box=box)
     samples = sample_table({"train": frame.drop(columns="split")}, ["x", "y"], tmp_path, "image")
-    data = SnackDataset(samples, image_size=64, batch_size=16, hflip=True, seed=3)
+    data = SnackDataset(
+        samples, image_size=64, batch_size=16, seed=3, augment=AugmentSettings(hflip=True)
+    )
     images, targets = data[0]
     flipped = 0
     for image, target in zip(images, targets["box"], strict=True):
@@ -85,3 +88,15 @@ def test_cache_gives_the_same_pixels_as_decoding(tmp_path):
     cached = SnackDataset(samples, image_size=48, batch_size=3, cache=cache)[0][0]
     assert plain.dtype == np.float32 and plain.shape == (3, 48, 48, 3)
     assert np.array_equal(plain, cached)
+
+
+def test_image_batches_give_the_dataset_pixels_in_order(tmp_path):
+    frame = rows(*[(f"im{i}", 0.1, 0.4, 0.2, 0.7, "x", "x") for i in range(5)])
+    for i in range(5):
+        make_image(tmp_path / "train" / "x" / f"im{i}.jpg", box=(0.1 * i, 0.5, 0.2, 0.7))
+    samples = sample_table({"train": frame.drop(columns="split")}, ["x"], tmp_path, "image")
+    batches = ImageBatches(samples.path.tolist(), image_size=32, batch_size=2)
+    assert len(batches) == 3 and batches[2].shape == (1, 32, 32, 3)
+    images = np.concatenate([batches[i] for i in range(3)])
+    expected = SnackDataset(samples, image_size=32, batch_size=5)[0][0]
+    assert images.dtype == np.float32 and np.array_equal(images, expected)

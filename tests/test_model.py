@@ -1,4 +1,5 @@
-"""The two-head model: shapes, the IoU metric, and both backbone initialisations offline."""
+"""The two-head model: shapes, the IoU metric, backbone families and their starting weights
+(random, ImageNet offline, reused from a model or weights file), heads on cached features."""
 
 import os
 import subprocess
@@ -6,13 +7,23 @@ import sys
 import textwrap
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from pipeline.boxes import iou
 from pipeline.config import ModelParams
 from pipeline.errors import UserError
-from pipeline.model import BoxMeanIoU, build_model
+from pipeline.model import (
+    BoxMeanIoU,
+    backbone_of,
+    build_backbone,
+    build_model,
+    feature_extractor,
+    heads_model,
+    load_model,
+)
 from pipeline.train import learning_rate_at
 
 TINY = ModelParams(alpha=0.25, image_size=32, box_head_filters=16)
@@ -55,25 +66,36 @@ def test_imagenet_weights_need_a_supported_size():
 
 
 def test_imagenet_weights_load_from_the_keras_cache_offline(tmp_path):
-    """`weights: imagenet` reads ~/.keras/models when the file is there: no download."""
+    """`weights: imagenet` reads ~/.keras/models when the file is there: no download.
+
+    MobileNetV3's ImageNet files are checked against a hash, so a stand-in cannot be tested.
+    """
     script = textwrap.dedent("""
-        import numpy as np, keras
+        import os, h5py, numpy as np, keras
+        from keras.src.legacy.saving import legacy_h5_format
         from pipeline.config import ModelParams
         from pipeline.model import build_backbone
-        ref = keras.applications.MobileNet(input_shape=(128, 128, 3), alpha=0.25,
-                                           include_top=False, weights=None)
-        rng = np.random.default_rng(0)
-        ref.set_weights([rng.standard_normal(w.shape).astype("float32")
-                         for w in ref.get_weights()])
-        # Keras' ImageNet files use the legacy HDF5 weights layout.
-        import os, h5py
-        from keras.src.legacy.saving import legacy_h5_format
-        path = os.environ["KERAS_HOME"] + "/models/mobilenet_2_5_128_tf_no_top.h5"
-        with h5py.File(path, "w") as f:
-            legacy_h5_format.save_weights_to_hdf5_group(f, ref)
-        got = build_backbone(ModelParams(alpha=0.25, image_size=128, weights="imagenet"))
-        assert all(np.array_equal(a, b) for a, b in zip(ref.get_weights(), got.get_weights()))
-        print("loaded")
+
+        def check(family, constructor, alpha, size, filename):
+            ref = constructor(input_shape=(size, size, 3), alpha=alpha,
+                              include_top=False, weights=None)
+            rng = np.random.default_rng(0)
+            ref.set_weights([rng.standard_normal(w.shape).astype("float32")
+                             for w in ref.get_weights()])
+            # Keras' ImageNet files use the legacy HDF5 weights layout.
+            with h5py.File(os.environ["KERAS_HOME"] + "/models/" + filename, "w") as f:
+                legacy_h5_format.save_weights_to_hdf5_group(f, ref)
+            params = ModelParams(backbone=family, alpha=alpha, image_size=size,
+                                 weights="imagenet")
+            got = build_backbone(params)
+            assert all(np.array_equal(a, b)
+                       for a, b in zip(ref.get_weights(), got.get_weights()))
+            print("loaded", family)
+
+        check("mobilenet", keras.applications.MobileNet, 0.25, 128,
+              "mobilenet_2_5_128_tf_no_top.h5")
+        check("mobilenet_v2", keras.applications.MobileNetV2, 0.35, 96,
+              "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5")
     """)
     (tmp_path / "models").mkdir()
     env = {**os.environ, "KERAS_HOME": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -86,4 +108,132 @@ def test_imagenet_weights_load_from_the_keras_cache_offline(tmp_path):
         cwd=Path(__file__).resolve().parents[1],
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "loaded" in done.stdout
+    assert "loaded mobilenet\n" in done.stdout and "loaded mobilenet_v2" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("backbone", "alpha"),
+    [
+        ("mobilenet", 0.25),
+        ("mobilenet_v2", 0.35),
+        ("mobilenet_v3_small", 0.75),
+        pytest.param("mobilenet_v3_large", 0.75, marks=pytest.mark.slow),
+    ],
+)
+def test_every_family_takes_pixels_and_loads_in_safe_mode(tmp_path, backbone, alpha):
+    params = ModelParams(backbone=backbone, alpha=alpha, image_size=32, box_head_filters=8)
+    model = build_model(3, params)
+    assert model.inputs[0].dtype == "float32"
+    names = [layer.name for layer in model.layers]
+    # Each family scales 0-255 pixels inside the model: v1/v2 in "preprocess", v3 itself.
+    rescaling = [layer for layer in backbone_of(model).layers if "rescaling" in layer.name]
+    assert ("preprocess" in names) != bool(rescaling)
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    model.save(tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")  # safe mode: no Lambda layers
+    want, got = model.predict(pixels, verbose=0), loaded.predict(pixels, verbose=0)
+    assert np.allclose(want["box"], got["box"], atol=1e-5)
+    assert np.allclose(want["class"], got["class"], atol=1e-5)
+
+
+def test_alpha_must_exist_for_the_family():
+    with pytest.raises(ValidationError, match=r"alpha 0.25 does not exist for mobilenet_v3_small"):
+        ModelParams(backbone="mobilenet_v3_small", alpha=0.25)
+    with pytest.raises(ValidationError, match=r"alpha 0.35 does not exist for mobilenet:"):
+        ModelParams(alpha=0.35)
+    with pytest.raises(ValidationError, match="none, imagenet or a path"):
+        ModelParams(weights="imagenet21k")
+    assert ModelParams(backbone="mobilenet_v2", alpha=1.4).alpha == 1.4
+
+
+def test_heads_on_cached_features_equal_the_whole_model():
+    model = build_model(4, TINY)
+    pixels = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    features = feature_extractor(model).predict(pixels, verbose=0)
+    from_features = heads_model(model).predict(features, verbose=0)
+    whole = model.predict(pixels, verbose=0)
+    for name in ("class", "box"):
+        assert np.allclose(from_features[name], whole[name], atol=1e-6)
+    assert heads_model(model).get_layer("box_conv") is model.get_layer("box_conv")
+
+
+def test_mixed_precision_keeps_float32_outputs():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_model(3, TINY)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer("box_conv").compute_dtype == "float16"
+    assert {tensor.dtype for tensor in model.outputs} == {"float32"}
+
+
+# Starting from a backbone saved in a file (the book starts from its own classifier).
+
+
+def tiny_classifier(tmp_path: Path, alpha: float = 0.25, size: int = 32):
+    """A classifier in the book's shape (MobileNet sub-model first), saved three ways."""
+    base = keras.applications.MobileNet(
+        input_shape=(size, size, 3), alpha=alpha, include_top=False, weights=None
+    )
+    classifier = keras.Sequential(
+        [base, keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="softmax")]
+    )
+    classifier.build((None, size, size, 3))
+    classifier.save(tmp_path / "classifier.keras")
+    classifier.save(tmp_path / "classifier.h5")  # Keras 3's legacy HDF5 path
+    base.save_weights(tmp_path / "backbone.weights.h5")
+    return base
+
+
+def same_weights(a: keras.Model, b: keras.Model) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights(), strict=True))
+
+
+def test_backbone_is_reused_from_a_model_or_weights_file(tmp_path):
+    base = tiny_classifier(tmp_path)
+    for name in ("classifier.keras", "classifier.h5", "backbone.weights.h5"):
+        params = ModelParams(alpha=0.25, image_size=32, weights=str(tmp_path / name))
+        assert same_weights(base, build_backbone(params)), name
+    # A classifier built on base.output has the MobileNet layers at its own top level.
+    flat = keras.Model(base.input, keras.layers.GlobalAveragePooling2D()(base.output))
+    flat.save(tmp_path / "flat.keras")
+    params = ModelParams(alpha=0.25, image_size=32, weights=str(tmp_path / "flat.keras"))
+    assert same_weights(base, build_backbone(params))
+    # An earlier snackloc model works as well: its backbone is nested the same way.
+    model = build_model(3, ModelParams(alpha=0.25, image_size=32, box_head_filters=8))
+    model.save(tmp_path / "snackloc.keras")
+    again = build_backbone(
+        ModelParams(alpha=0.25, image_size=32, weights=str(tmp_path / "snackloc.keras"))
+    )
+    assert same_weights(backbone_of(model), again)
+
+
+@pytest.mark.parametrize(
+    ("change", "message", "hint"),
+    [
+        ({"backbone": "mobilenet_v2", "alpha": 0.5}, "its backbone is mobilenet,", "backbone:"),
+        ({"image_size": 64}, "takes 32 px images", "image_size: 32"),
+        ({"alpha": 0.5}, "has weights of shape", "model.alpha"),
+    ],
+)
+def test_a_backbone_that_does_not_fit_is_named(tmp_path, change, message, hint):
+    tiny_classifier(tmp_path)
+    values = {"alpha": 0.25, "image_size": 32, "weights": str(tmp_path / "classifier.h5")}
+    with pytest.raises(UserError, match=message) as err:
+        build_backbone(ModelParams(**{**values, **change}))
+    assert hint in str(err.value)
+
+
+def test_weights_files_that_do_not_fit_or_do_not_exist(tmp_path):
+    tiny_classifier(tmp_path)
+    wrong_alpha = ModelParams(
+        alpha=0.5, image_size=32, weights=str(tmp_path / "backbone.weights.h5")
+    )
+    with pytest.raises(UserError, match=r"do not fit model.backbone=mobilenet alpha=0.5"):
+        build_backbone(wrong_alpha)
+    with pytest.raises(UserError, match="is not a file"):
+        build_backbone(ModelParams(weights=str(tmp_path / "missing.keras")))
+    no_mobilenet = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    no_mobilenet.save(tmp_path / "dense.keras")
+    with pytest.raises(UserError, match="no MobileNet backbone found"):
+        build_backbone(ModelParams(weights=str(tmp_path / "dense.keras")))

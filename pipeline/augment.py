@@ -1,0 +1,100 @@
+"""Box-aware augmentation on uint8 images (H, W, 3) with one normalized box each.
+
+Every geometric transform moves the box with the pixels: a box drawn into the image before
+augmentation is where the transformed box says it is after (tests/test_augment.py).
+Boxes are (x_min, x_max, y_min, y_max), normalized to [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """What to apply; each is a param under ``train.augment``."""
+
+    hflip: bool = True
+    # Random crop covering this share of the image area (min, max), then resized back.
+    crop_scale: tuple[float, float] = (1.0, 1.0)
+    # The target box must keep at least this share of its area inside the crop.
+    min_visible: float = 0.6
+    # Brightness, contrast and saturation factors drawn from [1 - j, 1 + j].
+    color_jitter: float = 0.0
+
+
+def hflip(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror left-right: x' = 1 - x, and x_min/x_max swap."""
+    x_min, x_max, y_min, y_max = box
+    return image[:, ::-1], np.array([1 - x_max, 1 - x_min, y_min, y_max], dtype=box.dtype)
+
+
+def visible_fraction(box: np.ndarray, crop: np.ndarray) -> float:
+    """Share of the box's area inside the crop (both normalized, same order)."""
+    w = max(0.0, min(box[1], crop[1]) - max(box[0], crop[0]))
+    h = max(0.0, min(box[3], crop[3]) - max(box[2], crop[2]))
+    area = (box[1] - box[0]) * (box[3] - box[2])
+    return float(w * h / area) if area > 0 else 0.0
+
+
+def sample_crop(
+    box: np.ndarray,
+    rng: np.random.Generator,
+    scale: tuple[float, float],
+    min_visible: float,
+    tries: int = 10,
+) -> np.ndarray | None:
+    """A random crop window (normalized) keeping enough of the box, or None."""
+    for _ in range(tries):
+        area = rng.uniform(*scale)
+        ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        w = min(1.0, np.sqrt(area * ratio))
+        h = min(1.0, np.sqrt(area / ratio))
+        x0 = rng.uniform(0, 1 - w)
+        y0 = rng.uniform(0, 1 - h)
+        crop = np.array([x0, x0 + w, y0, y0 + h])
+        if visible_fraction(box, crop) >= min_visible:
+            return crop
+    return None
+
+
+def crop_resize(
+    image: np.ndarray, box: np.ndarray, crop: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut ``crop`` out of the image, resize it to the original size, re-express the box."""
+    h, w = image.shape[:2]
+    x0, x1, y0, y1 = crop
+    pil = Image.fromarray(image).resize(
+        (w, h), Image.Resampling.BILINEAR, box=(x0 * w, y0 * h, x1 * w, y1 * h)
+    )
+    cw, ch = x1 - x0, y1 - y0
+    new = np.array([(box[0] - x0) / cw, (box[1] - x0) / cw, (box[2] - y0) / ch, (box[3] - y0) / ch])
+    return np.asarray(pil), np.clip(new, 0.0, 1.0).astype(box.dtype)
+
+
+def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Random brightness, contrast and saturation; returns float32 in [0, 255]."""
+    x = image.astype(np.float32)
+    b, c, s = rng.uniform(1 - strength, 1 + strength, size=3)
+    gray = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    x = gray[..., None] + (x - gray[..., None]) * s  # saturation
+    x = (x - x.mean()) * c + x.mean()  # contrast
+    return np.clip(x * b, 0, 255).astype(np.float32)  # brightness
+
+
+def augment(
+    image: np.ndarray, box: np.ndarray, settings: AugmentSettings, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the configured transforms to one image and its box (float32 image out)."""
+    if settings.crop_scale[0] < 1.0:
+        crop = sample_crop(box, rng, settings.crop_scale, settings.min_visible)
+        if crop is not None:
+            image, box = crop_resize(image, box, crop)
+    if settings.hflip and rng.random() < 0.5:
+        image, box = hflip(image, box)
+    if settings.color_jitter > 0:
+        return color_jitter(image, settings.color_jitter, rng), box
+    return image.astype(np.float32), box

@@ -1,0 +1,233 @@
+"""Training phases, schedules, feature caching, backups and resuming (tiny model, CPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline import hardware, train
+from pipeline.config import AugmentParams, ModelParams, Params, TrainParams, load_params
+from pipeline.errors import UserError
+from pipeline.loader import SnackDataset, sample_table
+from pipeline.model import backbone_of
+from pipeline.train import Phase, learning_rate_for, open_backup, plan_phases, read_history
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_AUGMENT = AugmentParams(hflip=False, crop_scale=(1.0, 1.0), color_jitter=0.0)
+TINY_MODEL = ModelParams(alpha=0.25, image_size=32, box_head_filters=8)
+
+
+def tiny_params(**train_values) -> Params:
+    values = {"epochs": 2, "batch_size": 8, "augment": NO_AUGMENT, **train_values}
+    return Params(model=TINY_MODEL, train=TrainParams(**values))
+
+
+def tiny_datasets(root: Path, n: int = 16) -> tuple[SnackDataset, SnackDataset]:
+    """Noise images with two classes and one box each; train and val see the same files."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        path = root / "train" / "x" / f"im{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
+        rows.append((f"im{i}", 0.1, 0.6, 0.2, 0.7, "xy"[i % 2], "x"))
+    columns = ["image_id", "x_min", "x_max", "y_min", "y_max", "class_name", "folder"]
+    frame = pd.DataFrame(rows, columns=columns)
+    samples = sample_table({"train": frame}, ["x", "y"], root, "image")
+    common = {"image_size": 32, "batch_size": 8}
+    return SnackDataset(samples, shuffle=True, **common), SnackDataset(samples, **common)
+
+
+def tiny_setup(params: Params) -> hardware.Setup:
+    """The hardware setup, run eagerly: tracing the graph of a tiny model costs more (~20 s
+    here) than training it for two batches (the graph path runs in test_pipeline_dvc.py)."""
+    return dataclasses.replace(hardware.configure(params.train), run_eagerly=True)
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Fail like a killed job once the given (0-based) epoch has finished and been backed up."""
+
+    def __init__(self, after_epoch: int) -> None:
+        super().__init__()
+        self.after_epoch = after_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.after_epoch:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+class EpochsSeen(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.epochs: list[int] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_phases_freeze_first_then_fine_tune():
+    assert plan_phases(5, 0) == [Phase(0, 5, frozen=False)]
+    assert plan_phases(5, 2) == [Phase(0, 2, frozen=True), Phase(2, 5, frozen=False)]
+    assert plan_phases(5, 5) == [Phase(0, 5, frozen=True)]
+
+
+def test_fine_tuning_divides_the_schedule_by_the_factor():
+    t = TrainParams(
+        epochs=6,
+        learning_rate=1e-3,
+        lr_schedule="step",
+        lr_drop_epochs=[3, 5],
+        freeze_backbone_epochs=2,
+        fine_tune_lr_factor=0.1,
+    )
+    rates = [learning_rate_for(e, t) for e in range(6)]
+    assert rates == pytest.approx([1e-3, 1e-3, 1e-5, 1e-5, 1e-6, 1e-6])
+    no_freeze = t.model_copy(update={"freeze_backbone_epochs": 0})
+    assert learning_rate_for(2, no_freeze) == pytest.approx(1e-4)
+
+
+def test_feature_caching_needs_a_frozen_backbone_and_no_augmentation(tmp_path):
+    with pytest.raises(ValueError, match="cache_features needs a frozen backbone"):
+        TrainParams(cache_features=True, freeze_backbone_epochs=1)  # augmentation is on
+    with pytest.raises(ValueError, match="cache_features"):
+        TrainParams(cache_features=True, augment=NO_AUGMENT)  # nothing frozen
+    with pytest.raises(ValueError, match="must not exceed epochs"):
+        TrainParams(epochs=2, freeze_backbone_epochs=3)
+    TrainParams(cache_features=True, freeze_backbone_epochs=1, augment=NO_AUGMENT)
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  cache_features: true\n  freeze_backbone_epochs: 1\n")
+    with pytest.raises(UserError, match=r"train: .*augmentation off"):
+        load_params(path)
+
+
+def test_book_settings_load_and_say_what_the_book_did():
+    params = load_params(ROOT / "params-book.yaml")
+    m, t = params.model, params.train
+    assert (m.backbone, m.alpha, m.image_size, m.weights) == ("mobilenet", 1.0, 224, "imagenet")
+    assert (t.target, t.box_loss, t.box_loss_weight, t.weight_decay) == ("rows", "mse", 10.0, 0.0)
+    assert (t.learning_rate, t.lr_schedule, t.epochs, t.lr_drop_epochs) == (
+        1e-3,
+        "step",
+        15,
+        [6, 11],
+    )
+
+
+def test_frozen_on_cached_features_then_fine_tuned(tmp_path):
+    """Frozen epochs leave the backbone (BatchNorm statistics included) as it was built."""
+
+    class BackboneAtPhaseStart(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.snapshots: list[list[np.ndarray]] = []
+
+        def on_train_begin(self, logs=None):
+            if any(isinstance(layer, keras.Model) for layer in self.model.layers):
+                self.snapshots.append(backbone_of(self.model).get_weights())
+
+    train_ds, val_ds = tiny_datasets(tmp_path / "data")
+    params = tiny_params(epochs=2, freeze_backbone_epochs=1, cache_features=True)
+    setup = tiny_setup(params)
+    probe = BackboneAtPhaseStart()
+    result = train.fit(params, 2, train_ds, val_ds, tmp_path / "b", setup, [probe], verbose=0)
+    keras.utils.set_random_seed(params.train.seed)
+    built = backbone_of(train.build_model(2, params.model)).get_weights()
+    (after_frozen,) = probe.snapshots  # phase 1 fits the heads model: no backbone in it
+    assert all(np.array_equal(a, b) for a, b in zip(built, after_frozen, strict=True))
+    final = backbone_of(result.model).get_weights()
+    assert not all(np.array_equal(a, b) for a, b in zip(built, final, strict=True))
+    assert backbone_of(result.model).trainable
+    assert list(result.history.epoch) == [1, 2]
+    rates = result.history.learning_rate.tolist()
+    assert rates[1] == pytest.approx(learning_rate_for(1, params.train))
+
+
+def test_interrupted_training_resumes_from_the_backup(tmp_path):
+    train_ds, val_ds = tiny_datasets(tmp_path / "data")
+    params = tiny_params(epochs=2)
+    backup = tmp_path / "backup"
+    setup = tiny_setup(params)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(params, 2, train_ds, val_ds, backup, setup, callbacks=[Interrupt(0)], verbose=0)
+    assert list(read_history(backup / "history.jsonl").epoch) == [1]
+
+    seen = EpochsSeen()
+    result = train.fit(params, 2, train_ds, val_ds, backup, setup, callbacks=[seen], verbose=0)
+    assert seen.epochs == [1]  # only the second epoch ran again
+    assert result.epochs_run == 1
+    assert list(result.history.epoch) == [1, 2]  # the history continues
+
+
+def test_backup_of_other_params_is_discarded(tmp_path):
+    backup = tmp_path / "backup"
+    assert open_backup(backup, "aaa") is None
+    (backup / "state.json").write_text('{"fingerprint": "aaa", "mlflow_run_id": "r1"}')
+    (backup / "history.jsonl").write_text('{"epoch": 1}\n')
+    assert open_backup(backup, "aaa") == "r1"  # same training: resume
+    assert open_backup(backup, "bbb") is None  # other params or data: start afresh
+    assert not (backup / "history.jsonl").exists()
+
+
+def test_the_stage_resumes_in_the_same_mlflow_run(tmp_path, monkeypatch):
+    """train.run interrupted after epoch 1, run again: same MLflow run, history 1..2."""
+    import mlflow
+
+    from pipeline.paths import Outputs
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    configure = hardware.configure
+    monkeypatch.setattr(
+        hardware, "configure", lambda t: dataclasses.replace(configure(t), run_eagerly=True)
+    )
+    tiny_datasets(tmp_path / "data")  # writes the images
+    outputs = Outputs(tmp_path / "outputs")
+    (outputs.validate_dir).mkdir(parents=True)
+    (outputs.classes).write_text('{"classes": ["x", "y"]}')
+    frame = pd.DataFrame(
+        {
+            "image_id": [f"im{i}" for i in range(16)],
+            **dict(zip(["x_min", "x_max", "y_min", "y_max"], [0.1, 0.6, 0.2, 0.7], strict=True)),
+            "class_name": ["xy"[i % 2] for i in range(16)],
+            "folder": "x",
+        }
+    )
+    outputs.dedup_dir.mkdir(parents=True)
+    for split in ("train", "val"):
+        frame.to_csv(outputs.deduped(split), index=False)
+    (tmp_path / "data" / "val").symlink_to(tmp_path / "data" / "train")
+    params = tiny_params(epochs=2, cache_images=False)
+    params = params.model_copy(
+        update={"data": params.data.model_copy(update={"root": tmp_path / "data"})}
+    )
+
+    logger_end = train.MlflowEpochLogger.on_epoch_end
+
+    def fail_after_first_epoch(self, epoch, logs=None):
+        logger_end(self, epoch, logs)
+        if epoch == 0:
+            raise KeyboardInterrupt("simulated interruption")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train.MlflowEpochLogger, "on_epoch_end", fail_after_first_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            train.run(params, outputs, progress=False)
+    first_run = read_history(outputs.train_dir / "backup" / "history.jsonl")
+    assert list(first_run.epoch) == [1]
+
+    metrics = train.run(params, outputs, progress=False)
+    assert metrics["epochs"] == 2
+    assert list(pd.read_csv(outputs.history).epoch) == [1, 2]
+    assert not (outputs.train_dir / "backup").exists()
+    run_id = json.loads(outputs.mlflow_run.read_text())["run_id"]
+    client = mlflow.MlflowClient()
+    steps = [m.step for m in client.get_metric_history(run_id, "val_class_accuracy")]
+    assert steps == [0, 1]  # one MLflow run holds both epochs
+    assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
