@@ -18,6 +18,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export MLFLOW_DISABLE_TELEMETRY := true
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
@@ -40,11 +41,13 @@ install: $(UV) ## create .venv from uv.lock (exact, hashed versions)
 data: install ## generate the synthetic dataset into data/ unless it exists
 	@if [ ! -f data/annotations-train.csv ]; then \
 	  snackloc data synth --out data; \
+	  dvc commit --force --quiet data.dvc; \
+	  git diff --quiet data.dvc || echo "WARNING: generated data differs from data.dvc"; \
 	  dvc status data.dvc; \
 	else echo "data/ exists: kept"; fi
 
 run: data ## the main job: `dvc repro` end to end, then show metrics
-	dvc repro
+	tools/with-prefect-server dvc repro
 	dvc metrics show
 	@echo "Plots: outputs/evaluate/plots/*.png   MLflow UI: make ui"
 

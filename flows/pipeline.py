@@ -9,6 +9,7 @@ starts, through `snackloc <stage>`); ``pipeline_flow`` runs them all in order.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import logging
@@ -24,6 +25,8 @@ from pipeline.config import load_params
 from pipeline.errors import UserError
 from pipeline.paths import Outputs
 
+# Full disk, read-only or forbidden folder: the user's to fix, not worth a retry.
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 STAGES: tuple[str, ...] = ("validate", "dedup", "train", "evaluate", "register")
 # Stages that talk to a tracking server retry: a blip of the network should not fail a run.
 RETRIES = {"register": 2}
@@ -48,6 +51,9 @@ class _NoEmptyTraceback(logging.Filter):
 
 
 logging.getLogger("prefect.task_runs").addFilter(_NoEmptyTraceback())
+# Stages log their summaries at INFO on "pipeline.*". Prefect gives that logger its handlers
+# (PREFECT_LOGGING_EXTRA_LOGGERS) but not a level, so it would inherit the root's WARNING.
+logging.getLogger("pipeline").setLevel(logging.INFO)
 
 
 def _with_retries(stage: str):
@@ -85,8 +91,15 @@ def run_stage(
         # A user mistake: say it once, clearly, without a traceback.
         logger.error("%s failed: %s", stage, exc)
         return Failed(message=str(exc))
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise  # network and other errors: Prefect retries where configured
+        message = f"cannot write {exc.filename or 'an output'}: {exc.strerror}"
+        logger.error("%s failed: %s (earlier outputs are intact)", stage, message)
+        return Failed(message=message)
     create_markdown_artifact(
-        _summary_markdown(stage, result),
+        # A stage may write its own summary (evaluate does); else a generic one.
+        result.get("markdown") or _summary_markdown(stage, result),
         key=f"snackloc-{stage}",
         description=f"snackloc {stage} summary",
     )

@@ -45,8 +45,10 @@ def _run_stage(stage: str, params: Path, outputs: Path, quiet: bool) -> None:
 
     load_params(params)  # fail fast on bad params, before Prefect starts
     from flows.pipeline import stage_flow
+    from pipeline.runlock import run_lock
 
-    state = stage_flow(stage, str(params), str(outputs), not quiet, return_state=True)
+    with run_lock(stage):
+        state = stage_flow(stage, str(params), str(outputs), not quiet, return_state=True)
     if not state.is_completed():
         fail(f"stage {stage} failed: {state.message}")
 
@@ -81,8 +83,10 @@ def pipeline(
 
     load_params(params)
     from flows.pipeline import pipeline_flow
+    from pipeline.runlock import run_lock
 
-    state = pipeline_flow(str(params), str(outputs), not quiet, return_state=True)
+    with run_lock("pipeline"):
+        state = pipeline_flow(str(params), str(outputs), not quiet, return_state=True)
     if not state.is_completed():
         fail(f"pipeline failed: {state.message}")
 
@@ -110,6 +114,70 @@ def data_synth(
         )
         + f"; {len(manifest['defects'])} injected defects listed in {out / 'defects.json'}"
     )
+
+
+@data_app.command("import")
+def data_import(
+    src: Annotated[
+        Path, typer.Argument(help="Annotation file or folder (images beside/under it).")
+    ],
+    format_: Annotated[
+        str, typer.Option("--format", "-f", help="voc | coco | yolo | cvat | labelme | openimages")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder to write the snacks layout into.")] = Path(
+        "data"
+    ),
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep only these classes: a names file (YOLO: line i = class i) or `snacks`."
+        ),
+    ] = None,
+    split_ratios: Annotated[
+        str, typer.Option(help="train,val,test shares when the source has no split.")
+    ] = "0.8,0.1,0.1",
+    seed: Annotated[int, typer.Option(help="Seed of the stratified split.")] = 0,
+    resplit: Annotated[
+        bool, typer.Option(help="Split anew even if the source has splits.")
+    ] = False,
+    folder_from: Annotated[
+        str, typer.Option(help="Image folder = class of its `largest` or `first` box.")
+    ] = "largest",
+    outside: Annotated[
+        str, typer.Option(help="Boxes crossing the image border: `clip` or `skip` (reported).")
+    ] = "clip",
+    jpeg_quality: Annotated[int, typer.Option(help="Quality of non-JPEG images converted.")] = 95,
+    force: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Import annotations from a labeling tool into the snacks layout (docs/import.md)."""
+    from pipeline import interop
+
+    options = interop.ImportOptions(
+        fmt=format_,
+        classes=interop.load_classes(classes),
+        ratios=interop.parse_ratios(split_ratios),
+        seed=seed,
+        resplit=resplit,
+        folder_from=folder_from,
+        outside=outside,
+        jpeg_quality=jpeg_quality,
+    )
+    report = interop.import_dataset(src, out, options, overwrite=force)
+    typer.echo(interop.import_summary(report))
+
+
+@data_app.command("export")
+def data_export(
+    format_: Annotated[str, typer.Option("--format", "-f", help="coco | voc | yolo")],
+    out: Annotated[Path, typer.Option(help="Folder to write the export into.")],
+    data: Annotated[Path, typer.Option(help="The snacks dataset to export.")] = Path("data"),
+    force: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Export the snacks dataset as COCO, Pascal VOC or YOLO (images copied beside)."""
+    from pipeline import interop
+
+    report = interop.export_dataset(data, out, format_, overwrite=force)
+    typer.echo(interop.export_summary(report))
 
 
 @app.command()
@@ -143,6 +211,65 @@ def ui(
         raise typer.Exit(subprocess.call(command))
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files (any size, mode, format).")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="MLflow model URI or a .keras file.")
+    ] = "models:/snackloc@champion",
+    classes: Annotated[
+        Path | None,
+        typer.Option(help="Class list JSON for a .keras model [outputs/validate/classes.json]."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the images with their box drawn.")] = Path(
+        "outputs/predict"
+    ),
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+) -> None:
+    """Predict class, probability and box of images; write each with its box drawn."""
+    from pipeline import predict as predicting
+
+    raise typer.Exit(predicting.main(images, model, classes, out, json_output))
+
+
+def _echo_record(record: dict) -> None:
+    before, after = (
+        f"v{v}" if v else "none" for v in (record["champion_before"], record["champion_after"])
+    )
+    typer.echo(
+        f"{record['model_name']} @champion: {before} -> {after} ({'; '.join(record['reasons'])})"
+    )
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="The model version to make @champion.")],
+    reason: Annotated[str, typer.Option(help="Why; kept in the tags and history.")] = "",
+    params: ParamsOpt = Path("params.yaml"),
+    outputs: OutputsOpt = Path("outputs"),
+) -> None:
+    """Make a registered version the @champion by hand (recorded in outputs/register/)."""
+    from pipeline import register
+    from pipeline.config import load_params
+    from pipeline.paths import Outputs
+
+    _echo_record(register.promote(load_params(params), Outputs(outputs), version, reason))
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option(help="Why; kept in the tags and history.")] = "",
+    params: ParamsOpt = Path("params.yaml"),
+    outputs: OutputsOpt = Path("outputs"),
+) -> None:
+    """Give @champion back to the version the current champion replaced."""
+    from pipeline import register
+    from pipeline.config import load_params
+    from pipeline.paths import Outputs
+
+    _echo_record(register.rollback(load_params(params), Outputs(outputs), reason))
 
 
 def main() -> None:

@@ -86,7 +86,25 @@ class Outputs:
     def plots_dir(self) -> Path:
         return self.evaluate_dir / "plots"
 
+    @property
+    def per_class(self) -> Path:
+        return self.evaluate_dir / "per_class.csv"
+
+    @property
+    def eval_splits(self) -> Path:
+        """Images and data fingerprint of each evaluated split (the gate compares them)."""
+        return self.evaluate_dir / "splits.json"
+
+    @property
+    def eval_summary(self) -> Path:
+        return self.evaluate_dir / "summary.md"
+
     # register
     @property
     def registry_record(self) -> Path:
         return self.root / "register" / "record.json"
+
+    @property
+    def registry_history(self) -> Path:
+        """Every register / promote / rollback record, one JSON object a line (not a DVC out)."""
+        return self.root / "register" / "history.jsonl"

@@ -88,6 +88,10 @@ def test_every_stage_ran_and_wrote_its_outputs(project):
         "evaluate/metrics.json",
         "register/record.json",
         "evaluate/plots/confusion_matrix.png",
+        "evaluate/plots/gallery_worst.png",
+        "evaluate/plots/training_curves.png",
+        "evaluate/per_class.csv",
+        "evaluate/summary.md",
     ):
         assert (outputs / path).is_file(), path
     history = pd.read_csv(outputs / "train/history.csv")
