@@ -68,5 +68,10 @@ format: install ## apply ruff fixes and formatting
 ui: install ## MLflow UI on http://127.0.0.1:5000
 	snackloc ui
 
+bench: install ## run the benchmarks (loader, validation, dedup); figures in docs/
+	python bench/validate_bench.py
+	python bench/dedup_bench.py
+	python bench/loader_bench.py
+
 clean: ## remove outputs and local tracking state (keeps data/ and .venv)
 	rm -rf outputs mlflow.db mlartifacts .prefect

@@ -4,380 +4,204 @@ Each row of ``annotations-<split>.csv`` either passes every check and goes to th
 clean file, or goes to the quarantine file with every failing check named — nothing is
 dropped or altered silently (``rows in == clean + quarantined`` is asserted per split).
 
-The checks are the named entries of ``ROW_CHECKS`` (see ``CHECKS`` for their names and
-meanings); adding one is one decorated function. Image facts that the loader handles
-(PNG named .jpg, grayscale/CMYK/palette/alpha modes, EXIF rotation) are not errors: they
-are counted as ``notes`` in the report.
+Where each check lives (``CHECKS`` lists them all, in report order):
 
-The stage fails (UserError) when the quarantined share passes
-``validate.max_bad_fraction`` — after writing every output, so the user can inspect them.
+- tabular checks are Great Expectations suites (``pipeline.expectations``), run on one batch
+  per split; GX returns the failing row numbers, which become quarantine reasons;
+- image checks are plain Python (``pipeline.imagecheck``): each referenced file is inspected
+  once, on both cores, with a progress bar;
+- the class checks run last, because ``data.classes: auto`` takes the class list from the
+  train rows that passed everything else.
+
+Image facts the loader handles (PNG named .jpg, grayscale/CMYK/palette/alpha, EXIF rotation)
+are ``notes``, not errors. Boxes refer to the image as displayed, i.e. after its EXIF
+orientation is applied (every reader in ``pipeline.dataio`` applies it): rotated images are
+kept and the contact sheets draw them that way, so a wrong box shows. Repeated rows and a
+header in a non-contract order are ``warnings``: reported, nothing quarantined (dedup removes
+the repeats; columns are read by name).
+
+Outputs (``outputs/validate/``): clean CSVs, ``quarantine.csv``, ``classes.json``,
+``report.json`` (DVC metrics: numbers at the top level, lists under "details"), GX Data Docs
+(``data_docs/index.html``) and contact sheets (``contact_sheets/*.png``). The stage fails
+(UserError) when the quarantined share passes ``validate.max_bad_fraction`` — after writing
+every output, so the user can inspect them.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
-import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
-from PIL import ExifTags, Image
-from tqdm import tqdm
 
+from pipeline import contact_sheet, expectations
 from pipeline.config import SPLITS, Params, ValidateParams, resolve_classes
 from pipeline.dataio import (
     ANNOTATION_COLUMNS,
     BOX_COLUMNS,
     annotations_path,
     image_path,
-    open_image_rgb,
     read_raw_annotations,
     safe_image_path,
     write_csv,
     write_json,
 )
 from pipeline.errors import UserError
+from pipeline.imagecheck import (
+    IMAGE_CHECKS,
+    ImageFacts,
+    image_problems,
+    inspect_images,
+    unreferenced_images,
+)
 from pipeline.paths import Outputs
 
 log = logging.getLogger(__name__)
 
-IMAGE_WORKERS = 2  # Pillow releases the GIL while decoding; more threads do not help on 2 cores.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
-# Quarantine columns added in front of / after the original CSV columns.
+# Every check that quarantines a row, in report order: name -> what a failure means.
+CHECKS: dict[str, str] = {
+    "missing_value": "a required cell is empty",
+    "not_a_number": "a box coordinate is text, NaN or infinite",
+    "out_of_range": "a box coordinate is outside [0, 1]",
+    "inverted_box": "x_min >= x_max or y_min >= y_max",
+    "box_too_small": "box width or height below validate.min_box_size",
+    "unsafe_path": "image_id/folder contain a path separator, NUL or are '.'/'..', "
+    "or the file resolves outside the data root (symlink)",
+    **IMAGE_CHECKS,
+    "unknown_class": "class_name is not in the class list",
+    "unknown_folder": "folder is not in the class list",
+}
+# Reported, quarantine nothing.
+WARNINGS: dict[str, str] = {
+    "repeated_row": "rows with the same image, class and box (every copy counted; "
+    "dedup keeps the first)",
+    "column_order": "splits whose CSV header is not in the contract order (read by name)",
+}
 QUARANTINE_LEAD = ["split", "row"]
 QUARANTINE_TAIL = ["reasons", "detail"]
+SHEET_IMAGES = 16  # images per contact sheet
+SHEET_NOTED = 4  # of which, at most, images with notes (EXIF-rotated, CMYK...) shown first
+SHEET_SEED = 0
+
+
+def docs_dir(outputs: Outputs) -> Path:
+    """The GX Data Docs site (a DVC out of the validate stage)."""
+    return outputs.validate_dir / "data_docs"
+
+
+def sheets_dir(outputs: Outputs) -> Path:
+    """The contact sheet PNGs (a DVC out of the validate stage)."""
+    return outputs.validate_dir / "contact_sheets"
 
 
 # --------------------------------------------------------------------------------------
-# What a check sees
+# Findings: what failed, per row
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ImageFacts:
-    """What inspecting one image file found (each file is inspected once)."""
+class Findings:
+    """Failing checks per row: (split, row) -> {check: [details]}, plus warnings."""
 
-    path: Path
-    missing: bool = False
-    too_large: str | None = None  # why it was refused without decoding
-    unreadable: str | None = None  # the decoder's error message
-    width: int | None = None
-    height: int | None = None
-    format: str | None = None
-    mode: str | None = None
-    orientation: int = 1
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, int], dict[str, list[str]]] = {}
+        self.warnings: Counter[str] = Counter()
 
-    def notes(self) -> list[str]:
-        """Facts worth reporting that are not errors (the loader handles them)."""
-        found = []
-        if self.format and self.format != "JPEG" and self.path.suffix.lower() in {".jpg", ".jpeg"}:
-            found.append(f"format_{self.format}_as_jpg")
-        if self.mode and self.mode != "RGB":
-            found.append(f"mode_{self.mode}")
-        if self.orientation not in (0, 1):
-            found.append("exif_orientation")
-        return found
+    def add(self, split: str, row: int, check: str, detail: str) -> None:
+        self.rows.setdefault((split, row), {}).setdefault(check, []).append(detail)
+
+    def add_gx(self, failures: list[expectations.Failure]) -> None:
+        for failure in failures:
+            if failure.warn:
+                self.warnings[failure.check] += 1
+            else:
+                self.add(failure.split, failure.row, failure.check, failure.detail)
+
+    def has(self, split: str, row: int, check: str) -> bool:
+        return check in self.rows.get((split, row), {})
+
+    def bad_rows(self, split: str) -> list[int]:
+        return sorted(row for (where, row) in self.rows if where == split)
+
+    def reasons(self, split: str, row: int) -> list[str]:
+        found = self.rows.get((split, row), {})
+        return [check for check in CHECKS if check in found]
+
+    def detail(self, split: str, row: int) -> str:
+        found = self.rows[(split, row)]
+        checks = self.reasons(split, row)
+        return "; ".join(f"{check}: {', '.join(found[check])}" for check in checks)
+
+    def per_check(self) -> dict[str, int]:
+        counts = Counter(check for found in self.rows.values() for check in found)
+        return {check: counts.get(check, 0) for check in CHECKS}
+
+
+# --------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------
 
 
 @dataclass
-class RowView:
-    """One raw annotation row, parsed as far as possible, with its image facts."""
+class Located:
+    """Where the rows of a split point."""
 
-    split: str
-    row: int  # 0-based data row number in the original CSV
-    text: dict[str, str]  # every original column, as written
-    coords: dict[str, float | None]  # box columns that parse to a finite number
-    target: Path | None = None  # where folder/image_id point, confined or not
-    unsafe: bool = False  # image_id/folder escape the data root
-    image: ImageFacts | None = None  # None when no path could be built safely
-    reasons: list[str] = field(default_factory=list)
-    details: list[str] = field(default_factory=list)
-
-    def present(self, column: str) -> bool:
-        return self.text.get(column, "").strip() != ""
+    paths: dict[int, Path] = field(default_factory=dict)  # row -> image path inside the root
+    targets: set[Path] = field(default_factory=set)  # every path a row names (referenced files)
+    escaping: list[int] = field(default_factory=list)  # rows whose image leaves the data root
 
 
-@dataclass(frozen=True)
-class CheckContext:
-    limits: ValidateParams
-    classes: frozenset[str] | None = None  # None until the class list is resolved
-
-
-CheckFunc = Callable[[RowView, CheckContext], str | None]
-
-
-@dataclass(frozen=True)
-class RowCheck:
-    """A named check: returns a human-readable detail when the row fails, else None."""
-
-    name: str
-    description: str
-    func: CheckFunc
-    needs_classes: bool = False
-
-
-ROW_CHECKS: list[RowCheck] = []
-
-
-def row_check(name: str, description: str, needs_classes: bool = False):
-    """Register a check function under ``name`` (report and quarantine use the name)."""
-
-    def register(func: CheckFunc) -> CheckFunc:
-        ROW_CHECKS.append(RowCheck(name, description, func, needs_classes))
-        return func
-
-    return register
-
-
-# --------------------------------------------------------------------------------------
-# The checks, in report order
-# --------------------------------------------------------------------------------------
-
-
-@row_check("missing_value", "a required cell is empty")
-def _missing_value(row: RowView, ctx: CheckContext) -> str | None:
-    empty = [col for col in ANNOTATION_COLUMNS if not row.present(col)]
-    return f"empty {', '.join(empty)}" if empty else None
-
-
-@row_check("not_a_number", "a box coordinate is text, NaN or infinite")
-def _not_a_number(row: RowView, ctx: CheckContext) -> str | None:
-    bad = [
-        f"{col}={row.text[col]!r}"
-        for col in BOX_COLUMNS
-        if row.present(col) and row.coords[col] is None
-    ]
-    return ", ".join(bad) if bad else None
-
-
-@row_check("out_of_range", "a box coordinate is outside [0, 1]")
-def _out_of_range(row: RowView, ctx: CheckContext) -> str | None:
-    bad = [
-        f"{col}={value:g}"
-        for col, value in row.coords.items()
-        if value is not None and not 0.0 <= value <= 1.0
-    ]
-    return ", ".join(bad) if bad else None
-
-
-def _extents(row: RowView) -> Iterable[tuple[str, str, str, float]]:
-    """(axis name, min column, max column, max - min) for each axis with both ends known."""
-    for axis, lo, hi in (("width", "x_min", "x_max"), ("height", "y_min", "y_max")):
-        if row.coords[lo] is not None and row.coords[hi] is not None:
-            yield axis, lo, hi, row.coords[hi] - row.coords[lo]
-
-
-@row_check("inverted_box", "x_min >= x_max or y_min >= y_max")
-def _inverted_box(row: RowView, ctx: CheckContext) -> str | None:
-    bad = [
-        f"{lo} {row.coords[lo]:g} >= {hi} {row.coords[hi]:g}"
-        for _, lo, hi, extent in _extents(row)
-        if extent <= 0
-    ]
-    return ", ".join(bad) if bad else None
-
-
-@row_check("box_too_small", "box width or height below validate.min_box_size")
-def _box_too_small(row: RowView, ctx: CheckContext) -> str | None:
-    # Inverted boxes are reported as such, not also as too small.
-    bad = [
-        f"{axis} {extent:.4g} < {ctx.limits.min_box_size:g}"
-        for axis, _, _, extent in _extents(row)
-        if 0 < extent < ctx.limits.min_box_size
-    ]
-    return ", ".join(bad) if bad else None
-
-
-@row_check(
-    "unsafe_path",
-    "image_id/folder contain a path separator, '..' or NUL, "
-    "or the file resolves outside the data root (symlink)",
-)
-def _unsafe_path(row: RowView, ctx: CheckContext) -> str | None:
-    if not row.unsafe:
-        return None
-    return f"folder={row.text['folder']!r} image_id={row.text['image_id']!r} leaves the data root"
-
-
-@row_check("missing_image", "the image file does not exist")
-def _missing_image(row: RowView, ctx: CheckContext) -> str | None:
-    return f"{row.image.path} not found" if row.image and row.image.missing else None
-
-
-@row_check("unreadable_image", "the file cannot be decoded (truncated, corrupt, not an image)")
-def _unreadable_image(row: RowView, ctx: CheckContext) -> str | None:
-    return row.image.unreadable if row.image and row.image.unreadable else None
-
-
-@row_check("image_too_small", "an image side is below validate.min_image_side pixels")
-def _image_too_small(row: RowView, ctx: CheckContext) -> str | None:
-    image = row.image
-    if image is None or image.width is None or image.height is None:
-        return None
-    if min(image.width, image.height) >= ctx.limits.min_image_side:
-        return None
-    return f"{image.width}x{image.height} px, a side < {ctx.limits.min_image_side}"
-
-
-@row_check("image_too_large", "more pixels than validate.max_image_pixels (refused undecoded)")
-def _image_too_large(row: RowView, ctx: CheckContext) -> str | None:
-    return row.image.too_large if row.image and row.image.too_large else None
-
-
-@row_check("unknown_class", "class_name is not in the class list", needs_classes=True)
-def _unknown_class(row: RowView, ctx: CheckContext) -> str | None:
-    name = row.text["class_name"]
-    if ctx.classes is None or not row.present("class_name") or name in ctx.classes:
-        return None
-    return f"class_name {name!r} not in the class list"
-
-
-@row_check("unknown_folder", "folder is not in the class list", needs_classes=True)
-def _unknown_folder(row: RowView, ctx: CheckContext) -> str | None:
-    name = row.text["folder"]
-    if ctx.classes is None or not row.present("folder") or name in ctx.classes:
-        return None
-    return f"folder {name!r} not in the class list"
-
-
-CHECKS: dict[str, str] = {check.name: check.description for check in ROW_CHECKS}
-
-
-def apply_checks(rows: Iterable[RowView], ctx: CheckContext, *, needs_classes: bool) -> None:
-    """Run the checks of one phase on each row, appending failures to the row."""
-    checks = [check for check in ROW_CHECKS if check.needs_classes == needs_classes]
-    for row in rows:
-        for check in checks:
-            detail = check.func(row, ctx)
-            if detail is not None:
-                row.reasons.append(check.name)
-                row.details.append(f"{check.name}: {detail}")
-
-
-# --------------------------------------------------------------------------------------
-# Rows and images
-# --------------------------------------------------------------------------------------
-
-
-def parse_coord(text: str) -> float | None:
-    """A finite float, or None for empty cells, text, NaN and infinities."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def build_rows(root: Path, split: str, frame: pd.DataFrame) -> list[RowView]:
-    """One RowView per CSV row, with its box parsed and its image path confined to root."""
-    rows = []
-    for number, record in enumerate(frame.to_dict("records")):
-        text = {str(col): str(value) for col, value in record.items()}
-        row = RowView(split, number, text, {col: parse_coord(text[col]) for col in BOX_COLUMNS})
-        if row.present("folder") and row.present("image_id"):
-            row.target = image_path(root, split, text["folder"], text["image_id"])
-            path = safe_image_path(root, split, text["folder"], text["image_id"])
-            if path is None:
-                row.unsafe = True
-            else:
-                row.image = ImageFacts(path)  # placeholder until inspected
-        rows.append(row)
-    return rows
-
-
-def _message(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _orientation(image: Image.Image) -> int:
-    try:
-        return int(image.getexif().get(ExifTags.Base.Orientation, 1))
-    except Exception:  # unreadable EXIF: assume upright; the full decode decides usability
-        return 1
-
-
-def inspect_image(path: Path, max_pixels: int) -> ImageFacts:
-    """Read an image's header, refuse it if too large, else decode it fully.
-
-    Any decoding failure is recorded as the message, never raised: one bad file must not
-    stop the stage.
-    """
-    if not path.is_file():
-        return ImageFacts(path, missing=True)
-    try:
-        with Image.open(path) as image:  # header only: nothing is decoded yet
-            facts = ImageFacts(
-                path,
-                width=image.width,
-                height=image.height,
-                format=image.format,
-                mode=image.mode,
-                orientation=_orientation(image),
+def locate_images(root: Path, split: str, table: pd.DataFrame) -> Located:
+    """Each row's image path, confined to the data root (each distinct name resolved once)."""
+    located = Located()
+    resolved: dict[tuple[str, str], tuple[Path, Path | None]] = {}
+    named = table.dropna(subset=["folder", "image_id"])
+    for row, folder, image_id in named[["row", "folder", "image_id"]].itertuples(index=False):
+        if (folder, image_id) not in resolved:
+            resolved[folder, image_id] = (
+                image_path(root, split, folder, image_id),
+                safe_image_path(root, split, folder, image_id),
             )
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return ImageFacts(path, too_large=_message(exc))  # Pillow's own limit, checked on open
-    except Exception as exc:
-        return ImageFacts(path, unreadable=_message(exc))
-    pixels = facts.width * facts.height
-    if pixels > max_pixels:
-        return replace(
-            facts,
-            too_large=f"{facts.width}x{facts.height} = {pixels} pixels "
-            f"> max_image_pixels {max_pixels}",
-        )
-    try:
-        open_image_rgb(path, max_pixels=max_pixels)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return replace(facts, too_large=_message(exc))
-    except Exception as exc:
-        return replace(facts, unreadable=_message(exc))
+        target, path = resolved[folder, image_id]
+        located.targets.add(target)
+        if path is None:
+            located.escaping.append(int(row))
+        else:
+            located.paths[int(row)] = path
+    return located
+
+
+def check_images(
+    located: dict[str, Located], limits: ValidateParams, findings: Findings, progress: bool
+) -> dict[Path, ImageFacts]:
+    """Inspect every referenced image once; record each row's image failures."""
+    for split, where in located.items():
+        for row in where.escaping:  # a bad name is GX's finding already; a symlink is not
+            if not findings.has(split, row, "unsafe_path"):
+                findings.add(split, row, "unsafe_path", "the file resolves outside the data root")
+    paths = sorted({path for where in located.values() for path in where.paths.values()})
+    facts = inspect_images(paths, limits.max_image_pixels, progress)
+    problems = {path: image_problems(image, limits) for path, image in facts.items()}
+    for split, where in located.items():
+        for row, path in where.paths.items():
+            for check, detail in problems[path]:
+                findings.add(split, row, check, detail)
     return facts
 
 
-def inspect_images(paths: list[Path], max_pixels: int, progress: bool) -> dict[Path, ImageFacts]:
-    """Inspect each distinct image once, on a small thread pool."""
-    # catch_warnings is process-global: entering it here restores the filters that the
-    # worker threads' (open_image_rgb's) own catch_warnings blocks may race on.
-    with warnings.catch_warnings(), ThreadPoolExecutor(IMAGE_WORKERS) as pool:
-        results = pool.map(lambda path: inspect_image(path, max_pixels), paths)
-        facts = list(
-            tqdm(
-                results, total=len(paths), desc="validate: images", unit="img", disable=not progress
-            )
-        )
-    return dict(zip(paths, facts, strict=True))
-
-
-def unreferenced_images(root: Path, referenced: set[Path]) -> list[str]:
-    """Image files under data/<split>/ that no row points at, relative to root (posix)."""
-    found = []
-    for split in SPLITS:
-        for folder, _, files in os.walk(Path(root) / split):  # does not follow symlinked dirs
-            for name in files:
-                path = Path(folder) / name
-                if path.suffix.lower() in IMAGE_SUFFIXES and path not in referenced:
-                    found.append(path.relative_to(root).as_posix())
-    return sorted(found)
-
-
 # --------------------------------------------------------------------------------------
-# Classes, outputs, report
+# Classes and outputs
 # --------------------------------------------------------------------------------------
 
 
-def resolve_class_list(params: Params, rows: list[RowView]) -> list[str]:
+def resolve_class_list(params: Params, train: pd.DataFrame, bad_rows: list[int]) -> list[str]:
     """The class list; for "auto", the class names of train rows that passed every other check."""
-    train_names = [
-        row.text["class_name"] for row in rows if row.split == "train" and not row.reasons
-    ]
+    names = train.loc[~train["row"].isin(bad_rows), "class_name"].dropna().tolist()
     try:
-        return resolve_classes(params.data, train_names)
+        return resolve_classes(params.data, names)
     except UserError as exc:
         raise UserError(
             f"{exc.message} (no train row passed validation)",
@@ -385,32 +209,33 @@ def resolve_class_list(params: Params, rows: list[RowView]) -> list[str]:
         ) from None
 
 
-def clean_frame(rows: list[RowView]) -> pd.DataFrame:
-    """Clean rows: contract columns (boxes as floats) plus the original row number."""
-    records = [
-        {
-            **{col: row.text[col] for col in ANNOTATION_COLUMNS},
-            **{col: row.coords[col] for col in BOX_COLUMNS},
-            "row": row.row,
-        }
-        for row in rows
-    ]
-    frame = pd.DataFrame(records, columns=[*ANNOTATION_COLUMNS, "row"])
-    frame[BOX_COLUMNS] = frame[BOX_COLUMNS].astype("float64")
-    frame["row"] = frame["row"].astype("int64")
-    return frame
+def clean_frame(table: pd.DataFrame, bad_rows: list[int]) -> pd.DataFrame:
+    """Clean rows: contract columns (boxes as parsed floats) plus the original row number."""
+    good = table[~table["row"].isin(bad_rows)]
+    frame = good[ANNOTATION_COLUMNS].copy()
+    for column in BOX_COLUMNS:
+        frame[column] = good[expectations.value_column(column)].astype("float64")
+    frame["row"] = good["row"].astype("int64")
+    return frame.reset_index(drop=True)
 
 
-def quarantine_frame(rows: list[RowView], original_columns: list[str]) -> pd.DataFrame:
+def quarantine_frame(
+    raw: dict[str, pd.DataFrame], findings: Findings, columns: list[str]
+) -> pd.DataFrame:
     """Bad rows with every original column as text, the failing check names and details."""
-    records = []
-    for row in rows:
-        record: dict[str, Any] = {"split": row.split, "row": row.row}
-        record.update({col: row.text.get(col, "") for col in original_columns})
-        record["reasons"] = ";".join(row.reasons)
-        record["detail"] = "; ".join(row.details)
-        records.append(record)
-    return pd.DataFrame(records, columns=[*QUARANTINE_LEAD, *original_columns, *QUARANTINE_TAIL])
+    parts = []
+    for split in SPLITS:
+        rows = findings.bad_rows(split)
+        if not rows:
+            continue
+        part = raw[split].iloc[rows].reindex(columns=columns, fill_value="")
+        part.insert(0, "split", split)
+        part.insert(1, "row", rows)
+        part["reasons"] = [";".join(findings.reasons(split, row)) for row in rows]
+        part["detail"] = [findings.detail(split, row) for row in rows]
+        parts.append(part)
+    header = [*QUARANTINE_LEAD, *columns, *QUARANTINE_TAIL]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=header)
 
 
 def _original_columns(frames: dict[str, pd.DataFrame]) -> list[str]:
@@ -428,17 +253,135 @@ def _rename_clashes(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def header_out_of_order(frame: pd.DataFrame) -> bool:
+    """True when the contract columns are not in the contract order (extras ignored)."""
+    return [col for col in frame.columns if col in ANNOTATION_COLUMNS] != ANNOTATION_COLUMNS
+
+
+# --------------------------------------------------------------------------------------
+# Contact sheets
+# --------------------------------------------------------------------------------------
+
+
+def _boxes(rows: pd.DataFrame) -> list[tuple[contact_sheet.Box, str]]:
+    """Drawable boxes (all four coordinates parsed) with their class names."""
+    values = rows[[expectations.value_column(c) for c in BOX_COLUMNS]]
+    usable = values.notna().all(axis=1) & np.isfinite(values.fillna(0)).all(axis=1)
+    labels = rows["class_name"].fillna("?")
+    return [
+        (tuple(box), str(label))
+        for box, label in zip(values[usable].to_numpy(), labels[usable], strict=True)
+    ]
+
+
+def _one_per_note(paths: list[Path], facts: dict[Path, ImageFacts]) -> list[Path]:
+    """The first image with each kind of note (EXIF rotation, CMYK...)."""
+    first: dict[str, Path] = {}
+    for path in paths:
+        for note in facts[path].notes():
+            first.setdefault(note, path)
+    return list(dict.fromkeys(first.values()))
+
+
+def split_tiles(
+    table: pd.DataFrame, bad_rows: list[int], located: Located, facts: dict[Path, ImageFacts]
+) -> list[contact_sheet.Tile]:
+    """Clean images of a split: those with notes (EXIF-rotated...) first, then random ones."""
+    good = table[~table["row"].isin(bad_rows)]
+    rows_of = dict(iter(good.groupby(good["row"].map(located.paths), sort=True)))
+    paths = list(rows_of)
+    noted = _one_per_note(paths, facts)[:SHEET_NOTED]
+    rest = [path for path in paths if path not in noted]
+    rng = np.random.default_rng(SHEET_SEED)
+    count = min(SHEET_IMAGES - len(noted), len(rest))
+    chosen = noted + [rest[i] for i in sorted(rng.choice(len(rest), count, replace=False))]
+    tiles = []
+    for path in chosen:
+        rows = rows_of[path]
+        caption = [f"{path.parent.name}/{path.stem}", f"{len(rows)} box(es)"]
+        caption += [", ".join(facts[path].notes())] if facts[path].notes() else []
+        tiles.append(contact_sheet.Tile(path, _boxes(rows), caption))
+    return tiles
+
+
+def _text(value: Any) -> str:
+    """A cell for a caption: "?" where it is empty."""
+    return "?" if value is None or pd.isna(value) else str(value)
+
+
+def quarantine_tiles(
+    tables: dict[str, pd.DataFrame],
+    findings: Findings,
+    located: dict[str, Located],
+    facts: dict[Path, ImageFacts],
+) -> list[contact_sheet.Tile]:
+    """Quarantined images with their reasons: one per check first, then in split/row order."""
+    images: dict[tuple[str, str], list[int]] = {}  # (split, image name) -> bad rows
+    for split in SPLITS:
+        table = tables[split].set_index("row", drop=False)
+        for row in findings.bad_rows(split):
+            folder, image_id = (table.at[row, column] for column in ("folder", "image_id"))
+            name = f"{_text(folder)}/{_text(image_id)}"
+            images.setdefault((split, name), []).append(row)
+    reasons = {
+        key: {reason for row in rows for reason in findings.reasons(key[0], row)}
+        for key, rows in images.items()
+    }
+    chosen: list[tuple[str, str]] = []
+    for check in CHECKS:
+        first = next((key for key in images if check in reasons[key] and key not in chosen), None)
+        if first is not None:
+            chosen.append(first)
+    chosen += [key for key in images if key not in chosen][: max(0, SHEET_IMAGES - len(chosen))]
+    tiles = []
+    for split, name in chosen[:SHEET_IMAGES]:
+        rows = images[split, name]
+        path = located[split].paths.get(rows[0])
+        usable = path is not None and facts[path].decodable
+        table = tables[split]
+        ordered = [check for check in CHECKS if check in reasons[split, name]]
+        caption = [f"{split}: {name}", f"rows {', '.join(map(str, rows))}", ", ".join(ordered)]
+        boxes = _boxes(table[table["row"].isin(rows)]) if usable else []
+        tiles.append(contact_sheet.Tile(path if usable else None, boxes, caption))
+    return tiles
+
+
+def write_contact_sheets(
+    tables: dict[str, pd.DataFrame],
+    findings: Findings,
+    located: dict[str, Located],
+    facts: dict[Path, ImageFacts],
+    target: Path,
+) -> list[Path]:
+    """One sheet per split of clean images with their boxes, one of quarantined images."""
+    written = []
+    for split in SPLITS:
+        tiles = split_tiles(tables[split], findings.bad_rows(split), located[split], facts)
+        title = f"{split}: {len(tiles)} clean images (noted ones first, then random), boxes as read"
+        written.append(contact_sheet.write_sheet(tiles, title, target / f"{split}.png"))
+    tiles = quarantine_tiles(tables, findings, located, facts)
+    title = f"quarantine: {len(tiles)} images with the reasons of their rows"
+    written.append(contact_sheet.write_sheet(tiles, title, target / "quarantine.png"))
+    return written
+
+
+# --------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------
+
+
 def build_report(
-    rows: list[RowView],
+    tables: dict[str, pd.DataFrame],
+    findings: Findings,
     facts: dict[Path, ImageFacts],
     classes: list[str] | None,
     unreferenced: list[str],
+    runner: expectations.SuiteRunner,
     params: Params,
 ) -> dict[str, Any]:
-    """Numbers at the top level (DVC metrics, which skip lists); lists under "details"."""
-    total = len(rows)
-    bad = sum(1 for row in rows if row.reasons)
-    per_check = Counter(reason for row in rows for reason in row.reasons)
+    """Numbers at the top level (DVC metrics); only lists under "details" (DVC skips lists)."""
+    total = sum(len(table) for table in tables.values())
+    bad = len(findings.rows)
     notes: Counter[str] = Counter()
     noted: dict[str, list[str]] = {}
     for path, image in sorted(facts.items()):
@@ -446,14 +389,14 @@ def build_report(
             notes.update(image.notes())
             noted[path.relative_to(params.data.root).as_posix()] = image.notes()
     per_split = {}
-    for split in SPLITS:
-        in_split = [row for row in rows if row.split == split]
-        quarantined = sum(1 for row in in_split if row.reasons)
+    for split, table in tables.items():
+        quarantined = len(findings.bad_rows(split))
         per_split[split] = {
-            "rows": len(in_split),
-            "clean": len(in_split) - quarantined,
+            "rows": len(table),
+            "clean": len(table) - quarantined,
             "quarantined": quarantined,
         }
+    outcomes = [ok for summary in runner.summaries for ok in summary.success.values()]
     return {
         "rows_total": total,
         "rows_clean": total - bad,
@@ -463,40 +406,111 @@ def build_report(
         "classes": len(classes) if classes is not None else 0,
         "images_checked": len(facts),
         "unreferenced_images": len(unreferenced),
-        "per_check": {name: per_check.get(name, 0) for name in CHECKS},
+        "per_check": findings.per_check(),
         "per_split": per_split,
         "notes": dict(sorted(notes.items())),
+        "warnings": {name: findings.warnings.get(name, 0) for name in WARNINGS},
+        "expectations": {"evaluated": len(outcomes), "failed": outcomes.count(False)},
         "details": {
             "classes": classes,
             "unreferenced_images": unreferenced,
             "noted_images": noted,
+            "per_check_split": _per_check_split(findings),
+            "checks": [{"check": name, "meaning": text} for name, text in CHECKS.items()],
+            "warnings": [{"warning": name, "meaning": text} for name, text in WARNINGS.items()],
+            "expectations": [
+                {
+                    "suite": summary.suite,
+                    "expectation": summary.expectation,
+                    "columns": summary.columns,
+                    "check": summary.check,
+                    "unexpected": summary.unexpected,
+                }
+                for summary in runner.summaries
+            ],
         },
     }
 
 
+def summary_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the per-check summary: rows failing each check, per split."""
+    header = ["check", *SPLITS, "total", "what it means"]
+    rows = []
+    for check, total in report["per_check"].items():
+        per_split = next(r for r in report["details"]["per_check_split"] if r["check"] == check)
+        rows.append([check, *(str(per_split[s]) for s in SPLITS), str(total), CHECKS[check]])
+    return header, rows
+
+
+def _per_check_split(findings: Findings) -> list[dict[str, Any]]:
+    """Rows failing each check, per split (a list: DVC shows only the top-level numbers)."""
+    counts = {check: dict.fromkeys(SPLITS, 0) for check in CHECKS}
+    for (split, _), found in findings.rows.items():
+        for check in found:
+            counts[check][split] += 1
+    return [{"check": check, **per_split} for check, per_split in counts.items()]
+
+
 def log_summary(report: dict[str, Any]) -> None:
     """A readable table of rows per split and failures per check."""
+    header, rows = summary_table(report)
     lines = [
         f"validate: {report['rows_total']} rows, {report['rows_clean']} clean, "
         f"{report['rows_quarantined']} quarantined ({report['bad_fraction']:.1%})",
-        f"  {'split':<8}{'rows':>8}{'clean':>8}{'quarantined':>13}",
+        f"  {'split':<18}" + "".join(f"{s:>8}" for s in SPLITS),
     ]
-    for split, counts in report["per_split"].items():
-        lines.append(
-            f"  {split:<8}{counts['rows']:>8}{counts['clean']:>8}{counts['quarantined']:>13}"
-        )
-    failing = {name: count for name, count in report["per_check"].items() if count}
-    if failing:
-        lines.append(f"  {'check':<20}{'rows':>8}")
-        lines += [f"  {name:<20}{count:>8}" for name, count in failing.items()]
+    for key in ("rows", "clean", "quarantined"):
+        lines.append(f"  {key:<18}" + "".join(f"{report['per_split'][s][key]:>8}" for s in SPLITS))
+    lines.append(f"  {'check':<18}" + "".join(f"{name:>8}" for name in header[1:-1]))
+    lines += [f"  {row[0]:<18}" + "".join(f"{v:>8}" for v in row[1:-1]) for row in rows]
     if report["notes"]:
         lines.append(
             "  notes (handled by the loader): "
             + ", ".join(f"{name} {count}" for name, count in report["notes"].items())
         )
+    warned = [f"{name} {count}" for name, count in report["warnings"].items() if count]
+    if warned:
+        lines.append("  warnings: " + ", ".join(warned))
     if report["unreferenced_images"]:
         lines.append(f"  {report['unreferenced_images']} image file(s) referenced by no row")
     log.info("\n".join(lines))
+
+
+def summary_markdown(report: dict[str, Any], outputs: Outputs) -> str:
+    """The Prefect artifact: rows per split, failures per check, where to look next."""
+    header, rows = summary_table(report)
+    lines = [
+        "# snackloc validate",
+        "",
+        f"**{report['rows_total']}** rows: **{report['rows_clean']}** clean, "
+        f"**{report['rows_quarantined']}** quarantined ({report['bad_fraction']:.1%}; "
+        f"the stage fails above {report['max_bad_fraction']:.0%}).",
+        "",
+        "| split | rows | clean | quarantined |",
+        "|---|---|---|---|",
+        *(
+            f"| {split} | {c['rows']} | {c['clean']} | {c['quarantined']} |"
+            for split, c in report["per_split"].items()
+        ),
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+        "Notes (handled by the loader): "
+        + (", ".join(f"{k} {v}" for k, v in report["notes"].items()) or "none"),
+        "",
+        "Warnings: " + ", ".join(f"{k} {v}" for k, v in report["warnings"].items()),
+        "",
+        f"Unreferenced image files: {report['unreferenced_images']}. "
+        f"Great Expectations: {report['expectations']['evaluated']} expectation runs, "
+        f"{report['expectations']['failed']} failed.",
+        "",
+        f"Files: quarantine `{outputs.quarantine}`, report `{outputs.validate_report}`, "
+        f"Data Docs `{docs_dir(outputs) / 'index.html'}`, contact sheets "
+        f"`{sheets_dir(outputs)}/` (train, val, test, quarantine).",
+    ]
+    return "\n".join(lines)
 
 
 def _threshold_error(report: dict[str, Any], outputs: Outputs) -> UserError:
@@ -507,7 +521,8 @@ def _threshold_error(report: dict[str, Any], outputs: Outputs) -> UserError:
         f"validation failed: {report['rows_quarantined']} of {report['rows_total']} rows "
         f"({report['bad_fraction']:.1%}) are bad, more than validate.max_bad_fraction = "
         f"{report['max_bad_fraction']:.1%}. Top checks: {checks}. Every bad row and why is in "
-        f"{outputs.quarantine}; the full report is {outputs.validate_report}.",
+        f"{outputs.quarantine}; the full report is {outputs.validate_report}, pictures in "
+        f"{sheets_dir(outputs)}.",
         hint="fix the data, or raise validate.max_bad_fraction in params.yaml",
     )
 
@@ -518,46 +533,51 @@ def _threshold_error(report: dict[str, Any], outputs: Outputs) -> UserError:
 
 
 def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, Any]:
-    """Validate every split; write clean rows, quarantine, class list and report.
+    """Validate every split; write clean rows, quarantine, class list, report and pictures.
 
-    Raises UserError for a missing/unreadable CSV, an unresolvable class list, or a bad
-    fraction above ``validate.max_bad_fraction`` (the latter after writing every output).
+    Returns the report plus a ``markdown`` summary. Raises UserError for a missing or
+    unreadable CSV, an unresolvable class list, or a bad fraction above
+    ``validate.max_bad_fraction`` (the latter two after writing every output).
     """
-    root = Path(params.data.root)
-    limits = params.validate_
-    frames = {
+    root, limits = Path(params.data.root), params.validate_
+    raw = {
         split: _rename_clashes(read_raw_annotations(annotations_path(root, split)))
         for split in SPLITS
     }
-    rows = [row for split in SPLITS for row in build_rows(root, split, frames[split])]
+    tables = {split: expectations.table_frame(frame) for split, frame in raw.items()}
+    findings = Findings()
+    findings.warnings["column_order"] = sum(header_out_of_order(raw[s]) for s in SPLITS)
 
-    paths = sorted({row.image.path for row in rows if row.image is not None})
-    facts = inspect_images(paths, limits.max_image_pixels, progress)
-    for row in rows:
-        if row.image is not None:
-            row.image = facts[row.image.path]
+    runner = expectations.SuiteRunner()
+    findings.add_gx(runner.run("annotations", expectations.annotation_rules(limits), tables))
+    located = {split: locate_images(root, split, tables[split]) for split in SPLITS}
+    facts = check_images(located, limits, findings, progress)
+    referenced = {target for where in located.values() for target in where.targets}
+    unreferenced = unreferenced_images(root, referenced)
 
-    apply_checks(rows, CheckContext(limits), needs_classes=False)
-    unreferenced = unreferenced_images(root, {row.target for row in rows if row.target})
     classes: list[str] | None = None
     class_error: UserError | None = None
     try:
-        classes = resolve_class_list(params, rows)
+        classes = resolve_class_list(params, tables["train"], findings.bad_rows("train"))
     except UserError as exc:  # raised below, once the quarantine shows why
         class_error = exc
     if classes is not None:
-        apply_checks(rows, CheckContext(limits, frozenset(classes)), needs_classes=True)
-
-    original_columns = _original_columns(frames)
-    for split in SPLITS:
-        in_split = [row for row in rows if row.split == split]
-        clean = clean_frame([row for row in in_split if not row.reasons])
-        assert len(clean) + sum(1 for row in in_split if row.reasons) == len(frames[split]), split
-        write_csv(outputs.validated(split), clean)
-    write_csv(
-        outputs.quarantine, quarantine_frame([row for row in rows if row.reasons], original_columns)
+        findings.add_gx(runner.run("classes", expectations.class_rules(classes), tables))
+    docs = (
+        runner.build_docs(docs_dir(outputs))
+        if limits.data_docs
+        else expectations.docs_placeholder(docs_dir(outputs))
     )
-    report = build_report(rows, facts, classes, unreferenced, params)
+
+    for split in SPLITS:
+        clean = clean_frame(tables[split], findings.bad_rows(split))
+        assert len(clean) + len(findings.bad_rows(split)) == len(raw[split]), split
+        write_csv(outputs.validated(split), clean)
+    quarantine = quarantine_frame(raw, findings, _original_columns(raw))
+    write_csv(outputs.quarantine, quarantine)
+    sheets = write_contact_sheets(tables, findings, located, facts, sheets_dir(outputs))
+    report = build_report(tables, findings, facts, classes, unreferenced, runner, params)
+    report["details"]["files"] = [str(docs), *(str(path) for path in sheets)]
     write_json(outputs.validate_report, report)
     log_summary(report)
 
@@ -566,4 +586,4 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
     write_json(outputs.classes, {"classes": classes})
     if report["bad_fraction"] > limits.max_bad_fraction:
         raise _threshold_error(report, outputs)
-    return report
+    return {**report, "markdown": summary_markdown(report, outputs)}

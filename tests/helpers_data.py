@@ -14,7 +14,7 @@ import pandas as pd
 from PIL import Image
 
 from pipeline.config import SPLITS, DataParams, Params, ValidateParams
-from pipeline.dataio import ANNOTATION_COLUMNS
+from pipeline.dataio import ANNOTATION_COLUMNS, BOX_COLUMNS
 
 GOOD_BOX = ("0.1", "0.9", "0.2", "0.8")  # x_min, x_max, y_min, y_max as written in a CSV
 
@@ -91,10 +91,13 @@ def make_dataset(
 
 
 def make_params(root: Path, classes: str | list[str] = "snacks", **validate: object) -> Params:
-    """Params for a test dataset; ``validate`` overrides ValidateParams fields."""
+    """Params for a test dataset; ``validate`` overrides ValidateParams fields.
+
+    Data Docs are off unless asked for (``data_docs=True``): building them takes a second.
+    """
     return Params(
         data=DataParams(root=root, classes=classes),
-        validate=ValidateParams(**{"max_bad_fraction": 1.0, **validate}),
+        validate=ValidateParams(**{"max_bad_fraction": 1.0, "data_docs": False, **validate}),
     )
 
 
@@ -123,3 +126,22 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
 def read_text_csv(path: Path) -> pd.DataFrame:
     """Read a stage's CSV back with every cell as written."""
     return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def scene_image(seed_text: str, size: tuple[int, int] = (96, 72)) -> Image.Image:
+    """A smooth, photo-like image (random low-frequency colour field): perceptual hashes of
+    its resized or re-encoded copies stay close, unlike those of pixel noise."""
+    rng = np.random.default_rng(zlib.crc32(seed_text.encode()))
+    coarse = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    return Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC)
+
+
+def write_validated(outputs_root: Path, splits: dict[str, list[dict[str, str]]]) -> None:
+    """Write validated annotation CSVs as the validate stage does (every row clean)."""
+    for split in SPLITS:
+        frame = pd.DataFrame(splits.get(split, []), columns=ANNOTATION_COLUMNS)
+        frame[BOX_COLUMNS] = frame[BOX_COLUMNS].astype("float64")
+        frame["row"] = range(len(frame))
+        path = outputs_root / "validate" / f"annotations-{split}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(path, index=False)
