@@ -48,8 +48,8 @@ data: install ## generate the synthetic dataset into data/ unless it exists
 
 run: data ## the main job: `dvc repro` end to end, then show metrics
 	tools/with-prefect-server dvc repro
-	dvc metrics show
-	@echo "Plots: outputs/evaluate/plots/*.png   MLflow UI: make ui"
+	@sed -n '/^| metric/,/^$$/p' outputs/evaluate/summary.md
+	@echo "More: dvc metrics show | outputs/evaluate/plots/*.png | make ui (MLflow)"
 
 test: install ## lint and run the test suite (offline, CPU)
 	ruff check .

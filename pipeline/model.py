@@ -86,19 +86,24 @@ class BoxMeanIoU(keras.metrics.Metric):
         self.count.assign(0.0)
 
 
-def box_iou(true, pred):
-    """Backend-agnostic IoU per row; predictions are clipped to [0, 1] and re-ordered."""
-    pred = ops.clip(pred, 0.0, 1.0)
-    p_x0 = ops.minimum(pred[:, 0], pred[:, 1])
-    p_x1 = ops.maximum(pred[:, 0], pred[:, 1])
-    p_y0 = ops.minimum(pred[:, 2], pred[:, 3])
-    p_y1 = ops.maximum(pred[:, 2], pred[:, 3])
-    inter_w = ops.maximum(0.0, ops.minimum(true[:, 1], p_x1) - ops.maximum(true[:, 0], p_x0))
-    inter_h = ops.maximum(0.0, ops.minimum(true[:, 3], p_y1) - ops.maximum(true[:, 2], p_y0))
+def _overlap(true, pred):
+    """Intersection, union and the ordered predicted corners (x0, x1, y0, y1) per row."""
+    x0 = ops.minimum(pred[:, 0], pred[:, 1])
+    x1 = ops.maximum(pred[:, 0], pred[:, 1])
+    y0 = ops.minimum(pred[:, 2], pred[:, 3])
+    y1 = ops.maximum(pred[:, 2], pred[:, 3])
+    inter_w = ops.maximum(0.0, ops.minimum(true[:, 1], x1) - ops.maximum(true[:, 0], x0))
+    inter_h = ops.maximum(0.0, ops.minimum(true[:, 3], y1) - ops.maximum(true[:, 2], y0))
     inter = inter_w * inter_h
     area_true = (true[:, 1] - true[:, 0]) * (true[:, 3] - true[:, 2])
-    area_pred = (p_x1 - p_x0) * (p_y1 - p_y0)
-    return ops.divide_no_nan(inter, area_true + area_pred - inter)
+    union = area_true + (x1 - x0) * (y1 - y0) - inter
+    return inter, union, (x0, x1, y0, y1)
+
+
+def box_iou(true, pred):
+    """Backend-agnostic IoU per row; predictions are clipped to [0, 1] and re-ordered."""
+    inter, union, _ = _overlap(true, ops.clip(pred, 0.0, 1.0))
+    return ops.divide_no_nan(inter, union)
 
 
 def box_output(x, kind: str):
@@ -134,15 +139,7 @@ def box_output(x, kind: str):
 def giou_loss(y_true, y_pred):
     """1 - generalized IoU per box (Rezatofighi et al. 2019); 0 for a perfect box."""
     true = ops.cast(y_true, "float32")
-    pred = ops.cast(y_pred, "float32")
-    x0 = ops.minimum(pred[:, 0], pred[:, 1])
-    x1 = ops.maximum(pred[:, 0], pred[:, 1])
-    y0 = ops.minimum(pred[:, 2], pred[:, 3])
-    y1 = ops.maximum(pred[:, 2], pred[:, 3])
-    inter_w = ops.maximum(0.0, ops.minimum(true[:, 1], x1) - ops.maximum(true[:, 0], x0))
-    inter_h = ops.maximum(0.0, ops.minimum(true[:, 3], y1) - ops.maximum(true[:, 2], y0))
-    inter = inter_w * inter_h
-    union = (true[:, 1] - true[:, 0]) * (true[:, 3] - true[:, 2]) + (x1 - x0) * (y1 - y0) - inter
+    inter, union, (x0, x1, y0, y1) = _overlap(true, ops.cast(y_pred, "float32"))
     hull = (ops.maximum(true[:, 1], x1) - ops.minimum(true[:, 0], x0)) * (
         ops.maximum(true[:, 3], y1) - ops.minimum(true[:, 2], y0)
     )

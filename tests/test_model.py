@@ -237,3 +237,21 @@ def test_weights_files_that_do_not_fit_or_do_not_exist(tmp_path):
     no_mobilenet.save(tmp_path / "dense.keras")
     with pytest.raises(UserError, match="no MobileNet backbone found"):
         build_backbone(ModelParams(weights=str(tmp_path / "dense.keras")))
+
+
+def test_giou_loss_hand_computed_cases():
+    from pipeline.model import giou_loss
+
+    true = np.array([[0.0, 0.5, 0.0, 0.5]] * 3, dtype="float32")
+    pred = np.array(
+        [
+            [0.0, 0.5, 0.0, 0.5],  # identical: IoU 1, loss 0
+            [0.5, 1.0, 0.0, 0.5],  # touching: IoU 0, hull 0.5, union 0.5 -> GIoU 0, loss 1
+            [0.75, 1.0, 0.75, 1.0],  # apart: hull 1, union 0.3125 -> GIoU -0.6875
+        ],
+        dtype="float32",
+    )
+    loss = np.asarray(giou_loss(true, pred))
+    assert loss == pytest.approx([0.0, 1.0, 1.6875], abs=1e-6)
+    # Unordered predictions are scored as the box they describe.
+    assert float(np.asarray(giou_loss(true[:1], pred[:1, [1, 0, 3, 2]]))[0]) == pytest.approx(0)
