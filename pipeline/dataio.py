@@ -71,7 +71,16 @@ def read_raw_annotations(path: Path) -> pd.DataFrame:
             hint=f"expected the header {','.join(ANNOTATION_COLUMNS)}",
         ) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not a readable CSV: {exc}") from None
+        raise UserError(
+            f"{path}: not a readable CSV: {exc}",
+            hint="save it as UTF-8 CSV, one row per line, as many cells per row as header columns",
+        ) from None
+    if not isinstance(frame.index, pd.RangeIndex):
+        # pandas turns a surplus first column into the index: every cell would shift.
+        raise UserError(
+            f"{path}: rows have more cells than the header",
+            hint=f"expected the header {','.join(ANNOTATION_COLUMNS)}",
+        )
     frame.columns = [str(col).strip() for col in frame.columns]
     missing = [col for col in ANNOTATION_COLUMNS if col not in frame.columns]
     if missing:

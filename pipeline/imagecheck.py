@@ -96,7 +96,7 @@ def inspect_image(path: Path, max_pixels: int) -> ImageFacts:
     Any decoding failure is recorded as the message, never raised: one bad file must not
     stop the stage.
     """
-    if not path.is_file():
+    if not os.path.isfile(path):  # False, not OSError, for a name too long for the FS
         return ImageFacts(path, missing=True)
     try:
         with Image.open(path) as image:  # header only: nothing is decoded yet
