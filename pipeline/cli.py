@@ -7,6 +7,7 @@ them, so `snackloc --help` answers at once.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -270,6 +271,54 @@ def rollback(
     from pipeline.paths import Outputs
 
     _echo_record(register.rollback(load_params(params), Outputs(outputs), reason))
+
+
+@app.command()
+def schedule(
+    cron: Annotated[str, typer.Option(help="When to retrain (cron, UTC).")] = "0 3 * * *",
+    source: Annotated[str, typer.Option(help="Data source: inbox | pull | none.")] = "inbox",
+    inbox: Annotated[
+        Path | None, typer.Option(help="Inbox folder for --source inbox (default: inbox/).")
+    ] = None,
+    commit: Annotated[
+        bool, typer.Option(help="git commit dvc.lock and data.dvc after a promotion.")
+    ] = False,
+    name: Annotated[str, typer.Option(help="Deployment name.")] = "snackloc-retrain",
+) -> None:
+    """Serve the retraining flow on a cron schedule (needs a Prefect server; docs/scheduling.md)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        fail(
+            "PREFECT_API_URL is not set: schedules need a real Prefect server "
+            "(start one with `prefect server start --host 127.0.0.1`, then export "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api; see docs/scheduling.md)"
+        )
+    from flows.retrain import SOURCES, retrain
+
+    if source not in SOURCES:
+        fail(f"unknown --source {source!r}; expected one of {', '.join(SOURCES)}")
+    parameters = {
+        "project": str(Path.cwd().resolve()),
+        "source": source,
+        "inbox": str(inbox.resolve()) if inbox else None,
+        "commit": commit,
+    }
+    typer.echo(f"serving {name} on {os.environ['PREFECT_API_URL']} with cron {cron!r}")
+
+    def _stop(signum, frame):  # SIGTERM (service managers, `kill`) stops like Ctrl+C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        # SIGTERM and Ctrl+C stop the runner; the schedule stays active on the server.
+        retrain.serve(
+            name=name,
+            cron=cron,
+            parameters=parameters,
+            global_limit=1,
+            pause_on_shutdown=False,
+        )
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
 
 
 def main() -> None:

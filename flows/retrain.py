@@ -1,0 +1,410 @@
+"""Scheduled retraining: bring in new data, rerun what changed, promote only a better model.
+
+The ``retrain`` flow, step by step (each a Prefect task with a timeout; retries only where a
+retry can help):
+
+1. refresh the data, by ``source``:
+   - ``inbox``: a local folder in the snacks layout (``annotations-<split>.csv`` plus the
+     images under ``<split>/<folder>/<image_id>.jpg``) is merged into ``data/`` and
+     ``dvc add data`` pins the result; the validate stage then checks the new rows like
+     any others. A merged inbox is moved to ``.snackloc/inbox-done/<time>/``.
+   - ``pull``: ``dvc pull`` (retried: remotes fail transiently);
+   - ``none``: only check.
+2. decide whether anything changed: ``dvc status --json`` is non-empty, or the data hash in
+   ``data.dvc`` differs from the ``data_version`` tag of both the champion and the latest
+   registered version (the challenger: data it was trained on has been judged already);
+3. nothing changed: finish at once with a "no change" markdown artifact;
+4. else ``dvc repro`` in a subprocess (the same DVC cache as a user's ``dvc repro``), read
+   the gate's decision from ``outputs/register/record.json`` and publish a summary
+   artifact: data change, metrics vs the champion, decision, MLflow run;
+5. optionally (``commit=True``, off by default) ``git commit`` dvc.lock and data.dvc after a
+   promotion, so the repository records what produced the champion.
+
+Only one retraining runs per project at a time: the flow holds ``.snackloc/retrain.lock``
+(pipeline/runlock.py); a second trigger finishes at once with status ``busy``. (The stages
+under ``dvc repro`` take their own ``.snackloc/run.lock``, and DVC locks the repo.)
+
+    python -m flows.retrain --help
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from pipeline.errors import UserError
+
+SOURCES = ("inbox", "pull", "none")
+LOCK_NAME = Path(".snackloc") / "retrain.lock"
+DONE_DIR = Path(".snackloc") / "inbox-done"
+SPLITS = ("train", "val", "test")
+ARTIFACT_KEY = "snackloc-retrain"
+
+
+def _env() -> dict[str, str]:
+    """The environment for DVC: this interpreter's scripts (snackloc, dvc) first on PATH."""
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _run(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    """Run a command; raise RuntimeError with its output tail if it fails."""
+    done = subprocess.run(
+        args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
+    if done.returncode != 0:
+        tail = (done.stdout[-2000:] + "\n" + done.stderr[-4000:]).strip()
+        raise RuntimeError(f"`{' '.join(args)}` failed ({done.returncode}):\n{tail}")
+    return done
+
+
+# ---------------------------------------------------------------- inbox (plain functions)
+
+
+def merge_inbox(inbox: Path, data: Path) -> dict[str, Any]:
+    """Merge a snacks-layout inbox into ``data``; return counts per split.
+
+    Rows are appended to ``data/annotations-<split>.csv`` (the header must match); images
+    are copied beside the existing ones. An image whose path already exists in ``data`` is
+    kept as it is (never overwritten) and counted under ``conflicts``. Bad rows are left for
+    the validate stage to quarantine.
+    """
+    counts: dict[str, Any] = {"rows": {}, "images": 0, "conflicts": []}
+    for split in SPLITS:
+        source = inbox / f"annotations-{split}.csv"
+        if not source.is_file():
+            continue
+        target = data / f"annotations-{split}.csv"
+        with source.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header, rows = next(reader, None), [row for row in reader if row]
+        if header is None:
+            continue
+        if target.is_file():
+            with target.open(newline="", encoding="utf-8") as handle:
+                existing = next(csv.reader(handle), None)
+            if existing != header:
+                raise UserError(
+                    f"{source}: columns {header} differ from {target}'s {existing}",
+                    hint="write the inbox CSVs in the snacks format (see docs/scheduling.md)",
+                )
+            text = target.read_text(encoding="utf-8")
+            with target.open("a", newline="", encoding="utf-8") as handle:
+                if text and not text.endswith("\n"):
+                    handle.write("\n")
+                csv.writer(handle, lineterminator="\n").writerows(rows)
+        else:
+            shutil.copyfile(source, target)
+        counts["rows"][split] = len(rows)
+        images = inbox / split
+        if images.is_dir():
+            for path in sorted(p for p in images.rglob("*") if p.is_file()):
+                dest = data / split / path.relative_to(images)
+                if dest.exists():
+                    counts["conflicts"].append(str(dest.relative_to(data)))
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, dest)
+                counts["images"] += 1
+    return counts
+
+
+def inbox_has_data(inbox: Path) -> bool:
+    return any((inbox / f"annotations-{split}.csv").is_file() for split in SPLITS)
+
+
+# ---------------------------------------------------------------- tasks
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=1800)
+def refresh_data(project: str, source: str, inbox: str | None) -> dict[str, Any]:
+    """Bring in new data by ``source``; return what was done."""
+    logger = get_run_logger()
+    root = Path(project)
+    if source == "none":
+        logger.info("data source 'none': only checking for changes")
+        return {"source": source, "merged": False}
+    if source == "pull":
+        _run(["dvc", "pull", "-q"], root, timeout=1700)
+        logger.info("dvc pull done")
+        return {"source": source, "merged": False}
+    folder = Path(inbox) if inbox else root / "inbox"
+    if not folder.is_absolute():
+        folder = root / folder
+    if not inbox_has_data(folder):
+        logger.info("inbox %s holds no annotation CSVs: nothing to merge", folder)
+        return {"source": source, "merged": False, "inbox": str(folder)}
+    counts = merge_inbox(folder, root / "data")
+    _run(["dvc", "add", "-q", "data"], root, timeout=1700)
+    done = root / DONE_DIR / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    done.mkdir(parents=True)
+    for entry in list(folder.iterdir()):
+        shutil.move(str(entry), done / entry.name)
+    logger.info(
+        "merged inbox %s: %s rows, %d images, %d conflicts kept as they were (moved to %s)",
+        folder,
+        counts["rows"],
+        counts["images"],
+        len(counts["conflicts"]),
+        done,
+    )
+    return {"source": source, "merged": True, "inbox": str(folder), "done": str(done), **counts}
+
+
+def _tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=600, retries=2, retry_delay_seconds=5)
+def registry_state(project: str) -> dict[str, Any]:
+    """The champion's and challenger's version, data version and metrics (None if none)."""
+    from pipeline import registry
+    from pipeline.config import load_params
+
+    root = Path(project)
+    name = load_params(root / "params.yaml").register_.model_name
+    state: dict[str, Any] = {"model_name": name}
+    if not (root / "mlflow.db").exists() and not os.environ.get("MLFLOW_TRACKING_URI"):
+        return state | {"champion": None, "challenger": None}
+    client = registry.connect(_tracking_uri(root))
+    for alias in ("champion", "challenger"):
+        version = registry.version_by_alias(client, name, alias)
+        state[alias] = (
+            None
+            if version is None
+            else {
+                "version": str(version.version),
+                "data_version": version.tags.get("data_version"),
+                "metrics": registry.tag_numbers(version.tags, registry.METRIC_PREFIX),
+                "run_id": version.run_id,
+            }
+        )
+    return state
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=600)
+def detect_change(project: str, registry_before: dict[str, Any]) -> dict[str, Any]:
+    """Whether a retraining is due, and why."""
+    from pipeline.tracking import data_version
+
+    root = Path(project)
+    status = json.loads(_run(["dvc", "status", "--json"], root, timeout=590).stdout or "{}")
+    data = data_version(root / "data.dvc")
+    judged = {
+        alias: registry_before[alias]["data_version"]
+        for alias in ("champion", "challenger")
+        if registry_before.get(alias)
+    }
+    reasons = []
+    if status:
+        reasons.append(f"dvc status: stages out of date: {', '.join(sorted(status))}")
+    if not judged:
+        reasons.append("no model registered yet")
+    elif data not in judged.values():
+        reasons.append(f"data {data} differs from the registered versions' {judged}")
+    return {"changed": bool(reasons), "reasons": reasons, "data_version": data, "status": status}
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
+def repro(project: str) -> str:
+    """`dvc repro`: reruns only the stages whose inputs changed; returns its log tail."""
+    logger = get_run_logger()
+    done = _run(["dvc", "repro"], Path(project), timeout=6 * 3600 - 60)
+    ran = [line for line in done.stdout.splitlines() if line.startswith("Running stage")]
+    logger.info("dvc repro: %s", "; ".join(ran) or "nothing to run")
+    return done.stdout[-4000:]
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=120)
+def commit_lineage(project: str, message: str) -> str | None:
+    """Commit dvc.lock and data.dvc (only those); return the new commit or None."""
+    root = Path(project)
+    paths = [p for p in ("dvc.lock", "data.dvc") if (root / p).exists()]
+    _run(["git", "add", "--", *paths], root, timeout=60)
+    staged = subprocess.run(
+        ["git", "diff", "--cached", "--quiet", "--", *paths], cwd=root, timeout=60
+    )
+    if staged.returncode == 0:
+        return None
+    _run(["git", "commit", "-q", "-m", message, "--", *paths], root, timeout=60)
+    return _run(["git", "rev-parse", "HEAD"], root, timeout=30).stdout.strip()
+
+
+# ---------------------------------------------------------------- reports
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("—" if value is None else str(value))
+
+
+def _v(version: Any) -> str:
+    return f"v{version}" if version else "none"
+
+
+def no_change_markdown(change: dict[str, Any], before: dict[str, Any], refresh: dict) -> str:
+    champion = before.get("champion") or {}
+    return "\n".join(
+        [
+            "# snackloc retrain: no change",
+            "",
+            f"- data source: `{refresh['source']}`",
+            f"- data version: `{change['data_version']}`",
+            f"- champion: {_v(champion.get('version'))} "
+            f"(data `{champion.get('data_version', '—')}`)",
+            "- `dvc status`: up to date",
+            "",
+            "Nothing to retrain.",
+        ]
+    )
+
+
+def summary_markdown(
+    change: dict, refresh: dict, before: dict, record: dict, commit: str | None
+) -> str:
+    decision = record.get("decision", {})
+    metric = decision.get("metric")
+    champion = before.get("champion") or {}
+    old, new = (
+        champion.get("metrics", {}),
+        {
+            k.removeprefix("metric."): float(v)
+            for k, v in record.get("tags", {}).items()
+            if k.startswith("metric.")
+        },
+    )
+    promoted = record.get("champion_after") == record.get("version")
+    lines = [
+        f"# snackloc retrain: v{record.get('version')} "
+        + ("promoted to @champion" if promoted else "kept as @challenger"),
+        "",
+        "## Data",
+        f"- source: `{refresh['source']}`"
+        + (
+            f", merged rows {refresh.get('rows')}, {refresh.get('images')} images"
+            if refresh.get("merged")
+            else ""
+        ),
+        f"- data version: `{change['data_version']}`",
+        *[f"- {reason}" for reason in change["reasons"]],
+        "",
+        f"## Metrics (gate metric: `{metric}`)",
+        "",
+        f"| metric | candidate {_v(record.get('version'))} "
+        f"| champion {_v(champion.get('version'))} |",
+        "|---|---|---|",
+        *[f"| {k} | {_fmt(v)} | {_fmt(old.get(k))} |" for k, v in sorted(new.items())],
+        "",
+        "## Decision",
+        f"- @champion before: {_v(record.get('champion_before'))}, "
+        f"after: {_v(record.get('champion_after'))}",
+        *[f"- {reason}" for reason in record.get("reasons", [])],
+        "",
+        f"MLflow run `{record.get('run_id')}` in `{record.get('tracking_uri')}`; "
+        f"model `{record.get('model_uri')}`.",
+    ]
+    if commit:
+        lines.append(f"\nCommitted dvc.lock and data.dvc as `{commit}`.")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the flow
+
+
+@flow(name="snackloc-retrain", log_prints=True)
+def retrain(
+    project: str = ".",
+    source: str = "none",
+    inbox: str | None = None,
+    commit: bool = False,
+) -> dict[str, Any]:
+    """Retrain when the data changed; the gate decides whether the new model is champion.
+
+    Returns a dict with ``status``: ``busy`` (another retraining holds the lock),
+    ``no-change``, ``promoted`` or ``kept``.
+    """
+    from pipeline.runlock import run_lock
+
+    logger = get_run_logger()
+    if source not in SOURCES:
+        raise UserError(f"unknown data source {source!r}; expected one of {SOURCES}")
+    root = Path(project).resolve()
+    try:
+        with run_lock("retrain", path=root / LOCK_NAME):
+            return _retrain_locked(str(root), source, inbox, commit)
+    except UserError as exc:
+        if "in progress" not in str(exc):
+            raise
+        logger.warning("another retraining is running in %s: this trigger exits", root)
+        create_markdown_artifact(
+            f"# snackloc retrain: skipped\n\nAnother retraining holds `{root / LOCK_NAME}`.",
+            key=ARTIFACT_KEY,
+            description="snackloc retrain summary",
+        )
+        return {"status": "busy"}
+
+
+def _retrain_locked(project: str, source: str, inbox: str | None, commit: bool) -> dict:
+    logger = get_run_logger()
+    refresh = refresh_data.with_options(retries=2 if source == "pull" else 0)(
+        project, source, inbox
+    )
+    before = registry_state(project)
+    change = detect_change(project, before)
+    if not change["changed"]:
+        logger.info("no change: data %s already judged", change["data_version"])
+        create_markdown_artifact(
+            no_change_markdown(change, before, refresh),
+            key=ARTIFACT_KEY,
+            description="snackloc retrain summary",
+        )
+        return {"status": "no-change", "data_version": change["data_version"]}
+    logger.info("retraining: %s", "; ".join(change["reasons"]))
+    repro(project)
+    record = json.loads((Path(project) / "outputs/register/record.json").read_text())
+    promoted = record.get("champion_after") == record.get("version")
+    commit_id = None
+    if commit and promoted:
+        commit_id = commit_lineage(
+            project, f"retrain: {record['model_name']} v{record['version']} is @champion"
+        )
+    create_markdown_artifact(
+        summary_markdown(change, refresh, before, record, commit_id),
+        key=ARTIFACT_KEY,
+        description="snackloc retrain summary",
+    )
+    return {
+        "status": "promoted" if promoted else "kept",
+        "version": record.get("version"),
+        "champion_before": record.get("champion_before"),
+        "champion_after": record.get("champion_after"),
+        "reasons": change["reasons"],
+        "commit": commit_id,
+    }
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from pipeline import env
+
+    parser = argparse.ArgumentParser(description="Run one retraining now.")
+    parser.add_argument("--project", default=".")
+    parser.add_argument("--source", choices=SOURCES, default="none")
+    parser.add_argument("--inbox", default=None)
+    parser.add_argument("--commit", action="store_true")
+    args = parser.parse_args()
+    env.configure(Path(args.project))
+    print(json.dumps(retrain(args.project, args.source, args.inbox, args.commit), indent=1))
