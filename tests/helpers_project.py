@@ -4,13 +4,40 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import yaml
 from conftest import BIN, ROOT
-from test_pipeline_dvc import sh, tiny_params
 
-__all__ = ["make_project", "sh"]
+TINY = {
+    "synth": {
+        "train_images": 40,
+        "val_images": 12,
+        "test_images": 12,
+        "min_side": 64,
+        "max_side": 128,
+    },
+    "validate": {"max_bad_fraction": 0.6},
+    "model": {"alpha": 0.25, "image_size": 32, "box_head_filters": 32},
+    "train": {"epochs": 2, "batch_size": 8, "lr_drop_epochs": [2]},
+}
+
+
+def sh(*args: str, cwd: Path, env: dict | None = None, check: bool = True):
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+        )
+    return done
+
+
+def tiny_params() -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    return params
 
 
 def make_project(root: Path, prefect_api: str, params: dict | None = None) -> dict[str, str]:

@@ -4,73 +4,20 @@ real Prefect server, real MLflow sqlite store and registry."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import BIN, ROOT
+from helpers_project import make_project, sh
 
 STAGES = ["validate", "dedup", "train", "evaluate", "register"]
-TINY = {
-    "synth": {
-        "train_images": 40,
-        "val_images": 12,
-        "test_images": 12,
-        "min_side": 64,
-        "max_side": 128,
-    },
-    "validate": {"max_bad_fraction": 0.6},
-    "model": {"alpha": 0.25, "image_size": 32, "box_head_filters": 32},
-    "train": {"epochs": 2, "batch_size": 8, "lr_drop_epochs": [2]},
-}
-
-
-def sh(*args: str, cwd: Path, env: dict | None = None, check: bool = True):
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and done.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
-        )
-    return done
-
-
-def tiny_params() -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    return params
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, prefect_server):
     """A fresh project repo with tiny data, after one full `dvc repro`."""
     root = tmp_path_factory.mktemp("project")
-    for name in ("pipeline", "flows"):
-        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(ROOT / name, root / name)
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "PREFECT_API_URL": prefect_server,
-    }
-    for command in (
-        ["git", "init", "-q"],
-        ["git", "config", "user.email", "t@example.com"],
-        ["git", "config", "user.name", "test"],
-        ["dvc", "init", "-q"],
-        ["dvc", "config", "core.analytics", "false"],
-        ["snackloc", "data", "synth", "--out", "data", "--quiet"],
-        ["dvc", "add", "-q", "data"],
-        ["git", "add", "-A"],
-        ["git", "commit", "-qm", "tiny project"],
-    ):
-        sh(*command, cwd=root, env=env)
+    env = make_project(root, prefect_server)
     first = sh("dvc", "repro", cwd=root, env=env)
     return root, env, first.stdout + first.stderr
 
