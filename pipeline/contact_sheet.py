@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.dataio import atomic_path, to_rgb
+from pipeline.dataio import atomic_path, open_displayed
 
 TILE = 192  # thumbnail side, pixels
 COLUMNS = 4
@@ -54,10 +54,7 @@ def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 def thumbnail(path: Path, size: int = TILE) -> Image.Image:
     """The image as displayed, RGB, fitted into ``size`` x ``size``."""
-    with Image.open(path) as image:
-        if image.format == "JPEG":
-            image.draft("RGB", (size, size))  # decode at reduced scale: much faster
-        shown = to_rgb(ImageOps.exif_transpose(image))
+    shown = open_displayed(path, size)
     shown.thumbnail((size, size))
     return shown
 

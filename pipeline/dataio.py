@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -135,19 +135,26 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def open_displayed(source: Path | BinaryIO, draft_side: int) -> Image.Image:
+    """The image as displayed (EXIF applied), RGB, for work at about ``draft_side`` pixels.
+
+    JPEG draft mode decodes big files at a reduced scale (never below ``draft_side``),
+    which is several times faster than a full decode.
+    """
+    with Image.open(source) as image:
+        if image.format == "JPEG":
+            image.draft("RGB", (draft_side, draft_side))
+        return to_rgb(ImageOps.exif_transpose(image))
+
+
 def load_image_array(path: Path, size: int) -> np.ndarray:
     """Decode, orient and resize an image to ``size``×``size`` RGB uint8.
 
     The image is squashed (not letterboxed), as the book does: normalized boxes stay valid.
-    JPEG draft mode decodes big files at a reduced scale first, which is much faster.
     """
-    with Image.open(path) as image:
-        if image.format == "JPEG":
-            image.draft("RGB", (size * 2, size * 2))
-        image = ImageOps.exif_transpose(image)
-        image = to_rgb(image)
-        image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-        return np.asarray(image, dtype=np.uint8)
+    image = open_displayed(path, size * 2)
+    image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(image, dtype=np.uint8)
 
 
 @contextlib.contextmanager

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
 from pipeline import hashindex
@@ -47,9 +47,9 @@ from pipeline.boxes import iou
 from pipeline.config import SPLITS, DedupParams, Params
 from pipeline.dataio import (
     BOX_COLUMNS,
+    open_displayed,
     read_clean_annotations,
     safe_image_path,
-    to_rgb,
     write_csv,
     write_json,
 )
@@ -225,11 +225,8 @@ def fingerprint(path: Path) -> Fingerprint:
     32x32 pixels, and this is several times faster than a full decode.
     """
     data = path.read_bytes()
-    with Image.open(io.BytesIO(data)) as image:
-        if image.format == "JPEG":
-            image.draft("RGB", (HASH_DECODE_SIDE, HASH_DECODE_SIDE))
-        shown = to_rgb(ImageOps.exif_transpose(image))
-        return Fingerprint(hashlib.sha256(data).hexdigest(), perceptual_hash(shown))
+    shown = open_displayed(io.BytesIO(data), HASH_DECODE_SIDE)
+    return Fingerprint(hashlib.sha256(data).hexdigest(), perceptual_hash(shown))
 
 
 def fingerprint_images(paths: list[Path], progress: bool) -> list[Fingerprint]:

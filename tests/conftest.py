@@ -13,19 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import env
+
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 
-OFFLINE_ENV = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    "GX_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "1",
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-    "CUDA_VISIBLE_DEVICES": "",  # tests run on the CPU, also on a GPU host
-}
+# The project's own offline defaults (pipeline/env.py), and the CPU even on a GPU host.
+OFFLINE_ENV = {**env.DEFAULTS, "CUDA_VISIBLE_DEVICES": ""}
 
 
 @pytest.fixture(scope="session", autouse=True)
