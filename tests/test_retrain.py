@@ -1,42 +1,74 @@
 """The retraining flow end to end: a real Prefect server, a tiny project, real `dvc repro`
 and a real MLflow registry. The flow function is called directly under the server (a served
-deployment is exercised by `snackloc schedule`, documented in docs/scheduling.md)."""
+deployment is exercised by `snackloc schedule`, documented in docs/scheduling.md).
+
+Slow cases share one project, in this order of versions: v1 (first run, promoted), no-op
+runs, v2 (better data, promoted), v3 (worse data, kept); each needs only the fixtures it
+names, so any of them also runs alone (`-k`)."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from helpers_project import make_project, sh
+from helpers_project import TINY, make_project, sh, tiny_params
 
-# The first retraining runs every stage through `dvc repro` (one process each): minutes.
-slow = pytest.mark.slow
+
+def slow(test):
+    """A retraining runs every stage through `dvc repro` (one process each): minutes, and
+    several times that on a loaded machine, hence a timeout above the suite's 900 s."""
+    return pytest.mark.timeout(1800)(pytest.mark.slow(test))
+
+
+# The project's gate compares mean IoU on the (unchanged) test split, with no floors and no
+# baseline check: a model trained for seconds on 40 tiny images reaches none of the default
+# floors, and mean IoU moves smoothly where CorLoc on a dozen test images does not. So the
+# first run always promotes v1 ("no champion yet"), and the later decisions are real ones.
+GATE = {"metric": "mean_iou", "margin": 0.05, "beat_baseline": False, "floors": {}}
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, prefect_server):
     root = tmp_path_factory.mktemp("retrain-project")
-    env = make_project(root, prefect_server)
+    params = tiny_params()
+    params["register"]["gate"] = GATE
+    env = make_project(root, prefect_server, params)
     return root, env, prefect_server
 
 
-@pytest.fixture
-def under_server(project, monkeypatch):
+@contextlib.contextmanager
+def server_settings(api: str) -> Iterator[None]:
     """Run flows in this process against the real server (subprocesses inherit it)."""
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    _, _, api = project
-    monkeypatch.setenv("PREFECT_API_URL", api)
-    with temporary_settings(updates={PREFECT_API_URL: api}):
-        yield
-        from prefect.logging.handlers import APILogWorker
+    saved = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = api
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api}):
+            yield
+            APILogWorker.drain_all(timeout=5)  # send the logs while the server is still up
+    finally:
+        if saved is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = saved
 
-        APILogWorker.drain_all(timeout=5)  # send the logs while the server is still up
+
+@pytest.fixture
+def under_server(prefect_server):
+    with server_settings(prefect_server):
+        yield
 
 
 def latest_artifact(key: str) -> str:
@@ -65,30 +97,37 @@ def wait_for_deployment(name: str, serving: subprocess.Popen, timeout: float = 9
     raise AssertionError(f"deployment {name} was not registered in {timeout} s")
 
 
-@slow
-def test_first_run_trains_and_registers(project, under_server):
+@pytest.fixture(scope="module")
+def first_run(project):
+    """The project's first retraining (v1), committed after its promotion."""
     from flows.retrain import retrain
 
+    root, _, api = project
+    with server_settings(api):
+        result = retrain(str(root), source="none", commit=True)
+        summary = latest_artifact("snackloc-retrain")
+    return result, summary
+
+
+@slow
+def test_first_run_trains_and_registers(project, first_run):
     root, env, _ = project
-    result = retrain(str(root), source="none", commit=True)
-    assert result["status"] in {"promoted", "kept"}, result
-    if result["status"] == "promoted":  # the repo records what produced the champion
-        head = sh("git", "log", "-1", "--format=%H %s", cwd=root, env=env).stdout
-        assert head.startswith(result["commit"]) and "is @champion" in head
-        assert not sh("git", "status", "--porcelain", "dvc.lock", cwd=root, env=env).stdout
-    else:
-        assert result["commit"] is None
+    result, summary = first_run
+    assert result["status"] == "promoted", result
     assert result["version"] == "1"
     assert "no model registered yet" in result["reasons"]
+    # the repo records what produced the champion
+    head = sh("git", "log", "-1", "--format=%H %s", cwd=root, env=env).stdout
+    assert head.startswith(result["commit"]) and "is @champion" in head
+    assert not sh("git", "status", "--porcelain", "dvc.lock", cwd=root, env=env).stdout
     record = json.loads((root / "outputs/register/record.json").read_text())
     assert record["version"] == "1"
     assert "up to date" in sh("dvc", "status", cwd=root, env=env).stdout
-    summary = latest_artifact("snackloc-retrain")
-    assert "# snackloc retrain: v1" in summary and "## Decision" in summary
+    assert "# snackloc retrain: v1 promoted to @champion" in summary and "## Decision" in summary
 
 
 @slow
-def test_second_run_without_new_data_is_a_no_op(project, under_server):
+def test_second_run_without_new_data_is_a_no_op(project, first_run, under_server):
     from flows.retrain import retrain
 
     root, _, _ = project
@@ -102,7 +141,7 @@ def test_second_run_without_new_data_is_a_no_op(project, under_server):
 
 
 @slow
-def test_a_second_trigger_while_one_runs_exits_cleanly(project, under_server):
+def test_a_second_trigger_while_one_runs_exits_cleanly(project, first_run, under_server):
     from flows.retrain import LOCK_NAME, retrain
 
     root, _, _ = project
@@ -130,7 +169,7 @@ def test_a_second_trigger_while_one_runs_exits_cleanly(project, under_server):
 
 
 @slow
-def test_a_run_of_the_served_deployment_triggered_through_the_api(project, under_server):
+def test_a_run_of_the_served_deployment_triggered_through_the_api(project, first_run, under_server):
     from prefect.deployments import run_deployment
 
     root, env, _ = project
@@ -173,6 +212,50 @@ def test_merge_inbox_appends_rows_and_copies_new_images(tmp_path):
     assert lines[-1].startswith("b,") and len(lines) == 3
     assert (data / "train/apple/a.jpg").read_bytes() == b"old"
     assert (data / "train/apple/b.jpg").read_bytes() == b"b"
+
+
+def test_pull_restores_the_data_from_a_dvc_remote(tmp_path, under_server):
+    """`source="pull"`: data pushed to a real (local folder) DVC remote comes back."""
+    from conftest import BIN
+    from prefect import flow
+
+    from flows.retrain import refresh_data
+
+    @flow
+    def pull(project: str) -> dict:  # the retrain flow's first step, in a flow run of its own
+        return refresh_data.with_options(retries=0)(project, "pull", None)
+
+    root, remote = tmp_path / "project", tmp_path / "remote"
+    root.mkdir()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    (root / "data/train/apple").mkdir(parents=True)
+    files = {
+        "data/annotations-train.csv": "image_id,x_min,x_max,y_min,y_max,class_name,folder\n"
+        "a,0.1,0.5,0.1,0.5,apple,apple\n",
+        "data/train/apple/a.jpg": "not really a jpeg",
+    }
+    for name, text in files.items():
+        (root / name).write_text(text)
+    for command in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["dvc", "add", "-q", "data"],
+        ["dvc", "remote", "add", "-d", "storage", str(remote)],
+        ["dvc", "push", "-q"],
+    ):
+        sh(*command, cwd=root, env=env)
+    shutil.rmtree(root / "data")
+    shutil.rmtree(root / ".dvc" / "cache")  # only the remote has the data now
+
+    assert pull(str(root)) == {"source": "pull", "merged": False}
+    assert {name: (root / name).read_text() for name in files} == files
+    assert "up to date" in sh("dvc", "status", "data.dvc", cwd=root, env=env).stdout
+
+    sh("dvc", "remote", "remove", "storage", cwd=root, env=env)
+    shutil.rmtree(root / "data")
+    shutil.rmtree(root / ".dvc" / "cache")
+    with pytest.raises(RuntimeError, match="dvc pull"):  # a failed pull fails the run
+        pull(str(root))
 
 
 def test_merge_inbox_refuses_other_columns(tmp_path):
@@ -243,3 +326,120 @@ def test_schedule_serves_the_cron_deployment_and_stops_on_sigterm(prefect_server
     ):
         again = client.read_deployment_by_name("snackloc-retrain/snackloc-retrain")
     assert not again.paused  # pause_on_shutdown=False: the schedule outlives the runner
+
+
+# ---------------------------------------------------------------- the gate decides
+# Both data changes are large on purpose, so each decision is far from a tie (GATE above):
+# - "better data": three times as many correctly labelled training images as v1 had; v1,
+#   trained on 40 images, barely moved from its initial centred box, and the new model's
+#   boxes follow the objects: it must win by the margin;
+# - "worse data": a batch whose boxes are in the wrong scale (coordinates divided by 5, as a
+#   labelling tool normalising by the wrong image size would write them: every box in the
+#   top-left corner), larger than all the good data: the new model drifts to the corner and
+#   must lose, so the champion stays.
+WRONG_SCALE = 5.0
+BOX_COLUMNS = ("x_min", "x_max", "y_min", "y_max")
+TRAIN_IMAGES = TINY["synth"]["train_images"]
+
+
+def rescale_boxes(csv_path: Path, factor: float) -> None:
+    """Divide every box coordinate of an annotation CSV by ``factor`` (a labelling bug)."""
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    fields = list(rows[0])
+    for row in rows:
+        for column in BOX_COLUMNS:
+            row[column] = f"{float(row[column]) / factor:.6f}"
+    with csv_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_inbox(inbox: Path, seed: int, images: int, box_scale: float = 1.0) -> None:
+    """A batch of new training images in the snacks layout (defect-free synthetic data)."""
+    from pipeline import synth
+    from pipeline.config import SynthParams
+
+    settings = SynthParams(
+        seed=seed,
+        train_images=images,
+        val_images=1,
+        test_images=1,
+        min_side=64,
+        max_side=128,
+        inject_defects=False,
+    )
+    batch = inbox.parent / f"{inbox.name}-synth-{seed}"
+    synth.generate(batch, settings, progress=False, workers=1)
+    inbox.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(batch / "train", inbox / "train")
+    shutil.copy(batch / "annotations-train.csv", inbox / "annotations-train.csv")
+    if box_scale != 1.0:
+        rescale_boxes(inbox / "annotations-train.csv", box_scale)
+    shutil.rmtree(batch)
+
+
+def champion_version(root: Path) -> str | None:
+    from pipeline import registry
+
+    client = registry.connect(f"sqlite:///{root / 'mlflow.db'}")
+    version = registry.version_by_alias(client, "snackloc", "champion")
+    return None if version is None else str(version.version)
+
+
+@pytest.fixture(scope="module")
+def better_data_run(project, first_run):
+    """Correctly labelled images, three times the first training set, through the inbox."""
+    from flows.retrain import retrain
+
+    root, _, api = project
+    write_inbox(root / "inbox", seed=101, images=3 * TRAIN_IMAGES)
+    with server_settings(api):
+        result = retrain(str(root), source="inbox")
+        summary = latest_artifact("snackloc-retrain")
+    record = json.loads((root / "outputs/register/record.json").read_text())
+    return root, api, result, record, summary
+
+
+@slow
+def test_adding_better_data_promotes(better_data_run):
+    root, _, result, record, summary = better_data_run
+    assert result["status"] == "promoted", (result, record["reasons"])
+    assert (result["champion_before"], result["version"]) == ("1", "2")
+    assert result["champion_after"] == "2" == champion_version(root)
+    decision = record["decision"]
+    assert decision["metric"] == "mean_iou" and decision["champion_version"] == "1"
+    # a real win, not a tie: by the margin at least
+    assert decision["candidate"] - decision["champion"] >= GATE["margin"], decision
+    assert any("beats champion v1" in reason for reason in record["reasons"])
+    assert "# snackloc retrain: v2 promoted to @champion" in summary
+    assert f"{3 * TRAIN_IMAGES} images" in summary  # what the inbox brought
+
+
+@slow
+def test_adding_worse_data_keeps_the_champion(better_data_run):
+    from flows.retrain import retrain
+    from pipeline import registry
+
+    root, api, before, _, _ = better_data_run
+    champion = before["champion_after"]
+    # wrong boxes outnumbering all correct ones, so the new model is clearly worse
+    write_inbox(root / "inbox", seed=202, images=6 * TRAIN_IMAGES, box_scale=WRONG_SCALE)
+    with server_settings(api):
+        result = retrain(str(root), source="inbox")
+        summary = latest_artifact("snackloc-retrain")
+    record = json.loads((root / "outputs/register/record.json").read_text())
+    assert result["status"] == "kept", (result, record["reasons"])
+    assert result["version"] == "3"
+    assert result["champion_before"] == result["champion_after"] == champion
+    assert champion_version(root) == champion
+    decision = record["decision"]
+    assert not decision["promote"] and decision["champion_version"] == champion
+    # measurably worse, so the test would catch a gate that promotes anything new
+    assert decision["candidate"] < decision["champion"] - GATE["margin"], decision
+    client = registry.connect(f"sqlite:///{root / 'mlflow.db'}")
+    new = registry.get_version(client, "snackloc", "3")
+    assert new.tags["gate.decision"] == "challenger"
+    assert str(registry.version_by_alias(client, "snackloc", "challenger").version) == "3"
+    assert "# snackloc retrain: v3 kept as @challenger" in summary
