@@ -16,6 +16,12 @@ DEFAULTS = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     # The job-runner pool of `mlflow server/ui` slows its start and stop; nothing here uses it.
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    # MLflow retries a failing HTTP call 7 times with backoff (~4 min against a stopped
+    # server); snackloc retries whole operations itself (pipeline/tracking.py), so each call
+    # gets 2 quick retries and a 30 s read timeout.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
     "GX_ANALYTICS_ENABLED": "false",
     "DVC_NO_ANALYTICS": "1",
     "TF_CPP_MIN_LOG_LEVEL": "2",

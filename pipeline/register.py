@@ -107,6 +107,8 @@ def rescore(params: Params, outputs: Outputs, name: str, number: str, classes: l
         size, batch = int(meta["image_size"]), params.evaluate.batch_size
         metrics, _ = evaluate.evaluate_model(model, samples, rows, classes, size, batch)
     except Exception as exc:  # any failure means "not comparable", never a crash of the stage
+        if tracking.is_transient(exc):
+            raise  # the server is away: retried by run(), not a verdict on the champion
         log.warning("could not re-score champion v%s: %s", number, exc)
         return None, f"re-scoring failed: {exc}"
     return metrics, "re-scored on the current split"
@@ -146,14 +148,24 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
     fingerprint = read_json(outputs.eval_splits)[split]["fingerprint"]
     name = params.register_.model_name
 
-    number, run_id = log_and_register(model, params, outputs, classes)
+    # Each step is retried with backoff while the tracking server is unreachable, then the
+    # stage fails with one clear message; the aliases move last, so @champion is unchanged.
+    number, run_id = tracking.retrying(
+        "log and register the model", lambda: log_and_register(model, params, outputs, classes)
+    )
     client = registry.connect(tracking.tracking_uri())
-    champion = champion_for_gate(client, params, outputs, classes, fingerprint)
+    champion = tracking.retrying(
+        "read the champion",
+        lambda: champion_for_gate(client, params, outputs, classes, fingerprint),
+    )
     decision = gate.decide(
         metrics[split], metrics.get(f"{split}_baseline"), champion, params.register_.gate
     )
     tags = {**lineage_tags(params, metrics, fingerprint), **decision_tags(decision)}
-    apply_decision(client, name, number, tags, decision)
+    tracking.retrying(
+        f"tag v{number} and move the aliases",
+        lambda: apply_decision(client, name, number, tags, decision),
+    )
 
     before = champion.version if champion else None
     record = registry.action_record(
@@ -190,12 +202,21 @@ def _keep(record: dict[str, Any], uri: str, outputs: Outputs) -> dict[str, Any]:
 def promote(params: Params, outputs: Outputs, version: str, reason: str = "") -> dict[str, Any]:
     """`snackloc promote VERSION`: make a version the champion by hand."""
     uri = tracking.tracking_uri()
-    record = registry.promote(registry.connect(uri), params.register_.model_name, version, reason)
+    name = params.register_.model_name
+    record = tracking.retrying(
+        f"make v{version} @{CHAMPION}",
+        lambda: registry.promote(registry.connect(uri), name, version, reason),
+    )
     return _keep(record, uri, outputs)
 
 
 def rollback(params: Params, outputs: Outputs, reason: str = "") -> dict[str, Any]:
     """`snackloc rollback`: give @champion back to the previous champion."""
     uri = tracking.tracking_uri()
-    record = registry.rollback(registry.connect(uri), params.register_.model_name, reason)
+    name = params.register_.model_name
+    # One try only: a rollback whose answer was lost but which took effect would, if
+    # repeated, roll back one version further.
+    record = tracking.retrying(
+        "roll back", lambda: registry.rollback(registry.connect(uri), name, reason), attempts=1
+    )
     return _keep(record, uri, outputs)

@@ -35,12 +35,19 @@ def connect(uri: str):
 
 
 def version_by_alias(client, name: str, alias: str):
-    """The model version holding ``alias``, or None (no such alias or model yet)."""
+    """The model version holding ``alias``, or None (no such alias or model yet).
+
+    An unreachable server raises: taking it for "no champion" would promote blindly.
+    """
     from mlflow.exceptions import MlflowException
+
+    from pipeline.tracking import is_transient
 
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
+    except MlflowException as exc:
+        if is_transient(exc):
+            raise
         return None
 
 

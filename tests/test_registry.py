@@ -166,9 +166,10 @@ def test_a_failure_while_moving_the_alias_keeps_the_old_champion(project, monkey
         return real(self, name, alias, version)
 
     monkeypatch.setattr(type(client), "set_registered_model_alias", flaky)
+    monkeypatch.setattr(tracking, "FIRST_DELAY", 0.01)
     evaluated(outputs, corloc=0.99)
-    with pytest.raises(ConnectionError):
-        register.run(params, outputs)
+    with pytest.raises(tracking.TrackingUnavailable, match="move the aliases"):
+        register.run(params, outputs)  # retried, then a clear error
     monkeypatch.undo()
     assert champion(client) == before
     newest = client.get_model_version_by_alias(NAME, "challenger")
