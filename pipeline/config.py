@@ -150,14 +150,14 @@ class AugmentParams(Section):
 
 class TrainParams(Section):
     seed: int = 42
-    epochs: PositiveInt = 30
+    epochs: PositiveInt = 45
     batch_size: PositiveInt = 32
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 5e-3
     # "step": divide by 10 at each of lr_drop_epochs (1-based), as the book does;
     # "cosine": one cosine decay to zero over all epochs after a linear warmup epoch.
     lr_schedule: Literal["step", "cosine"] = "cosine"
     lr_drop_epochs: list[PositiveInt] = [16, 21]
-    weight_decay: Annotated[float, Field(ge=0, lt=1)] = 1e-4  # AdamW when > 0
+    weight_decay: Annotated[float, Field(ge=0, lt=1)] = 0.05  # AdamW when > 0
     # Box loss: "mse" (the book, weight 10) or "giou" (1 - generalized IoU) or "giou_l1".
     box_loss: Literal["mse", "giou", "giou_l1"] = "giou_l1"
     box_loss_weight: Annotated[float, Field(ge=0)] = 2.0
@@ -178,10 +178,11 @@ class TrainParams(Section):
     # Stop when val_loss has not improved for this many epochs (best weights kept); 0: off.
     early_stopping_patience: Annotated[int, Field(ge=0)] = 0
     # Hardware (pipeline/hardware.py): "auto" turns mixed precision / XLA on only with a GPU;
-    # strategy "auto" mirrors across GPUs when there are several.
+    # strategy "auto" mirrors across GPUs when there are several; "multi_worker" trains across
+    # processes or hosts, the cluster given by the TF_CONFIG environment variable.
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     jit_compile: Literal["auto", "on", "off"] = "auto"
-    strategy: Literal["auto", "default", "mirrored"] = "auto"
+    strategy: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
     # Deterministic TensorFlow ops (same results run to run; slower on a GPU).
     deterministic: bool = False
 
@@ -196,6 +197,9 @@ class TrainParams(Section):
                 "cache_features needs a frozen backbone (freeze_backbone_epochs > 0) and "
                 "augmentation off (augment: hflip false, crop_scale [1, 1], color_jitter 0)"
             )
+        if self.cache_features and self.strategy == "multi_worker":
+            # Not wired: each worker would extract the features of every image (untested).
+            raise ValueError("cache_features is not supported with strategy multi_worker")
         return self
 
 

@@ -12,8 +12,10 @@ image can carry several boxes; the ``target`` rule says which one the single box
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -22,6 +24,9 @@ from tqdm.auto import tqdm
 
 from pipeline.augment import AugmentSettings, augment
 from pipeline.dataio import BOX_COLUMNS, image_path, load_image_array
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 def select_targets(frame: pd.DataFrame, rule: str = "image") -> pd.DataFrame:
@@ -151,12 +156,34 @@ class SnackDataset(keras.utils.PyDataset):
 
     def __getitem__(self, batch: int):
         picks = self.order[batch * self.batch_size : (batch + 1) * self.batch_size]
+        return self._load(picks, [self.seed, self.epoch, batch])
+
+    def batches_in_parts(self, parts: int) -> int:
+        """Batches of an epoch split in ``parts`` (see ``part``): a last batch with fewer
+        samples than parts is left out, so that no replica gets an empty batch."""
+        full, rest = divmod(len(self.paths), self.batch_size)
+        return full + (rest >= parts)
+
+    def part(self, batch: int, index: int, parts: int, epoch: int | None = None):
+        """Part ``index`` of ``parts`` near-equal parts of batch ``batch`` of ``epoch``
+        (default: the current one): what one of ``parts`` replicas of a multi-worker training
+        reads. The parts together are the samples of that batch, in order; augmentation is
+        drawn per part."""
+        epoch = self.epoch if epoch is None else epoch
+        order = self.order if epoch == self.epoch else self._epoch_order(epoch)
+        picks = np.array_split(
+            order[batch * self.batch_size : (batch + 1) * self.batch_size], parts
+        )
+        return self._load(picks[index], [self.seed, epoch, batch, index])
+
+    def _load(self, picks: np.ndarray, draw: list[int]):
+        """The samples ``picks``, augmented with random draws seeded by ``draw``."""
         images = np.stack([read_image(self.paths[i], self.image_size, self.cache) for i in picks])
         boxes = self.boxes[picks].copy()
         if self.augment is None:
             images = images.astype("float32")
         else:
-            rng = np.random.default_rng([self.seed, self.epoch, batch])
+            rng = np.random.default_rng(draw)
             out = [
                 augment(img, box, self.augment, rng) for img, box in zip(images, boxes, strict=True)
             ]
@@ -164,12 +191,70 @@ class SnackDataset(keras.utils.PyDataset):
             boxes = np.stack([box for _, box in out]).astype("float32")
         return images, {"class": self.labels[picks], "box": boxes}
 
-    def _epoch_order(self) -> np.ndarray:
+    def _epoch_order(self, epoch: int | None = None) -> np.ndarray:
         order = np.arange(len(self.paths))
         if self.shuffle:
-            np.random.default_rng([self.seed, self.epoch]).shuffle(order)
+            drawn = self.epoch if epoch is None else epoch
+            np.random.default_rng([self.seed, drawn]).shuffle(order)
         return order
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
         self.order = self._epoch_order()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the order and augmentation of (0-based) ``epoch``: a training resumed
+        mid-way sees the batches an uninterrupted one would have seen."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.order = self._epoch_order()
+
+
+def distributed(
+    ds: SnackDataset, strategy: tf.distribute.Strategy
+) -> tf.distribute.DistributedDataset:
+    """``ds`` as a multi-worker input: each worker reads only its own replicas' parts.
+
+    Given a ``PyDataset``, Keras 3 wraps it in one ``tf.data`` generator and tf.distribute
+    shards that by data: every worker would decode and augment every global batch and
+    keep 1/N of it. Here each worker runs its own pipeline
+    (``distribute_datasets_from_function``): global batch ``b`` of the epoch (the same
+    shuffled order on every worker) is split into one part per replica (``SnackDataset.part``),
+    and the worker builds only the parts of its replicas, in ``ds.workers`` threads. A global
+    step still consumes ``ds.batch_size`` samples and an epoch has the batches of one worker.
+
+    The epoch is read when Keras opens the epoch's iterator, after ``set_epoch`` (the
+    ``DatasetEpoch`` callback of train.py) has run, as Keras opens a new iterator per epoch.
+    """
+    import tensorflow as tf
+
+    parts = strategy.num_replicas_in_sync
+    steps = ds.batches_in_parts(parts)
+    size = ds.image_size
+    spec = (
+        tf.TensorSpec((None, size, size, 3), tf.float32),
+        {"class": tf.TensorSpec((None,), tf.int64), "box": tf.TensorSpec((None, 4), tf.float32)},
+    )
+
+    def worker_dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        local = parts // context.num_input_pipelines  # replicas of this worker
+        mine = range(context.input_pipeline_id * local, (context.input_pipeline_id + 1) * local)
+
+        def generate():
+            epoch = ds.epoch
+            ahead = 2 * max(1, ds.workers)  # bounded read-ahead: memory stays a few batches
+            with ThreadPoolExecutor(max_workers=max(1, ds.workers)) as pool:
+                pending: deque[Future] = deque()
+                for batch in range(steps):
+                    for index in mine:
+                        pending.append(pool.submit(ds.part, batch, index, parts, epoch))
+                        if len(pending) > ahead:
+                            yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+
+        dataset = tf.data.Dataset.from_generator(generate, output_signature=spec)
+        # A known length lets Keras count steps and show progress.
+        return dataset.apply(tf.data.experimental.assert_cardinality(steps * local)).prefetch(local)
+
+    return strategy.distribute_datasets_from_function(worker_dataset)

@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ from pipeline.augment import AugmentSettings
 from pipeline.config import Params, TrainParams
 from pipeline.dataio import atomic_path, read_clean_annotations, read_json, write_csv, write_json
 from pipeline.errors import UserError
-from pipeline.loader import ImageBatches, ImageCache, SnackDataset, sample_table
+from pipeline.loader import ImageBatches, ImageCache, SnackDataset, distributed, sample_table
 from pipeline.model import (
     backbone_of,
     build_model,
@@ -91,13 +93,72 @@ def plan_phases(epochs: int, frozen_epochs: int) -> list[Phase]:
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
-    """Log every epoch's metrics (and the learning rate) to the active MLflow run."""
+    """Log every epoch's metrics (and the learning rate) to the training's MLflow run.
+
+    An unreachable tracking server does not stop training (tracking.TrainingRun).
+    """
+
+    def __init__(self, tracker: tracking.TrainingRun) -> None:
+        super().__init__()
+        self.tracker = tracker
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        import mlflow
-
         metrics = {k: float(v) for k, v in (logs or {}).items() if math.isfinite(float(v))}
-        mlflow.log_metrics(metrics, step=epoch)
+        self.tracker.log_epoch(epoch, metrics)
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose files are written to temporary names, then renamed.
+
+    Keras writes ``latest.weights.h5`` and ``training_metadata.json`` in place: a kill while
+    saving would leave a truncated backup that cannot be restored. Here a kill leaves the
+    previous epoch's backup whole. The random state of the dropout layers is backed up too
+    (save_weights skips it), so a resumed run draws what an uninterrupted one would have.
+    (Uses the private attributes of Keras 3.15's callback.)
+    """
+
+    def _seed_states(self) -> list:
+        return [v for v in self.model.variables if v.name == "seed_generator_state"]
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        # Keras never resets the epoch a restore sets: the next phase's fit() would start
+        # from the previous phase's restored epoch instead of its own.
+        self.model._initial_epoch = None
+        super().on_train_begin(logs)
+        if not self.model._initial_epoch:
+            return
+        seeds = json.loads(Path(self._training_metadata_path).read_text()).get("seeds", [])
+        states = self._seed_states()
+        if len(seeds) == len(states):
+            for variable, value in zip(states, seeds, strict=True):
+                variable.assign(np.asarray(value, dtype=variable.dtype))
+        log.info("resuming after epoch %d (backup %s)", self.model._initial_epoch, self.backup_dir)
+
+    def _save_model(self) -> None:
+        folder = Path(self.backup_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = folder / f".tmp-{os.getpid()}.weights.h5"  # Keras wants this suffix
+        metadata = folder / f".tmp-{os.getpid()}.json"
+        self.model.save_weights(weights, overwrite=True)
+        state = {
+            "epoch": self._current_epoch,
+            "batch": self._last_batch_seen,
+            "seeds": [np.asarray(v).tolist() for v in self._seed_states()],
+        }
+        metadata.write_text(json.dumps(state))
+        os.replace(weights, self._weights_path)
+        os.replace(metadata, self._training_metadata_path)
+
+
+class DatasetEpoch(keras.callbacks.Callback):
+    """Give the training generator the epoch about to run (see SnackDataset.set_epoch)."""
+
+    def __init__(self, dataset: SnackDataset) -> None:
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.dataset.set_epoch(epoch)
 
 
 class HistoryLog(keras.callbacks.Callback):
@@ -217,10 +278,10 @@ def fit(
     history = HistoryLog(backup / "history.jsonl")
     t = params.train
     for index, phase in enumerate(plan_phases(t.epochs, t.freeze_backbone_epochs)):
-        resume = keras.callbacks.BackupAndRestore(
-            str(backup / f"phase-{index}"), delete_checkpoint=False
-        )
-        phase_callbacks = [resume, history, *callbacks]
+        resume = AtomicBackupAndRestore(str(backup / f"phase-{index}"), delete_checkpoint=False)
+        # The history line first: a kill between the two repeats the epoch, and the history
+        # keeps its last line per epoch.
+        phase_callbacks = [DatasetEpoch(train_ds), history, resume, *callbacks]
         if fit_phase(model, phase, t, train_ds, val_ds, setup, phase_callbacks, verbose):
             log.info("early stopping: no better val_loss for %d epochs", t.early_stopping_patience)
             break
@@ -260,7 +321,7 @@ def fit_phase(
             )
         ]
     target.fit(
-        **phase_data(model, on_features, t, train_ds, val_ds),
+        **phase_data(model, on_features, t, train_ds, val_ds, setup),
         initial_epoch=phase.start,
         epochs=phase.end,
         callbacks=[schedule, *callbacks, *stopper],
@@ -275,10 +336,21 @@ def phase_data(
     t: TrainParams,
     train_ds: SnackDataset,
     val_ds: SnackDataset,
+    setup: hardware.Setup | None = None,
 ) -> dict[str, Any]:
     """fit() arguments for the data: the generators, or backbone features computed once."""
+    if not on_features and setup is not None and setup.cluster is not None:
+        # Each worker builds only its replicas' parts of every batch (loader.distributed),
+        # already in the epoch's shuffled order.
+        return {
+            "x": distributed(train_ds, setup.strategy),
+            "validation_data": distributed(val_ds, setup.strategy),
+            "shuffle": False,
+        }
     if not on_features:
-        return {"x": train_ds, "validation_data": val_ds}
+        # The dataset shuffles itself, seeded per epoch. Keras would also shuffle the batch
+        # order from Python's global random state, which a resumed run cannot reproduce.
+        return {"x": train_ds, "validation_data": val_ds, "shuffle": False}
     started = time.perf_counter()
     data = {
         "x": backbone_features(model, train_ds, t.workers),
@@ -306,41 +378,34 @@ def open_backup(backup: Path, fingerprint: str) -> str | None:
     return None
 
 
-def start_mlflow_run(experiment_id: str, resume_id: str | None):
-    """The interrupted run to continue, when there is one (and it still exists), else a new one."""
-    import mlflow
-
-    if resume_id:
-        try:
-            return mlflow.start_run(run_id=resume_id)
-        except mlflow.exceptions.MlflowException as exc:
-            log.warning("cannot resume MLflow run %s (%s): starting a new run", resume_id, exc)
-    return mlflow.start_run(experiment_id=experiment_id)
-
-
 def log_inputs(
-    dump: dict[str, Any], setup: hardware.Setup, classes: int, train: int, val: int
+    tracker: tracking.TrainingRun,
+    dump: dict[str, Any],
+    setup: hardware.Setup,
+    classes: int,
+    train: int,
+    val: int,
 ) -> None:
     """Tags (lineage, hardware) and params (data, model, train, sample counts) of the run."""
-    import mlflow
-
-    mlflow.set_tags(
-        {
-            "snackloc.stage": "train",
-            "git_commit": tracking.git_commit(),
-            "data_version": tracking.data_version(),
-            "params_hash": tracking.params_hash(dump),
-            **setup.describe(),
-        }
-    )
-    mlflow.log_params(tracking.flatten({k: dump[k] for k in ("data", "model", "train")}))
-    mlflow.log_params({"classes": classes, "train_samples": train, "val_samples": val})
+    tags = {
+        "snackloc.stage": "train",
+        "git_commit": tracking.git_commit(),
+        "data_version": tracking.data_version(),
+        "params_hash": tracking.params_hash(dump),
+        **setup.describe(),
+    }
+    params = tracking.flatten({k: dump[k] for k in ("data", "model", "train")})
+    params |= {"classes": classes, "train_samples": train, "val_samples": val}
+    tracker.log_inputs(params, tags)
 
 
 def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, Any]:
-    """Train, save the model and history, and log everything to an MLflow run."""
-    import mlflow
+    """Train, save the model and history, and log everything to an MLflow run.
 
+    The tracking server may be unreachable while training runs (tracking.TrainingRun): the
+    run is completed at the end, or the stage fails then with the backup kept, so that a
+    rerun logs it without training again.
+    """
     backbones.check_params(params.model)
     setup = hardware.configure(params.train)
     classes, train_samples, val_samples = load_samples(params, outputs)
@@ -351,19 +416,38 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
         len(val_samples),
         len(classes),
     )
+    if setup.cluster is not None:
+        log.info(
+            "multi-worker: worker %d of %d, %d replicas in all; global batch %d, %d steps an epoch",
+            setup.cluster.rank,
+            setup.workers,
+            setup.replicas,
+            train_ds.batch_size,
+            train_ds.batches_in_parts(setup.replicas),
+        )
     dump = params.model_dump(mode="json", by_alias=True)
     lineage = {k: dump[k] for k in ("data", "model", "train")}
     fingerprint = tracking.params_hash(
         {**lineage, "classes": classes, "train": train_ds.paths, "val": val_ds.paths}
     )
     backup = outputs.train_dir / "backup"
-    resume_id = open_backup(backup, fingerprint)
-    experiment_id = tracking.setup_experiment(params.mlflow.experiment)
-    with start_mlflow_run(experiment_id, resume_id) as run:
-        write_json(
-            backup / "state.json", {"fingerprint": fingerprint, "mlflow_run_id": run.info.run_id}
+    if not setup.is_chief:  # multi-worker: the chief alone writes outputs and tracks the run
+        worker_backup = outputs.train_dir / f"backup-worker{setup.cluster.rank}"
+        verbose = 1 if progress and sys.stdout.isatty() else 2
+        return run_worker(
+            params, setup, len(classes), train_ds, val_ds, worker_backup, fingerprint, verbose
         )
-        log_inputs(dump, setup, len(classes), len(train_samples), len(val_samples))
+    resume_id = open_backup(backup, fingerprint)
+    tracker = tracking.TrainingRun(
+        params.mlflow.experiment,
+        resume_id,
+        remember=lambda run_id: write_json(
+            backup / "state.json", {"fingerprint": fingerprint, "mlflow_run_id": run_id}
+        ),
+    )
+    try:
+        tracker.start()
+        log_inputs(tracker, dump, setup, len(classes), len(train_samples), len(val_samples))
         started = time.perf_counter()
         result = fit(
             params,
@@ -372,24 +456,69 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
             val_ds,
             backup,
             setup,
-            callbacks=[MlflowEpochLogger()],
+            callbacks=[MlflowEpochLogger(tracker)],
             verbose=1 if progress and sys.stdout.isatty() else 2,
         )
         seconds = time.perf_counter() - started
         metrics = save_outputs(
             result.model, result.history, outputs, seconds, len(train_samples) * result.epochs_run
         )
-        mlflow.log_metrics(
-            {"train_seconds": seconds, "train_images_per_second": metrics["images_per_second"]}
+    except BaseException:
+        tracker.end_failed()
+        raise
+    try:
+        run_id = tracker.finish(
+            read_history(backup / "history.jsonl").to_dict("records"),
+            {"train_seconds": seconds, "train_images_per_second": metrics["images_per_second"]},
+            artifacts=[(outputs.history, "training")],
         )
-        mlflow.log_artifact(str(outputs.history), artifact_path="training")
-        write_json(
-            outputs.mlflow_run,
-            {
-                "run_id": run.info.run_id,
-                "experiment_id": run.info.experiment_id,
-                "tracking_uri": tracking.tracking_uri(),
-            },
+    except tracking.TrackingUnavailable as exc:  # the stage fails; the training is kept
+        raise tracking.TrackingUnavailable(
+            f"{exc.message}; the trained state is kept in {backup}",
+            hint="run `snackloc train` (or `dvc repro`) again once the server is reachable: "
+            "it resumes from that backup, trains no epoch again and logs the run",
+        ) from None
+    write_json(
+        outputs.mlflow_run,
+        {
+            "run_id": run_id,
+            "experiment_id": tracker.experiment_id,
+            "tracking_uri": tracking.tracking_uri(),
+        },
+    )
+    shutil.rmtree(backup)
+    return metrics
+
+
+def run_worker(
+    params: Params,
+    setup: hardware.Setup,
+    num_classes: int,
+    train_ds: SnackDataset,
+    val_ds: SnackDataset,
+    backup: Path,
+    fingerprint: str,
+    verbose: int | str,
+) -> dict[str, Any]:
+    """A non-chief worker of a multi-worker training: train in step, leave no output behind.
+
+    Its backup is its own (Keras 3's BackupAndRestore is per process): interrupted together,
+    every worker resumes after the same epoch. Every worker saves the model, as TensorFlow's
+    multi-worker guide has it (saving may read variables collectively), the non-chief ones
+    into a temporary folder that is then deleted.
+    """
+    open_backup(backup, fingerprint)
+    write_json(backup / "state.json", {"fingerprint": fingerprint})
+    started = time.perf_counter()
+    result = fit(params, num_classes, train_ds, val_ds, backup, setup, verbose=verbose)
+    seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory(prefix="snackloc-worker-") as tmp:
+        metrics = save_outputs(
+            result.model,
+            result.history,
+            Outputs(Path(tmp)),
+            seconds,
+            len(train_ds.paths) * result.epochs_run,
         )
     shutil.rmtree(backup)
     return metrics
