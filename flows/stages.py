@@ -4,7 +4,7 @@ Each stage is a Prefect task: a thin wrapper that loads params.yaml and calls th
 plain ``run`` function in ``pipeline/``. ``stage_flow`` runs one stage (what `dvc repro`
 starts, through `snackloc <stage>`); ``pipeline_flow`` runs them all in order.
 
-    python -m flows.pipeline            # every stage in one flow run (no DVC caching)
+    python -m flows.stages            # every stage in one flow run (no DVC caching)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import FailedRun
 from prefect.states import Failed
 
 from pipeline.config import load_params
@@ -33,12 +34,15 @@ RETRIES = {"register": 2}
 
 
 def _retry_on_exceptions(task, task_run, state) -> bool:
-    """Retry crashes and service errors, never a user mistake (returned as a Failed state)."""
+    """Retry crashes and service errors, never a user mistake (returned as a Failed state).
+
+    A returned Failed state reads back as FailedRun, a raised exception as itself.
+    """
     try:
         outcome = state.result(raise_on_failure=False)
     except Exception:
         return True
-    return isinstance(outcome, Exception)
+    return isinstance(outcome, Exception) and not isinstance(outcome, FailedRun)
 
 
 class _NoEmptyTraceback(logging.Filter):

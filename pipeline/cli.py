@@ -45,7 +45,7 @@ def _run_stage(stage: str, params: Path, outputs: Path, quiet: bool) -> None:
     from pipeline.config import load_params
 
     load_params(params)  # fail fast on bad params, before Prefect starts
-    from flows.pipeline import stage_flow
+    from flows.stages import stage_flow
     from pipeline.runlock import run_lock
 
     with run_lock(stage):
@@ -83,7 +83,7 @@ def pipeline(
     from pipeline.config import load_params
 
     load_params(params)
-    from flows.pipeline import pipeline_flow
+    from flows.stages import pipeline_flow
     from pipeline.runlock import run_lock
 
     with run_lock("pipeline"):
@@ -319,6 +319,72 @@ def schedule(
         )
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
+
+
+@app.command()
+def server(
+    host: Annotated[
+        str,
+        typer.Option(help="Interface for both servers. Neither has auth: keep 127.0.0.1."),
+    ] = "127.0.0.1",
+    prefect_port: Annotated[int, typer.Option(help="Prefect API and UI port.")] = 4200,
+    mlflow_port: Annotated[int, typer.Option(help="MLflow tracking server port.")] = 5000,
+    backend_store_uri: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MLFLOW_BACKEND_STORE_URI",
+            help="MLflow runs + registry store, e.g. postgresql://...; default: mlflow.db here.",
+        ),
+    ] = None,
+    artifacts_destination: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MLFLOW_ARTIFACTS_DESTINATION",
+            help="Where MLflow keeps artifacts, e.g. s3://bucket/path; default: mlartifacts/.",
+        ),
+    ] = None,
+    mlflow_workers: Annotated[int, typer.Option(help="MLflow server worker processes.")] = 1,
+    prefect_ui: Annotated[bool, typer.Option(help="Serve the Prefect UI.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for both to be healthy.")] = 180,
+) -> None:
+    """Run a Prefect server and an MLflow server for this project until Ctrl+C or SIGTERM.
+
+    State stays in the project (.prefect/, mlflow.db, mlartifacts/) unless options or the
+    environment name other stores. See docs/scheduling.md.
+    """
+    from pipeline import servers
+
+    project = Path.cwd()
+    if not servers.is_local(host):
+        typer.secho(
+            f"warning: binding to {host}: neither server has authentication; anyone who can "
+            "reach this machine can read and change runs, models and flows. Put an "
+            "authenticating proxy in front (docs/scheduling.md, 'Beyond this machine').",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    prefect = servers.prefect_server(project, host, prefect_port, ui=prefect_ui)
+    mlflow = servers.mlflow_server(
+        project, host, mlflow_port, backend_store_uri, artifacts_destination, mlflow_workers
+    )
+    store = backend_store_uri or servers.default_backend_store_uri(project)
+    artifacts = artifacts_destination or servers.default_artifacts_destination(project)
+
+    def ready(running: list) -> None:
+        pids = ", ".join(f"{r.server.name} {r.process.pid}" for r in running)
+        typer.echo(
+            f"Prefect  {prefect.url}  (database {servers.prefect_database()})\n"
+            f"MLflow   {mlflow.url}  (store {servers.hide_password(store)}, "
+            f"artifacts {servers.hide_password(artifacts)})\n"
+            f"logs     {prefect.log.parent}  (pids: {pids})\n\n"
+            "In another shell, to use them:\n"
+            f"  export PREFECT_API_URL={prefect.url}/api\n"
+            f"  export MLFLOW_TRACKING_URI={mlflow.url}\n\n"
+            "Ctrl+C stops both."
+        )
+
+    typer.echo(f"starting Prefect on {prefect.url} and MLflow on {mlflow.url} ...")
+    raise typer.Exit(servers.serve([prefect, mlflow], ready, timeout=timeout))
 
 
 def main() -> None:
