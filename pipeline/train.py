@@ -273,6 +273,10 @@ def fit(
     continues from its last finished epoch.
     """
     backup.mkdir(parents=True, exist_ok=True)
+    # Seed again here: between configure() and now, libraries draw from the global random
+    # state (MLflow names a run with `random` on a local store, not on a server), and Keras
+    # draws its initializer seeds from it.
+    keras.utils.set_random_seed(params.train.seed)
     with setup.strategy.scope():
         model = build_model(num_classes, params.model)
     history = HistoryLog(backup / "history.jsonl")
