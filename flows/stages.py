@@ -26,8 +26,8 @@ from pipeline.config import load_params
 from pipeline.errors import UserError
 from pipeline.paths import Outputs
 
-# Full disk, read-only or forbidden folder: the user's to fix, not worth a retry.
-DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+# Full disk, quota or file-size limit, read-only or forbidden folder: the user's to fix.
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 STAGES: tuple[str, ...] = ("validate", "dedup", "train", "evaluate", "register")
 # Stages that talk to a tracking server retry: a blip of the network should not fail a run.
 RETRIES = {"register": 2}

@@ -18,6 +18,7 @@ there: the import costs 5-7 s.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -282,6 +283,9 @@ class SuiteRunner:
 
     def build_docs(self, target: Path) -> Path:
         """Write the Data Docs site to ``target`` (replaced whole); return its index.html."""
+        site_log = logging.getLogger("great_expectations.render.renderer.site_builder")
+        if _one_line not in site_log.filters:
+            site_log.addFilter(_one_line)
         target = Path(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -299,9 +303,21 @@ class SuiteRunner:
             self.context.build_data_docs(site_names=["snackloc"])
             tmp.chmod(0o755)
             _replace_dir(tmp, target)
+        except OSError as exc:
+            if exc.filename is None:  # GX's failed write() names no file: name the site
+                raise OSError(exc.errno, exc.strerror, str(target)) from exc
+            raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target / "index.html"
+
+
+def _one_line(record: logging.LogRecord) -> bool:
+    """Cut the traceback GX pastes into a page-rendering error: the error stays, on one line."""
+    message = record.getMessage()
+    if '.  Traceback: "' in message:
+        record.msg, record.args = message.split('.  Traceback: "', 1)[0], None
+    return True
 
 
 def docs_placeholder(target: Path) -> Path:
