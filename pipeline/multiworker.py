@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.servers import log_tail
 
 HOST = "127.0.0.1"
 
@@ -105,12 +106,6 @@ def launch(
     return [p.returncode for p in processes]
 
 
-def tail(path: Path, lines: int = 30) -> str:
-    """The last lines of a worker's log."""
-    text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def run_worker(params_file: Path, outputs: Path) -> None:
     """One worker: the plain train stage, with this process's TF_CONFIG."""
     from pipeline import train
@@ -169,7 +164,8 @@ def start(workers: int, params_file: Path, outputs: Path, log_dir: Path | None) 
     for index, code in enumerate(codes):
         if index and code:
             log = log_dir / f"worker-{index}.log"
-            print(f"worker {index} exited with {code}; end of {log}:\n{tail(log)}", file=sys.stderr)
+            end = log_tail(log, lines=30)
+            print(f"worker {index} exited with {code}; end of {log}:\n{end}", file=sys.stderr)
     # The worker that failed by itself, not one stopped by a signal (negative code).
     return next((code for code in codes if code > 0), 1)
 
