@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -68,3 +71,33 @@ def make_project(root: Path, prefect_api: str, params: dict | None = None) -> di
     ):
         sh(*command, cwd=root, env=env)
     return env
+
+
+def kill_when(
+    args: list[str],
+    cwd: Path,
+    env: dict,
+    log_path: Path,
+    ready: Callable[[], bool],
+    waiting_for: str,
+    poll: float = 0.05,
+    timeout: float = 600,
+) -> subprocess.Popen:
+    """Run ``args`` in a session of its own (output to ``log_path``) and SIGKILL its whole
+    process group once ``ready()`` holds; return the killed process."""
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{waiting_for} in {timeout} s"
+            time.sleep(poll)
+        os.killpg(process.pid, signal.SIGKILL)  # the command, its children and threads
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    return process

@@ -12,7 +12,7 @@ import resource
 import signal
 import subprocess
 
-from tests.helpers_project import make_project, sh
+from helpers_project import make_project, sh
 
 
 def _digests(folder):

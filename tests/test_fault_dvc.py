@@ -8,15 +8,11 @@ stage and output hash matches the files on disk (`dvc status` clean).
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers_project import make_project, sh, tiny_params
+from helpers_project import kill_when, make_project, sh, tiny_params
 
 STAGES = ["validate", "dedup", "train", "evaluate", "register"]
 
@@ -29,26 +25,14 @@ def kill_repro_during_train(root: Path, env: dict) -> str:
     """Start `dvc repro`; SIGKILL its process group once train has finished one epoch."""
     history = root / "outputs" / "train" / "backup" / "history.jsonl"
     log_path = root / "killed-repro.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            ["dvc", "repro"],
-            cwd=root,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 600
-        while not (history.is_file() and history.read_text().strip()):
-            assert process.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "train never finished an epoch"
-            time.sleep(0.05)
-        os.killpg(process.pid, signal.SIGKILL)  # dvc, `snackloc train` and its threads
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    kill_when(
+        ["dvc", "repro"],
+        root,
+        env,
+        log_path,
+        ready=lambda: history.is_file() and bool(history.read_text().strip()),
+        waiting_for="train never finished an epoch",
+    )
     return log_path.read_text()
 
 

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import BIN
-from helpers_project import make_project, sh, tiny_params
+from helpers_project import kill_when, make_project, sh, tiny_params
 
 EPOCHS = 6
 KILL_IN_EPOCH = 3  # 1-based: killed as soon as this epoch has begun
@@ -51,27 +48,16 @@ def epochs_begun(log: str) -> list[int]:
 def train_killed_in_epoch(root: Path, env: dict, epoch: int) -> str:
     """Start `snackloc train`, SIGKILL it (and its children) once ``epoch`` has begun."""
     log_path = root / "killed-train.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [str(BIN / "snackloc"), "train", "--quiet"],
-            cwd=root,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 600
-        # "Epoch N/n" is printed when epoch N begins, after epoch N-1 is backed up.
-        while epoch not in epochs_begun(log_path.read_text()):
-            assert process.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "training never reached the epoch"
-            time.sleep(0.02)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    # "Epoch N/n" is printed when epoch N begins, after epoch N-1 is backed up.
+    process = kill_when(
+        [str(BIN / "snackloc"), "train", "--quiet"],
+        root,
+        env,
+        log_path,
+        ready=lambda: epoch in epochs_begun(log_path.read_text()),
+        waiting_for="training never reached the epoch",
+        poll=0.02,
+    )
     assert process.returncode == -signal.SIGKILL
     return log_path.read_text()
 

@@ -296,19 +296,8 @@ def test_schedule_serves_the_cron_deployment_and_stops_on_sigterm(prefect_server
         text=True,
     )
     try:
-        deployment = None
-        with (
-            temporary_settings(updates={PREFECT_API_URL: prefect_server}),
-            get_client(sync_client=True) as client,
-        ):
-            deadline = time.monotonic() + 90
-            while deployment is None and time.monotonic() < deadline:
-                assert server.poll() is None, server.stdout.read()
-                try:
-                    deployment = client.read_deployment_by_name("snackloc-retrain/snackloc-retrain")
-                except Exception:
-                    time.sleep(1)
-        assert deployment is not None, "the deployment was not registered"
+        with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+            deployment = wait_for_deployment("snackloc-retrain/snackloc-retrain", server)
         assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
         assert deployment.parameters["project"] == str(tmp_path.resolve())
         assert deployment.parameters["source"] == "none"

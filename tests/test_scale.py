@@ -281,23 +281,16 @@ def test_a_fresh_clone_pulls_data_and_outputs_from_s3(project, pulled_clone):
     # neither in git (.gitignore: /outputs) nor in the remote: a fresh clone lacks exactly
     # those, and `dvc status` names nothing else.
     uncached = uncached_outs(root)
-    named = {
-        path
+    states = [
+        (path, state)
         for changes in status.values()
         for change in changes
         if isinstance(change, dict)
         for paths in change.values()
         for path, state in paths.items()
-        if state == "deleted"
-    }
-    everything = {
-        path
-        for changes in status.values()
-        for change in changes
-        if isinstance(change, dict)
-        for paths in change.values()
-        for path in paths
-    }
+    ]
+    named = {path for path, state in states if state == "deleted"}
+    everything = {path for path, _ in states}
     assert everything == named and named <= uncached, (status, uncached)
 
 
