@@ -24,6 +24,9 @@ class AugmentSettings:
     min_visible: float = 0.6
     # Brightness, contrast and saturation factors drawn from [1 - j, 1 + j].
     color_jitter: float = 0.0
+    # Zoom out (SSD's "expand"): for half the samples, the image is placed on a canvas up to
+    # this many times its side, filled with its mean colour, so objects appear smaller.
+    zoom_out: float = 1.0
 
 
 def hflip(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,35 +64,66 @@ def sample_crop(
     return None
 
 
+def sample_canvas(rng: np.random.Generator, max_zoom_out: float) -> np.ndarray:
+    """A window (normalized) larger than the image and holding all of it: a zoom out."""
+    side = rng.uniform(1.0, max_zoom_out)
+    x0 = -rng.uniform(0, side - 1)
+    y0 = -rng.uniform(0, side - 1)
+    return np.array([x0, x0 + side, y0, y0 + side])
+
+
 def crop_resize(
     image: np.ndarray, box: np.ndarray, crop: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cut ``crop`` out of the image, resize it to the original size, re-express the box."""
+    """Resample the window ``crop`` of the image to the original size; re-express the box.
+
+    The window may reach outside the image (a zoom out): that part is filled with the
+    image's mean colour.
+    """
     h, w = image.shape[:2]
     x0, x1, y0, y1 = crop
-    pil = Image.fromarray(image).resize(
-        (w, h), Image.Resampling.BILINEAR, box=(x0 * w, y0 * h, x1 * w, y1 * h)
-    )
+    pil = Image.fromarray(image)
+    extent = (x0 * w, y0 * h, x1 * w, y1 * h)
+    if x0 >= 0 and y0 >= 0 and x1 <= 1 and y1 <= 1:
+        pil = pil.resize((w, h), Image.Resampling.BILINEAR, box=extent)  # 2x faster
+    else:
+        fill = tuple(int(v) for v in image[::4, ::4].mean(axis=(0, 1)))
+        pil = pil.transform(
+            (w, h), Image.Transform.EXTENT, extent, Image.Resampling.BILINEAR, fillcolor=fill
+        )
     cw, ch = x1 - x0, y1 - y0
     new = np.array([(box[0] - x0) / cw, (box[1] - x0) / cw, (box[2] - y0) / ch, (box[3] - y0) / ch])
     return np.asarray(pil), np.clip(new, 0.0, 1.0).astype(box.dtype)
 
 
+GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
 def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
-    """Random brightness, contrast and saturation; returns float32 in [0, 255]."""
+    """Random brightness, contrast and saturation; returns float32 in [0, 255].
+
+    In place on one float32 copy: the loader runs this for every sample of every epoch.
+    """
+    b, c, s = rng.uniform(1 - strength, 1 + strength, size=3).astype(np.float32)
     x = image.astype(np.float32)
-    b, c, s = rng.uniform(1 - strength, 1 + strength, size=3)
-    gray = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    x = gray[..., None] + (x - gray[..., None]) * s  # saturation
-    x = (x - x.mean()) * c + x.mean()  # contrast
-    return np.clip(x * b, 0, 255).astype(np.float32)  # brightness
+    gray = (x @ GRAY)[..., None]
+    x -= gray  # saturation: x = gray + (x - gray) * s
+    x *= s
+    x += gray
+    mean = x.mean(dtype=np.float32)
+    x -= mean  # contrast then brightness: ((x - mean) * c + mean) * b
+    x *= c * b
+    x += mean * b
+    return np.clip(x, 0, 255, out=x)
 
 
 def augment(
     image: np.ndarray, box: np.ndarray, settings: AugmentSettings, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply the configured transforms to one image and its box (float32 image out)."""
-    if settings.crop_scale[0] < 1.0:
+    if settings.zoom_out > 1.0 and rng.random() < 0.5:
+        image, box = crop_resize(image, box, sample_canvas(rng, settings.zoom_out))
+    elif settings.crop_scale[0] < 1.0:
         crop = sample_crop(box, rng, settings.crop_scale, settings.min_visible)
         if crop is not None:
             image, box = crop_resize(image, box, crop)

@@ -139,6 +139,9 @@ class AugmentParams(Section):
     min_visible: Fraction = 0.7
     # Brightness / contrast / saturation drawn from [1 - j, 1 + j] (0 = off).
     color_jitter: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    # Zoom out for half the samples: the image on a canvas up to this many times its side
+    # (mean-colour fill), so objects appear smaller. 1.0 = off.
+    zoom_out: Annotated[float, Field(ge=1, le=4)] = 1.0
 
     @field_validator("crop_scale")
     @classmethod
@@ -158,6 +161,10 @@ class TrainParams(Section):
     lr_schedule: Literal["step", "cosine"] = "cosine"
     lr_drop_epochs: list[PositiveInt] = [16, 21]
     weight_decay: Annotated[float, Field(ge=0, lt=1)] = 0.05  # AdamW when > 0
+    # Share of the class target spread over all classes (0 = plain cross-entropy).
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # Moving average of the weights, used for validation and kept at the end (0 = off).
+    ema_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
     # Box loss: "mse" (the book, weight 10) or "giou" (1 - generalized IoU) or "giou_l1".
     box_loss: Literal["mse", "giou", "giou_l1"] = "giou_l1"
     box_loss_weight: Annotated[float, Field(ge=0)] = 2.0
@@ -191,7 +198,7 @@ class TrainParams(Section):
         if self.freeze_backbone_epochs > self.epochs:
             raise ValueError("freeze_backbone_epochs must not exceed epochs")
         a = self.augment
-        augmenting = a.hflip or a.crop_scale[0] < 1.0 or a.color_jitter > 0
+        augmenting = a.hflip or a.crop_scale[0] < 1.0 or a.color_jitter > 0 or a.zoom_out > 1
         if self.cache_features and (self.freeze_backbone_epochs == 0 or augmenting):
             raise ValueError(
                 "cache_features needs a frozen backbone (freeze_backbone_epochs > 0) and "

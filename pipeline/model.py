@@ -156,6 +156,23 @@ def giou_l1_loss(y_true, y_pred):
 BOX_LOSSES = {"mse": "mse", "giou": giou_loss, "giou_l1": giou_l1_loss}
 
 
+def class_loss(label_smoothing: float = 0.0):
+    """Sparse cross-entropy; with smoothing, the target puts ``label_smoothing`` of its mass
+    uniformly over all classes (Szegedy et al. 2016), which keeps logits from growing without
+    bound on a small training set."""
+    if label_smoothing == 0:
+        return "sparse_categorical_crossentropy"
+
+    def smoothed_crossentropy(y_true, y_pred):
+        classes = ops.shape(y_pred)[-1]
+        onehot = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), classes)
+        return keras.losses.categorical_crossentropy(
+            onehot, y_pred, label_smoothing=label_smoothing
+        )
+
+    return smoothed_crossentropy
+
+
 def compile_model(
     model: keras.Model,
     learning_rate: float,
@@ -164,21 +181,26 @@ def compile_model(
     weight_decay: float = 0.0,
     jit_compile: bool | str = "auto",
     run_eagerly: bool = False,
+    label_smoothing: float = 0.0,
+    ema_momentum: float = 0.0,
 ) -> None:
     """Cross-entropy for the class, the chosen box loss (weighted), Adam or AdamW.
 
-    The book's recipe is box_loss="mse", box_loss_weight=10, weight_decay=0 (Adam).
+    The book's recipe is box_loss="mse", box_loss_weight=10, weight_decay=0 (Adam), no label
+    smoothing, no weight averaging. ``ema_momentum`` > 0 keeps an exponential moving average
+    of the weights, which fit() copies into the model when it ends.
     ``jit_compile`` (XLA) and ``run_eagerly`` come from pipeline/hardware.py. Also compiles a
     ``heads_model``.
     """
+    ema = {"use_ema": ema_momentum > 0, "ema_momentum": ema_momentum or 0.99}
     optimizer = (
-        keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+        keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **ema)
         if weight_decay > 0
-        else keras.optimizers.Adam(learning_rate)
+        else keras.optimizers.Adam(learning_rate, **ema)
     )
     model.compile(
         optimizer=optimizer,
-        loss={"class": "sparse_categorical_crossentropy", "box": BOX_LOSSES[box_loss]},
+        loss={"class": class_loss(label_smoothing), "box": BOX_LOSSES[box_loss]},
         loss_weights={"class": 1.0, "box": box_loss_weight},
         metrics={"class": ["accuracy"], "box": [BoxMeanIoU()]},
         jit_compile=jit_compile,

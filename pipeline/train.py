@@ -225,6 +225,7 @@ def make_datasets(params: Params, train_samples, val_samples, progress: bool):
         crop_scale=a.crop_scale,
         min_visible=a.min_visible,
         color_jitter=a.color_jitter,
+        zoom_out=a.zoom_out,
     )
     train_ds = SnackDataset(train_samples, shuffle=True, augment=settings, seed=t.seed, **common)
     val_ds = SnackDataset(val_samples, **common)
@@ -315,8 +316,12 @@ def fit_phase(
             t.weight_decay,
             jit_compile=setup.jit_compile,
             run_eagerly=setup.run_eagerly,
+            label_smoothing=t.label_smoothing,
+            ema_momentum=t.ema_momentum,
         )
     schedule = keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate_for(epoch, t))
+    # Validate with the averaged weights, the ones the run keeps.
+    swap = [keras.callbacks.SwapEMAWeights()] if t.ema_momentum else []
     stopper = []
     if t.early_stopping_patience:
         stopper = [
@@ -328,7 +333,7 @@ def fit_phase(
         **phase_data(model, on_features, t, train_ds, val_ds, setup),
         initial_epoch=phase.start,
         epochs=phase.end,
-        callbacks=[schedule, *callbacks, *stopper],
+        callbacks=[schedule, *swap, *callbacks, *stopper],
         verbose=verbose,
     )
     return bool(stopper) and stopper[0].stopped_epoch > 0

@@ -27,11 +27,16 @@ boxes = st.tuples(
 ).map(lambda t: np.array([t[0], t[0] + t[1], t[2], t[2] + t[3]], dtype=np.float32) / SIZE)
 
 
-@settings(max_examples=60, deadline=None)
-@given(box=boxes, seed=st.integers(0, 2**32 - 1), jitter=st.sampled_from([0.0, 0.3]))
-def test_box_drawn_before_matches_box_after(box, seed, jitter):
+@settings(max_examples=80, deadline=None)
+@given(
+    box=boxes,
+    seed=st.integers(0, 2**32 - 1),
+    jitter=st.sampled_from([0.0, 0.3]),
+    zoom_out=st.sampled_from([1.0, 2.0]),
+)
+def test_box_drawn_before_matches_box_after(box, seed, jitter, zoom_out):
     config = AugmentSettings(
-        hflip=True, crop_scale=(0.4, 1.0), min_visible=0.6, color_jitter=jitter
+        hflip=True, crop_scale=(0.4, 1.0), min_visible=0.6, color_jitter=jitter, zoom_out=zoom_out
     )
     image, new_box = augment(draw(box), box, config, np.random.default_rng(seed))
     assert image.dtype == np.float32 and image.shape == (SIZE, SIZE, 3)

@@ -255,3 +255,34 @@ def test_giou_loss_hand_computed_cases():
     assert loss == pytest.approx([0.0, 1.0, 1.6875], abs=1e-6)
     # Unordered predictions are scored as the box they describe.
     assert float(np.asarray(giou_loss(true[:1], pred[:1, [1, 0, 3, 2]]))[0]) == pytest.approx(0)
+
+
+def test_label_smoothing_spreads_the_target_over_all_classes():
+    from pipeline.model import class_loss
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype="float32")
+    labels = np.array([0, 1])
+    eps = 0.3
+    loss = np.asarray(class_loss(eps)(labels, probs))
+    target = np.full((2, 3), eps / 3) + (1 - eps) * np.eye(3)[labels]
+    expected = -(target * np.log(probs)).sum(axis=1)
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert class_loss(0.0) == "sparse_categorical_crossentropy"
+
+
+def test_weight_averaging_keeps_the_averaged_weights():
+    from pipeline.model import compile_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(3, TINY)
+    compile_model(model, 0.05, 1.0, "giou_l1", ema_momentum=0.9)
+    x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    y = {"class": np.arange(8) % 3, "box": np.tile([0.2, 0.6, 0.3, 0.7], (8, 1))}
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    model.fit(x, y, batch_size=4, epochs=3, verbose=0)
+    averages = model.optimizer._model_variables_moving_average
+    # At the end of fit Keras copies the averages into the model, which moved from its start.
+    for var, avg in zip(model.trainable_variables, averages, strict=True):
+        np.testing.assert_array_equal(var.numpy(), avg.numpy())
+    moved = zip(before, model.trainable_variables, strict=True)
+    assert any(not np.allclose(b, v.numpy()) for b, v in moved)
