@@ -34,11 +34,14 @@ RECIPES: dict[str, dict] = {
         "train.box_loss": "mse",
         "train.box_loss_weight": 10.0,
         "train.weight_decay": 0.0,
+        "train.label_smoothing": 0.0,
+        "train.ema_momentum": 0.0,
         "train.learning_rate": 0.001,
         "train.lr_schedule": "step",
         "train.augment.hflip": False,
         "train.augment.crop_scale": [1.0, 1.0],
         "train.augment.color_jitter": 0.0,
+        "train.augment.zoom_out": 1.0,
     },
 }
 HEADLINE = ["accuracy", "top3_accuracy", "mean_iou", "iou50_rate", "iou75_rate", "corloc"]

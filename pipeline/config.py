@@ -141,7 +141,7 @@ class AugmentParams(Section):
     color_jitter: Annotated[float, Field(ge=0, lt=1)] = 0.2
     # Zoom out for half the samples: the image on a canvas up to this many times its side
     # (mean-colour fill), so objects appear smaller. 1.0 = off.
-    zoom_out: Annotated[float, Field(ge=1, le=4)] = 1.0
+    zoom_out: Annotated[float, Field(ge=1, le=4)] = 1.5
 
     @field_validator("crop_scale")
     @classmethod
@@ -162,9 +162,9 @@ class TrainParams(Section):
     lr_drop_epochs: list[PositiveInt] = [16, 21]
     weight_decay: Annotated[float, Field(ge=0, lt=1)] = 0.05  # AdamW when > 0
     # Share of the class target spread over all classes (0 = plain cross-entropy).
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
     # Moving average of the weights, used for validation and kept at the end (0 = off).
-    ema_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    ema_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.99
     # Box loss: "mse" (the book, weight 10) or "giou" (1 - generalized IoU) or "giou_l1".
     box_loss: Literal["mse", "giou", "giou_l1"] = "giou_l1"
     box_loss_weight: Annotated[float, Field(ge=0)] = 2.0
@@ -202,7 +202,8 @@ class TrainParams(Section):
         if self.cache_features and (self.freeze_backbone_epochs == 0 or augmenting):
             raise ValueError(
                 "cache_features needs a frozen backbone (freeze_backbone_epochs > 0) and "
-                "augmentation off (augment: hflip false, crop_scale [1, 1], color_jitter 0)"
+                "augmentation off (augment: hflip false, crop_scale [1, 1], color_jitter 0, "
+                "zoom_out 1)"
             )
         if self.cache_features and self.strategy == "multi_worker":
             # Not wired: each worker would extract the features of every image (untested).

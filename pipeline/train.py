@@ -82,6 +82,19 @@ class Phase:
     frozen: bool
 
 
+def ema_momentum_for(requested: float, steps: int) -> float:
+    """The weight-averaging momentum for a phase of ``steps`` optimizer steps.
+
+    Keras starts the average at the initial weights, whose share after n steps is
+    momentum**n. A short run (a small dataset, a quick experiment) would keep much of its
+    random init, so the averaging window 1 / (1 - momentum) is capped at a tenth of the
+    phase: the initial weights then weigh below e**-10.
+    """
+    if requested == 0:
+        return 0.0
+    return max(0.0, min(requested, 1.0 - 10.0 / max(steps, 1)))
+
+
 def plan_phases(epochs: int, frozen_epochs: int) -> list[Phase]:
     """Heads-only epochs first (if any), then the fine-tuning (or from-scratch) epochs."""
     phases = []
@@ -307,6 +320,11 @@ def fit_phase(
     backbone_of(model).trainable = not phase.frozen  # frozen BatchNorm runs in inference mode
     on_features = phase.frozen and t.cache_features
     target = heads_model(model) if on_features else model
+    data = phase_data(model, on_features, t, train_ds, val_ds, setup)
+    steps_per_epoch = math.ceil(len(train_ds.paths) / t.batch_size)
+    ema = ema_momentum_for(t.ema_momentum, steps_per_epoch * (phase.end - phase.start))
+    if ema != t.ema_momentum:
+        log.info("weight averaging momentum %.3f for this short phase", ema)
     with setup.strategy.scope():
         compile_model(
             target,
@@ -317,11 +335,11 @@ def fit_phase(
             jit_compile=setup.jit_compile,
             run_eagerly=setup.run_eagerly,
             label_smoothing=t.label_smoothing,
-            ema_momentum=t.ema_momentum,
+            ema_momentum=ema,
         )
     schedule = keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate_for(epoch, t))
     # Validate with the averaged weights, the ones the run keeps.
-    swap = [keras.callbacks.SwapEMAWeights()] if t.ema_momentum else []
+    swap = [keras.callbacks.SwapEMAWeights()] if ema else []
     stopper = []
     if t.early_stopping_patience:
         stopper = [
@@ -330,7 +348,7 @@ def fit_phase(
             )
         ]
     target.fit(
-        **phase_data(model, on_features, t, train_ds, val_ds, setup),
+        **data,
         initial_epoch=phase.start,
         epochs=phase.end,
         callbacks=[schedule, *swap, *callbacks, *stopper],

@@ -57,7 +57,7 @@ def tiny_stage(root, monkeypatch) -> tuple[Params, Outputs]:
     outputs.dedup_dir.mkdir(parents=True)
     for split in ("train", "val"):
         frame.to_csv(outputs.deduped(split), index=False)
-    no_augment = AugmentParams(hflip=False, crop_scale=(1.0, 1.0), color_jitter=0.0)
+    no_augment = AugmentParams(hflip=False, crop_scale=(1.0, 1.0), color_jitter=0.0, zoom_out=1.0)
     params = Params(
         model=ModelParams(alpha=0.25, image_size=32, box_head_filters=8),
         train=TrainParams(epochs=EPOCHS, batch_size=8, augment=no_augment, cache_images=False),

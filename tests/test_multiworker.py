@@ -100,7 +100,7 @@ def test_the_launcher_needs_the_multi_worker_strategy(tmp_path):
 
 
 def test_feature_caching_is_refused_with_multi_worker():
-    no_augment = {"hflip": False, "crop_scale": (1.0, 1.0), "color_jitter": 0.0}
+    no_augment = {"hflip": False, "crop_scale": (1.0, 1.0), "color_jitter": 0.0, "zoom_out": 1.0}
     with pytest.raises(ValueError, match="not supported with strategy multi_worker"):
         TrainParams(
             strategy="multi_worker",

@@ -20,7 +20,7 @@ from pipeline.model import backbone_of
 from pipeline.train import Phase, learning_rate_for, open_backup, plan_phases, read_history
 
 ROOT = Path(__file__).resolve().parents[1]
-NO_AUGMENT = AugmentParams(hflip=False, crop_scale=(1.0, 1.0), color_jitter=0.0)
+NO_AUGMENT = AugmentParams(hflip=False, crop_scale=(1.0, 1.0), color_jitter=0.0, zoom_out=1.0)
 TINY_MODEL = ModelParams(alpha=0.25, image_size=32, box_head_filters=8)
 
 
@@ -76,6 +76,17 @@ def test_phases_freeze_first_then_fine_tune():
     assert plan_phases(5, 0) == [Phase(0, 5, frozen=False)]
     assert plan_phases(5, 2) == [Phase(0, 2, frozen=True), Phase(2, 5, frozen=False)]
     assert plan_phases(5, 5) == [Phase(0, 5, frozen=True)]
+
+
+def test_weight_averaging_window_fits_the_run():
+    from pipeline.train import ema_momentum_for
+
+    assert ema_momentum_for(0.99, 46 * 45) == 0.99  # the default run keeps its momentum
+    short = ema_momentum_for(0.99, 200)  # a short run: window capped at 20 steps
+    assert short == pytest.approx(0.95)
+    assert short**200 < np.exp(-9.9)  # the random init is averaged away
+    assert ema_momentum_for(0.99, 5) == 0.0  # too short to average at all
+    assert ema_momentum_for(0.0, 10_000) == 0.0  # off stays off
 
 
 def test_fine_tuning_divides_the_schedule_by_the_factor():
