@@ -37,7 +37,7 @@ import pandas as pd
 
 from pipeline import synth
 from pipeline.augment import AugmentSettings
-from pipeline.config import SNACK_CLASSES, ModelParams, SynthParams
+from pipeline.config import SNACK_CLASSES, AugmentParams, ModelParams, SynthParams, TrainParams
 from pipeline.loader import ImageCache, SnackDataset, sample_table
 from pipeline.model import (
     backbone_of,
@@ -196,7 +196,7 @@ def main() -> None:
     )
     cached = SnackDataset(samples, size, BATCH, shuffle=True, cache=cache, workers=2)
     loader("(c) SnackDataset from cache, no augmentation", cached)
-    augment = AugmentSettings(hflip=True, crop_scale=(0.5, 1.0), min_visible=0.7, color_jitter=0.3)
+    augment = AugmentSettings(**AugmentParams().model_dump())  # the params.yaml defaults
     augmented = SnackDataset(
         samples, size, BATCH, shuffle=True, cache=cache, augment=augment, workers=2
     )
@@ -204,7 +204,16 @@ def main() -> None:
 
     params = ModelParams(alpha=args.alpha, image_size=size)
     model = build_model(len(classes), params)
-    compile_model(model, 1e-3, 2.0, "giou_l1", 1e-4)
+    t = TrainParams()
+    compile_model(
+        model,
+        t.learning_rate,
+        t.box_loss_weight,
+        t.box_loss,
+        t.weight_decay,
+        label_smoothing=t.label_smoothing,
+        ema_momentum=t.ema_momentum,
+    )
     x, y = augmented[0]
     mem_step = step_seconds(model, x, y, args.steps)
     record(f"(d) model train step, in memory (alpha {args.alpha})", BATCH / mem_step)
@@ -217,7 +226,16 @@ def main() -> None:
     record("    fit, fed by the default loader (cache + augment)", BATCH / fit_step)
 
     backbone_of(model).trainable = False
-    compile_model(model, 1e-3, 2.0, "giou_l1", 1e-4)
+    t = TrainParams()
+    compile_model(
+        model,
+        t.learning_rate,
+        t.box_loss_weight,
+        t.box_loss,
+        t.weight_decay,
+        label_smoothing=t.label_smoothing,
+        ema_momentum=t.ema_momentum,
+    )
     frozen = BATCH / step_seconds(model, x, y, args.steps)
     record("(d) frozen-backbone train step, in memory", frozen)
     extractor = feature_extractor(model)

@@ -24,13 +24,14 @@ from pathlib import Path
 import yaml
 
 # The book's recipe (chapter 9) on the default backbone and size, so only the recipe
-# differs: one sample per CSV row, linear box output, MSE x10, Adam, /10 twice, no
-# augmentation. From random init there is nothing to freeze.
+# differs: one sample per CSV row, linear box output and a 512-filter box head, MSE x10, Adam,
+# /10 twice, no augmentation. From random init there is nothing to freeze.
 RECIPES: dict[str, dict] = {
     "snackloc default": {},
     "book recipe": {
         "train.target": "rows",
         "model.box_output": "linear",
+        "model.box_head_filters": 512,
         "train.box_loss": "mse",
         "train.box_loss_weight": 10.0,
         "train.weight_decay": 0.0,

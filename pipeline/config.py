@@ -111,7 +111,7 @@ class ModelParams(Section):
     # a path to a .keras / .h5 model or weights file reuses that file's backbone.
     weights: str = "none"
     dropout: Fraction = 0.2
-    box_head_filters: PositiveInt = 512
+    box_head_filters: PositiveInt = 256
     # "sigmoid": every prediction is a valid box (in [0, 1], min <= max);
     # "linear": the book's unbounded Dense(4).
     box_output: Literal["sigmoid", "linear"] = "sigmoid"
@@ -153,7 +153,7 @@ class AugmentParams(Section):
 
 class TrainParams(Section):
     seed: int = 42
-    epochs: PositiveInt = 45
+    epochs: PositiveInt = 50
     batch_size: PositiveInt = 32
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 5e-3
     # "step": divide by 10 at each of lr_drop_epochs (1-based), as the book does;
