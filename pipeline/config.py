@@ -153,7 +153,7 @@ class AugmentParams(Section):
 
 class TrainParams(Section):
     seed: int = 42
-    epochs: PositiveInt = 50
+    epochs: PositiveInt = 45
     batch_size: PositiveInt = 32
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 5e-3
     # "step": divide by 10 at each of lr_drop_epochs (1-based), as the book does;
