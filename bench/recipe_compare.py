@@ -76,8 +76,10 @@ def run_recipe(name: str, changes: dict, base: dict, workdir: Path, epochs: int 
     started = time.perf_counter()
     for stage in ("train", "evaluate"):
         log = (folder / f"{stage}.log").open("w")
-        command = [
-            "snackloc",
+        command = [  # this interpreter's snackloc, with or without an activated venv
+            sys.executable,
+            "-m",
+            "pipeline",
             stage,
             "-q",
             "-p",
