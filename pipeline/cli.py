@@ -190,9 +190,13 @@ def ui(
     ] = "127.0.0.1",
 ) -> None:
     """Open the MLflow UI over the project's tracking store."""
-    from pipeline import tracking
+    from pipeline import servers, tracking
 
     uri = tracking.tracking_uri()
+    if uri.startswith(("http://", "https://", "databricks")):
+        # A tracking server serves its own UI; `mlflow ui` only opens stores.
+        typer.echo(f"MLFLOW_TRACKING_URI is a tracking server: open {servers.hide_password(uri)}")
+        raise typer.Exit(0)
     typer.echo(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl+C to stop)")
     command = [
         sys.executable,

@@ -248,3 +248,41 @@ def test_a_server_that_dies_while_starting_stops_the_other(tmp_path):
     pid = int((tmp_path / "sleeper.log").read_text().split()[0])
     assert wait_gone(pid)  # the other server was stopped too
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_ui_with_a_tracking_server_points_there_and_starts_nothing(tmp_path):
+    port = free_port()
+    done = subprocess.run(
+        [str(BIN / "snackloc"), "ui", "--port", str(port)],
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": "http://team:s3cret@127.0.0.1:9"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "open http://team:***@127.0.0.1:9" in done.stdout
+    assert "s3cret" not in done.stdout + done.stderr
+    with socket.socket() as sock:  # nothing listens where a local UI would have
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_ui_serves_the_project_store(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    ui = subprocess.Popen(
+        [str(BIN / "snackloc"), "ui", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", ui)
+        assert (tmp_path / "mlflow.db").is_file()  # the project store, beside the project
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
+    assert "MLflow UI for sqlite:///" in ui.stdout.read()
