@@ -131,3 +131,12 @@ def decide(
         champion_version=champion.version if champion else None,
         reasons=[reason for _, reason in checks],
     )
+
+
+def already_champion(version: str, candidate: Mapping[str, float], gate: GateParams) -> Decision:
+    """The verdict when the candidate is the champion itself (the same model registered
+    before): it stays champion, with nothing to compare."""
+    value = candidate.get(gate.metric)
+    reason = f"v{version} is already the champion (the same model, registered before)"
+    value = None if value is None else float(value)
+    return Decision(True, gate.metric, value, value, version, [reason])

@@ -3,7 +3,10 @@
 The version carries a signature, an input example, the class list and image size (model
 metadata), lineage tags (git commit, data version, params hash), its metrics on the
 evaluation split, and the gate's decision with its reasons. It always gets the alias
-``challenger``; it gets ``champion`` only when pipeline/gate.py says so.
+``challenger``; it gets ``champion`` only when pipeline/gate.py says so. A model file is
+registered once per training run (tag ``model_md5``): when the stage reruns for the same
+model (new gate params, a retry after a lost answer), that version is reused and decided
+again; if it is already the champion, it stays.
 
 Comparing with the champion on the same test split: each version is tagged with the
 fingerprint of the split it was scored on (pipeline/evaluate.py). When the champion's
@@ -15,8 +18,10 @@ cannot be loaded), the candidate is not promoted and the reason says why.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,11 +76,29 @@ def decision_tags(decision: gate.Decision) -> dict[str, str]:
     }
 
 
-def log_and_register(model, params: Params, outputs: Outputs, classes: list[str]):
-    """Log the model (tensorflow flavor) to the training run and register a new version."""
+def model_md5(path: Path) -> str:
+    """The md5 of the model file (as DVC records it in dvc.lock)."""
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "md5").hexdigest()
+
+
+def log_and_register(model, params: Params, outputs: Outputs, classes: list[str], md5: str):
+    """Log the model (tensorflow flavor) to the training run and register a new version.
+
+    A model already registered from the same run and file is not registered again (the
+    stage rerun for new gate params, or a retry after a lost answer): its version is reused.
+    """
     import mlflow
     from mlflow.models import infer_signature
 
+    name = params.register_.model_name
+    run_id = read_json(outputs.mlflow_run)["run_id"]
+    client = registry.connect(tracking.tracking_uri())
+    existing = registry.version_of_run(client, name, run_id, md5)
+    if existing is not None:
+        log.info("%s v%s already holds this model (run %s): reused", name, existing, run_id)
+        client.set_model_version_tag(name, existing, registry.MODEL_MD5_TAG, md5)
+        return existing, run_id
     example = input_example(params.model.image_size)
     prediction = {k: np.asarray(v) for k, v in model.predict(example, verbose=0).items()}
     with tracking.resume_run(params, outputs, stage="register") as run:
@@ -86,9 +109,11 @@ def log_and_register(model, params: Params, outputs: Outputs, classes: list[str]
             input_example=example,
             pip_requirements=pip_requirements(),
             metadata={"classes": classes, "image_size": params.model.image_size},
-            registered_model_name=params.register_.model_name,
+            registered_model_name=name,
         )
-    return str(info.registered_model_version), run.info.run_id
+    number = str(info.registered_model_version)
+    client.set_model_version_tag(name, number, registry.MODEL_MD5_TAG, md5)
+    return number, run.info.run_id
 
 
 def rescore(params: Params, outputs: Outputs, name: str, number: str, classes: list[str]):
@@ -134,7 +159,7 @@ def apply_decision(client, name: str, number: str, tags: dict, decision: gate.De
     """Tags first, aliases last: a failure before the end leaves the old champion in place."""
     registry.set_tags(client, name, number, tags)
     client.set_registered_model_alias(name, CHALLENGER, number)
-    if decision.promote:
+    if decision.promote and decision.champion_version != number:
         promoted = {"promoted_at": registry.now(), "promoted_by": "gate"}
         registry.make_champion(client, name, number, promoted)
 
@@ -150,17 +175,22 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
 
     # Each step is retried with backoff while the tracking server is unreachable, then the
     # stage fails with one clear message; the aliases move last, so @champion is unchanged.
+    md5 = model_md5(outputs.model)
     number, run_id = tracking.retrying(
-        "log and register the model", lambda: log_and_register(model, params, outputs, classes)
+        "log and register the model",
+        lambda: log_and_register(model, params, outputs, classes, md5),
     )
     client = registry.connect(tracking.tracking_uri())
     champion = tracking.retrying(
         "read the champion",
         lambda: champion_for_gate(client, params, outputs, classes, fingerprint),
     )
-    decision = gate.decide(
-        metrics[split], metrics.get(f"{split}_baseline"), champion, params.register_.gate
-    )
+    if champion is not None and champion.version == number:
+        decision = gate.already_champion(number, metrics[split], params.register_.gate)
+    else:
+        decision = gate.decide(
+            metrics[split], metrics.get(f"{split}_baseline"), champion, params.register_.gate
+        )
     tags = {**lineage_tags(params, metrics, fingerprint), **decision_tags(decision)}
     tracking.retrying(
         f"tag v{number} and move the aliases",

@@ -23,6 +23,7 @@ from pipeline.errors import UserError
 from pipeline.gate import CHAMPION
 
 PREVIOUS_TAG = "previous_champion"
+MODEL_MD5_TAG = "model_md5"  # the registered model file, to register it only once
 METRIC_PREFIX = "metric."
 
 
@@ -49,6 +50,18 @@ def version_by_alias(client, name: str, alias: str):
         if is_transient(exc):
             raise
         return None
+
+
+def version_of_run(client, name: str, run_id: str, model_md5: str) -> str | None:
+    """The version already registered from ``run_id`` for this model file, or None.
+
+    A version of the run without the md5 tag counts too: it was registered, but the
+    answer (or the tagging) was lost, as when the server fails mid-call.
+    """
+    for version in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+        if version.tags.get(MODEL_MD5_TAG, model_md5) == model_md5:
+            return str(version.version)
+    return None
 
 
 def get_version(client, name: str, version: str):

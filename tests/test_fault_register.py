@@ -59,10 +59,15 @@ def project(served, tmp_path, monkeypatch):
     for source, target in ((model, outputs.model), (classes, outputs.classes)):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(source.read_bytes())
-    client = registry.connect(server.url)
+    new_training_run(server.url, params, outputs)
+    return server, params, outputs
+
+
+def new_training_run(url: str, params: Params, outputs: Outputs) -> None:
+    """A new candidate's training run (register logs a model once per run and file)."""
+    client = registry.connect(url)
     run = client.create_run(tracking.setup_experiment(params.mlflow.experiment))
     write_json(outputs.mlflow_run, {"run_id": run.info.run_id})
-    return server, params, outputs
 
 
 def evaluated(outputs: Outputs, corloc: float) -> None:
@@ -95,6 +100,7 @@ def test_register_cli_with_the_server_down_fails_clearly_and_keeps_the_champion(
 ):
     server, params, outputs = project
     before = ensure_champion(params, outputs, server.url)
+    new_training_run(server.url, params, outputs)
     versions = versions_of(server.url)
     server.kill()
 
@@ -147,6 +153,7 @@ def test_register_retries_a_failing_server_then_gives_up_with_the_champion_uncha
         monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
         # The server fails every call that moves an alias: the last step of register.
         proxy.fails = lambda method, path: method == "POST" and path.startswith(alias_calls)
+        new_training_run(server.url, params, outputs)
         evaluated(outputs, corloc=0.7)
         with pytest.raises(tracking.TrackingUnavailable) as failure:
             register.run(params, outputs)
@@ -160,7 +167,8 @@ def test_register_retries_a_failing_server_then_gives_up_with_the_champion_uncha
         tags = mlflow.MlflowClient(registry_uri=server.url).get_model_version(NAME, newest).tags
         assert tags["gate.decision"] == "champion"  # decided, tagged, but no alias moved
 
-        # A server that fails only a few times: the retries carry register through.
+        # A server that fails only a few times: the retries carry register through, and the
+        # rerun reuses the version registered above (same run, same model file).
         proxy.failed.clear()
         evaluated(outputs, corloc=0.9)
         proxy.fails = lambda method, path: (
@@ -169,3 +177,4 @@ def test_register_retries_a_failing_server_then_gives_up_with_the_champion_uncha
         record = register.run(params, outputs)
         assert len(proxy.failed) == 3
         assert record["decision"]["promote"] and champion_of(server.url) == record["version"]
+        assert record["version"] == newest and max(versions_of(server.url), key=int) == newest

@@ -65,9 +65,14 @@ def project(mlflow_server, tmp_path, monkeypatch):
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, target)
     client = registry.connect(url)
+    new_training_run(client, params, outputs)
+    return params, outputs, client
+
+
+def new_training_run(client, params: Params, outputs: Outputs) -> None:
+    """A new candidate's training run (register logs a model once per run and file)."""
     run = client.create_run(tracking.setup_experiment(params.mlflow.experiment))
     write_json(outputs.mlflow_run, {"run_id": run.info.run_id})
-    return params, outputs, client
 
 
 def evaluated(outputs: Outputs, corloc: float, fingerprint: str = "same-test-set") -> None:
@@ -106,6 +111,7 @@ def test_register_gate_promote_rollback_round_trip(project, tmp_path):
     assert first["decision"]["reasons"][-1] == "no champion yet"
     assert json.loads(outputs.registry_record.read_text()) == json.loads(json.dumps(first))
 
+    new_training_run(client, params, outputs)
     evaluated(outputs, corloc=0.25)
     second = register.run(params, outputs)
     assert second["aliases"] == ["challenger"] and champion(client) == "1"
@@ -114,6 +120,7 @@ def test_register_gate_promote_rollback_round_trip(project, tmp_path):
     assert "does not beat champion v1 on corloc: 0.2500 vs 0.3000" in tags["gate.reasons"]
     assert tags["eval_fingerprint"] == "same-test-set" and tags["metric.accuracy"] == "0.8"
 
+    new_training_run(client, params, outputs)
     evaluated(outputs, corloc=0.40)
     assert register.run(params, outputs)["decision"]["promote"]
     assert champion(client) == "3"
@@ -153,6 +160,39 @@ def ensure_champion(params: Params, outputs: Outputs, client) -> str:
         evaluated(outputs, corloc=0.30)
         register.run(params, outputs)
     return champion(client)
+
+
+def test_the_same_model_registered_again_reuses_its_version(project):
+    params, outputs, client = project
+    ensure_champion(params, outputs, client)
+    new_training_run(client, params, outputs)
+    evaluated(outputs, corloc=0.97)
+    first = register.run(params, outputs)
+    number = first["version"]
+    assert first["decision"]["promote"] and champion(client) == number
+    promoted_at = client.get_model_version(NAME, number).tags["promoted_at"]
+
+    # The stage reruns for the same model (new gate params, or new test data): no new version.
+    evaluated(outputs, corloc=0.98)
+    again = register.run(params, outputs)
+    assert again["version"] == number and champion(client) == number
+    assert again["decision"]["reasons"] == [
+        f"v{number} is already the champion (the same model, registered before)"
+    ]
+    tags = client.get_model_version(NAME, number).tags
+    assert tags["metric.corloc"] == "0.98" and tags["promoted_at"] == promoted_at
+    run_id = first["run_id"]
+    found = client.search_model_versions(f"name='{NAME}' and run_id='{run_id}'")
+    assert [str(v.version) for v in found] == [number]
+
+    # Registered, but the answer was lost before the md5 tag: that version is reused too.
+    new_training_run(client, params, outputs)
+    evaluated(outputs, corloc=0.10)
+    lost = register.run(params, outputs)["version"]
+    client.delete_model_version_tag(NAME, lost, registry.MODEL_MD5_TAG)
+    assert register.run(params, outputs)["version"] == lost
+    assert client.get_model_version(NAME, lost).tags[registry.MODEL_MD5_TAG]
+    assert champion(client) == number
 
 
 def test_a_failure_while_moving_the_alias_keeps_the_old_champion(project, monkeypatch):
