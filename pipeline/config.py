@@ -155,7 +155,7 @@ class TrainParams(Section):
     seed: int = 42
     epochs: PositiveInt = 45
     batch_size: PositiveInt = 32
-    learning_rate: Annotated[float, Field(gt=0, le=1)] = 5e-3
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 3e-3
     # "step": divide by 10 at each of lr_drop_epochs (1-based), as the book does;
     # "cosine": one cosine decay to zero over all epochs after a linear warmup epoch.
     lr_schedule: Literal["step", "cosine"] = "cosine"
