@@ -137,6 +137,6 @@ def already_champion(version: str, candidate: Mapping[str, float], gate: GatePar
     """The verdict when the candidate is the champion itself (the same model registered
     before): it stays champion, with nothing to compare."""
     value = candidate.get(gate.metric)
-    reason = f"v{version} is already the champion (the same model, registered before)"
     value = None if value is None else float(value)
+    reason = f"v{version} is already the champion (the same model, registered before)"
     return Decision(True, gate.metric, value, value, version, [reason])

@@ -82,7 +82,7 @@ def model_md5(path: Path) -> str:
         return hashlib.file_digest(file, "md5").hexdigest()
 
 
-def log_and_register(model, params: Params, outputs: Outputs, classes: list[str], md5: str):
+def log_and_register(client, model, params: Params, outputs: Outputs, classes: list[str], md5: str):
     """Log the model (tensorflow flavor) to the training run and register a new version.
 
     A model already registered from the same run and file is not registered again (the
@@ -93,7 +93,6 @@ def log_and_register(model, params: Params, outputs: Outputs, classes: list[str]
 
     name = params.register_.model_name
     run_id = read_json(outputs.mlflow_run)["run_id"]
-    client = registry.connect(tracking.tracking_uri())
     existing = registry.version_of_run(client, name, run_id, md5)
     if existing is not None:
         log.info("%s v%s already holds this model (run %s): reused", name, existing, run_id)
@@ -176,11 +175,11 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
     # Each step is retried with backoff while the tracking server is unreachable, then the
     # stage fails with one clear message; the aliases move last, so @champion is unchanged.
     md5 = model_md5(outputs.model)
+    client = registry.connect(tracking.tracking_uri())
     number, run_id = tracking.retrying(
         "log and register the model",
-        lambda: log_and_register(model, params, outputs, classes, md5),
+        lambda: log_and_register(client, model, params, outputs, classes, md5),
     )
-    client = registry.connect(tracking.tracking_uri())
     champion = tracking.retrying(
         "read the champion",
         lambda: champion_for_gate(client, params, outputs, classes, fingerprint),

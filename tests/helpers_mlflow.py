@@ -13,6 +13,9 @@ from pathlib import Path
 
 from conftest import BIN, free_port, wait_healthy
 
+from pipeline import tracking
+from pipeline.dataio import write_json
+
 
 class MlflowServer:
     """`mlflow server` on 127.0.0.1 (sqlite store, served artifacts) under ``home``."""
@@ -117,3 +120,9 @@ class FailingProxy:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def new_training_run(client, params, outputs) -> None:
+    """A new candidate's training run (register logs a model once per run and file)."""
+    run = client.create_run(tracking.setup_experiment(params.mlflow.experiment))
+    write_json(outputs.mlflow_run, {"run_id": run.info.run_id})

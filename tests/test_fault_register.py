@@ -17,7 +17,7 @@ import mlflow
 import pytest
 import yaml
 from conftest import BIN, wait_healthy
-from helpers_mlflow import FailingProxy, MlflowServer
+from helpers_mlflow import FailingProxy, MlflowServer, new_training_run
 from helpers_model import TINY_MODEL, save_tiny_model
 
 from pipeline import register, registry, tracking
@@ -59,15 +59,8 @@ def project(served, tmp_path, monkeypatch):
     for source, target in ((model, outputs.model), (classes, outputs.classes)):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(source.read_bytes())
-    new_training_run(server.url, params, outputs)
+    new_training_run(registry.connect(server.url), params, outputs)
     return server, params, outputs
-
-
-def new_training_run(url: str, params: Params, outputs: Outputs) -> None:
-    """A new candidate's training run (register logs a model once per run and file)."""
-    client = registry.connect(url)
-    run = client.create_run(tracking.setup_experiment(params.mlflow.experiment))
-    write_json(outputs.mlflow_run, {"run_id": run.info.run_id})
 
 
 def evaluated(outputs: Outputs, corloc: float) -> None:
@@ -100,7 +93,7 @@ def test_register_cli_with_the_server_down_fails_clearly_and_keeps_the_champion(
 ):
     server, params, outputs = project
     before = ensure_champion(params, outputs, server.url)
-    new_training_run(server.url, params, outputs)
+    new_training_run(registry.connect(server.url), params, outputs)
     versions = versions_of(server.url)
     server.kill()
 
@@ -153,7 +146,7 @@ def test_register_retries_a_failing_server_then_gives_up_with_the_champion_uncha
         monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
         # The server fails every call that moves an alias: the last step of register.
         proxy.fails = lambda method, path: method == "POST" and path.startswith(alias_calls)
-        new_training_run(server.url, params, outputs)
+        new_training_run(registry.connect(server.url), params, outputs)
         evaluated(outputs, corloc=0.7)
         with pytest.raises(tracking.TrackingUnavailable) as failure:
             register.run(params, outputs)

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from conftest import BIN, free_port, wait_healthy
 from helpers_data import write_image
+from helpers_mlflow import new_training_run
 from helpers_model import TINY_MODEL, save_tiny_model
 
 from pipeline import predict, register, registry, tracking
@@ -67,12 +68,6 @@ def project(mlflow_server, tmp_path, monkeypatch):
     client = registry.connect(url)
     new_training_run(client, params, outputs)
     return params, outputs, client
-
-
-def new_training_run(client, params: Params, outputs: Outputs) -> None:
-    """A new candidate's training run (register logs a model once per run and file)."""
-    run = client.create_run(tracking.setup_experiment(params.mlflow.experiment))
-    write_json(outputs.mlflow_run, {"run_id": run.info.run_id})
 
 
 def evaluated(outputs: Outputs, corloc: float, fingerprint: str = "same-test-set") -> None:
