@@ -137,6 +137,8 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
     write_text(outputs.eval_summary, markdown)
     write_json(outputs.eval_metrics, results)
     log_to_mlflow(params, outputs, results, plot_files)
+    for line in baseline_warnings(results):
+        log.warning("%s", line)
     scores, base = results[primary], results[f"{primary}_baseline"]
     log.info(
         "%s: accuracy %.3f, mean IoU %.3f, CorLoc %.3f (baseline %.3f / %.3f / %.3f)",
@@ -172,6 +174,18 @@ def log_to_mlflow(params: Params, outputs: Outputs, results: dict, plot_files) -
             mlflow.log_artifact(str(path), artifact_path="evaluation/plots")
 
 
+def baseline_warnings(results: dict) -> list[str]:
+    """One line per split on which the model scores below the trivial baseline."""
+    lines = []
+    for split in (k for k in results if not k.endswith("_baseline")):
+        scores, base = results[split], results[f"{split}_baseline"]
+        worse = m.below_baseline(scores, base)
+        if worse:
+            figures = ", ".join(f"{k} {scores[k]:.3f} < {base[k]:.3f}" for k in worse)
+            lines.append(f"BELOW THE TRIVIAL BASELINE on {split}: {figures}")
+    return lines
+
+
 def _metrics_rows(results: dict) -> list[str]:
     """Markdown table rows: one per metric, a model and a baseline column per split."""
     splits = [k for k in results if not k.endswith("_baseline")]
@@ -193,7 +207,18 @@ def summary_markdown(
     """A short human summary: headline metrics, weakest and strongest classes, plots."""
     table = per_class[(per_class.split == primary) & (per_class.images > 0)]
     ranked = table.sort_values(["corloc", "accuracy"], kind="stable")
-    lines = ["# snackloc evaluation", "", *_metrics_rows(results), ""]
+    warnings = baseline_warnings(results)
+    lines = ["# snackloc evaluation", ""]
+    if warnings:
+        # First thing a reader sees: this model is worse than guessing the mean box.
+        lines += [f"> **Warning: {w}.**" for w in warnings]
+        lines += [
+            "> It learnt less than always answering the majority class and the mean training",
+            "> box. The registry gate refuses a model below the baseline on its gate metric",
+            "> (register.gate.beat_baseline).",
+            "",
+        ]
+    lines += [*_metrics_rows(results), ""]
     lines += [f"MLflow run `{run_id}`, artifacts `evaluation/plots/`:", ""]
     lines += [f"- {Path(p).name}" for p in plot_files]
     lines += ["", f"## Classes on {primary} (weakest first, by CorLoc)", ""]

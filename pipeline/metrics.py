@@ -87,6 +87,15 @@ def baseline(
     return score(samples.label.to_numpy(), samples[BOX_COLUMNS].to_numpy(), probs, boxes, same)
 
 
+def below_baseline(scores: dict[str, float], base: dict[str, float]) -> list[str]:
+    """Headline metrics on which a model scores below the trivial baseline, in HEADLINE order.
+
+    A model that cannot beat "always the majority class and the mean box" has learnt nothing
+    usable, whatever its absolute figures; ties (one class: accuracy 1.0 both) do not count.
+    """
+    return [name for name in HEADLINE if scores[name] < base[name]]
+
+
 def prediction_table(
     samples: pd.DataFrame,
     classes: list[str],

@@ -183,6 +183,20 @@ def test_plots_and_summary_are_written(tmp_path):
     text = evaluate.summary_markdown(results, per_class, "test", files, "run123")
     assert "| corloc | 0.500 | 0.500 |" in text and "run123" in text
     assert "gallery_worst.png" in text and "| banana | 1 |" in text
+    assert "BASELINE" not in text  # equal to the baseline is not below it
+
+
+def test_a_model_below_the_baseline_is_reported_first_in_the_summary():
+    model = {name: 0.5 for name in m.HEADLINE} | {"images": 40, "mean_iou": 0.39, "corloc": 0.09}
+    base = {name: 0.5 for name in m.HEADLINE} | {"images": 40, "mean_iou": 0.46, "corloc": 0.18}
+    assert m.below_baseline(model, base) == ["mean_iou", "corloc"]
+    assert m.below_baseline(base, base) == []
+    results = {"test": model, "test_baseline": base, "val": base, "val_baseline": base}
+    per_class = pd.DataFrame(columns=["split", "class_name", "images", "accuracy", "corloc"])
+    text = evaluate.summary_markdown(results, per_class, "test", [], "run123")
+    warning = "BELOW THE TRIVIAL BASELINE on test: mean_iou 0.390 < 0.460, corloc 0.090 < 0.180"
+    assert warning in text.split("| metric")[0]  # above the metrics table
+    assert "on val" not in text
 
 
 def test_gallery_picks_best_worst_and_random():
