@@ -112,8 +112,13 @@ class ModelParams(Section):
     weights: str = "none"
     dropout: Fraction = 0.2
     box_head_filters: PositiveInt = 256
-    # "sigmoid": every prediction is a valid box (in [0, 1], min <= max);
-    # "linear": the book's unbounded Dense(4).
+    # "grid": each cell of the feature grid proposes a box, a softmax over the cells weighs
+    # them (keeps where things are); "pooled": global average pooling, then Dense (the book).
+    # "auto": grid on pretrained features (better boxes on real photos), pooled from random
+    # init (as good there, and the better class accuracy of the two).
+    box_head: Literal["auto", "grid", "pooled"] = "auto"
+    # Output of the pooled head: "sigmoid": every prediction is a valid box (in [0, 1],
+    # min <= max); "linear": the book's unbounded Dense(4).
     box_output: Literal["sigmoid", "linear"] = "sigmoid"
 
     @field_validator("weights")
@@ -122,6 +127,18 @@ class ModelParams(Section):
         if value in {"none", "imagenet"} or value.endswith(WEIGHT_FILE_SUFFIXES):
             return value
         raise ValueError(f"needs none, imagenet or a path ending in {WEIGHT_FILE_SUFFIXES}")
+
+    @property
+    def pretrained(self) -> bool:
+        """True when the backbone starts from trained weights: the transfer recipe applies."""
+        return self.weights != "none"
+
+    @property
+    def head(self) -> Literal["grid", "pooled"]:
+        """The box head built: ``box_head`` with "auto" resolved."""
+        if self.box_head == "auto":
+            return "grid" if self.pretrained else "pooled"
+        return self.box_head
 
     @model_validator(mode="after")
     def _alpha_of_family(self) -> ModelParams:
@@ -151,6 +168,22 @@ class AugmentParams(Section):
         return value
 
 
+class TransferParams(Section):
+    """The transfer recipe: how a pretrained backbone is trained (keras-io's transfer-learning
+    guide). First the heads alone on the frozen backbone, so that their random init sends no
+    large gradients into the pretrained features; then everything, at a lower learning rate,
+    with the backbone's BatchNorm layers kept in inference mode (their pretrained moving
+    statistics), as inference will use them."""
+
+    # Epochs of the first phase: the backbone frozen, the heads train (at most all the
+    # epochs: then nothing is fine-tuned, as in the book). 0: no such phase.
+    head_epochs: Annotated[int, Field(ge=0)] = 10
+    # Then the whole model trains at the learning rate x this.
+    fine_tune_lr_factor: Annotated[float, Field(gt=0, le=1)] = 0.1
+    # Keep the backbone's BatchNorm statistics while fine-tuning (false: they train too).
+    freeze_batchnorm: bool = True
+
+
 class TrainParams(Section):
     seed: int = 42
     epochs: PositiveInt = 45
@@ -176,10 +209,8 @@ class TrainParams(Section):
     workers: PositiveInt = 2
     # Share of training images; 1.0 uses all. Handy for quick experiments.
     subset: Annotated[float, Field(gt=0, le=1)] = 1.0
-    # The first N epochs train the heads only (backbone frozen, BatchNorm in inference mode);
-    # the rest fine-tune everything at learning rate x fine_tune_lr_factor. 0: no frozen phase.
-    freeze_backbone_epochs: Annotated[int, Field(ge=0)] = 0
-    fine_tune_lr_factor: Annotated[float, Field(gt=0, le=1)] = 0.1
+    # How a pretrained backbone (model.weights not none) is trained; ignored from random init.
+    transfer: TransferParams = TransferParams()
     # While frozen (and augmentation is off): compute backbone features once, fit heads on them.
     cache_features: bool = False
     # Stop when val_loss has not improved for this many epochs (best weights kept); 0: off.
@@ -195,13 +226,11 @@ class TrainParams(Section):
 
     @model_validator(mode="after")
     def _phases_fit(self) -> TrainParams:
-        if self.freeze_backbone_epochs > self.epochs:
-            raise ValueError("freeze_backbone_epochs must not exceed epochs")
         a = self.augment
         augmenting = a.hflip or a.crop_scale[0] < 1.0 or a.color_jitter > 0 or a.zoom_out > 1
-        if self.cache_features and (self.freeze_backbone_epochs == 0 or augmenting):
+        if self.cache_features and (self.transfer.head_epochs == 0 or augmenting):
             raise ValueError(
-                "cache_features needs a frozen backbone (freeze_backbone_epochs > 0) and "
+                "cache_features needs a frozen backbone (transfer.head_epochs > 0) and "
                 "augmentation off (augment: hflip false, crop_scale [1, 1], color_jitter 0, "
                 "zoom_out 1)"
             )
@@ -262,10 +291,26 @@ class Params(Section):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @model_validator(mode="after")
+    def _features_need_pretrained(self) -> Params:
+        if self.train.cache_features and not self.model.pretrained:
+            # Only a pretrained backbone has a frozen phase to cache features for.
+            raise ValueError("train.cache_features needs pretrained model.weights (not none)")
+        return self
+
+
+# Keys that moved: a params.yaml written for an earlier layout gets the new name.
+MOVED_KEYS = {
+    "train.freeze_backbone_epochs": "train.transfer.head_epochs",
+    "train.fine_tune_lr_factor": "train.transfer.fine_tune_lr_factor",
+}
+
 
 def _describe(error: dict) -> str:
     """One line per pydantic error: dotted key, message and the offending value."""
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden" and key in MOVED_KEYS:
+        return f"  {key}: now {MOVED_KEYS[key]}"
     if error["type"] == "extra_forbidden":
         return f"  {key}: unknown key (misspelled?)"
     return f"  {key}: {error['msg']} (got {error.get('input')!r})"

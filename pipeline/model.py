@@ -8,18 +8,27 @@ normalized).
 
 from __future__ import annotations
 
+import warnings
+
 import keras
+import numpy as np
 from keras import layers, ops
 
 from pipeline.backbones import FAMILIES, SCRATCH_BN_MOMENTUM, build_backbone
 from pipeline.config import ModelParams
 
+# One class: the class head is a softmax over one unit, always 1.0 (right by definition).
+warnings.filterwarnings(
+    "ignore", message="You are using a softmax over axis -1 of a tensor of shape"
+)
+
 
 def build_model(num_classes: int, params: ModelParams) -> keras.Model:
-    """Backbone plus the book's two heads.
+    """Backbone plus two heads.
 
     class: GlobalAveragePooling → Dropout → Dense(num_classes, softmax)
-    box:   Conv2D(filters, 3) → BatchNorm → ReLU → GlobalAveragePooling → Dense(4)
+    box:   Conv2D → BatchNorm → ReLU, then ``grid_box_head`` or ``pooled_box_head``
+           (``model.box_head``)
     """
     size = params.image_size
     image = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
@@ -39,9 +48,68 @@ def build_model(num_classes: int, params: ModelParams) -> keras.Model:
     x = layers.Conv2D(params.box_head_filters, 3, padding="same", name="box_conv")(features)
     x = layers.BatchNormalization(momentum=SCRATCH_BN_MOMENTUM, name="box_bn")(x)
     x = layers.ReLU(name="box_relu")(x)
-    x = layers.GlobalAveragePooling2D(name="box_pool")(x)
-    box_out = box_output(x, params.box_output)
+    box_out = grid_box_head(x) if params.head == "grid" else pooled_box_head(x, params.box_output)
     return keras.Model(image, {"class": class_out, "box": box_out}, name="snackloc")
+
+
+def pooled_box_head(x, kind: str):
+    """The book's box head after its Conv2D: global average pooling, then a Dense box.
+
+    Pooling keeps what is in the image more than where: the box is read from an average over
+    every position. From random init it does as well as the grid head; on pretrained
+    features it fits the boxes of real photos worse (docs/training.md).
+    """
+    x = layers.GlobalAveragePooling2D(name="box_pool")(x)
+    return box_output(x, kind)
+
+
+def grid_box_head(x):
+    """Every cell of the feature grid proposes a box around its own centre, with a score.
+
+    The box is the mean of the proposals weighted by a softmax of the scores: the cells
+    that see the object decide, and each one only has to measure the distances from its
+    centre to the four edges (FCOS's box encoding, Tian et al. 2019; here the highest-scoring
+    cells are averaged rather than picked, so it trains end to end with one box target).
+    Built from stock layers: the cell centres are the fixed kernel of a Dense layer that
+    multiplies the attention weights. Output: (x_min, x_max, y_min, y_max), always ordered.
+    """
+    height, width = x.shape[1], x.shape[2]
+    cells = height * width
+    score = layers.Conv2D(1, 1, name="box_score")(x)
+    weights = layers.Softmax(name="box_attention")(
+        layers.Reshape((cells,), name="box_scores")(score)
+    )
+    # Distances to the left, right, top and bottom edges, as shares of the image side.
+    # Bias -1.1: each cell starts with a box of about a quarter of the image around it.
+    distances = layers.Conv2D(
+        4,
+        1,
+        activation="sigmoid",
+        bias_initializer=keras.initializers.Constant(-1.1),
+        name="box_distances",
+    )(x)
+    distances = layers.Reshape((cells, 4), name="box_distances_flat")(distances)
+    mean_distance = layers.Dot(axes=1, name="box_mean_distances")([weights, distances])
+    centre_y, centre_x = np.meshgrid(
+        (np.arange(height) + 0.5) / height, (np.arange(width) + 0.5) / width, indexing="ij"
+    )
+    centres = np.stack([centre_x.ravel(), centre_x.ravel(), centre_y.ravel(), centre_y.ravel()], 1)
+    centre = layers.Dense(
+        4,
+        use_bias=False,
+        trainable=False,
+        kernel_initializer=keras.initializers.Constant(centres),
+        name="box_centre",
+    )(weights)
+    signed = layers.Dense(
+        4,
+        use_bias=False,
+        trainable=False,
+        kernel_initializer=keras.initializers.Constant(np.diag([-1.0, 1.0, -1.0, 1.0])),
+        name="box_signed_distances",
+    )(mean_distance)
+    box = layers.Add(name="box_unclipped")([centre, signed])
+    return layers.ReLU(max_value=1.0, name="box", dtype="float32")(box)  # clip to the image
 
 
 def backbone_of(model: keras.Model) -> keras.Model:
@@ -193,6 +261,8 @@ def compile_model(
     ``heads_model``.
     """
     ema = {"use_ema": ema_momentum > 0, "ema_momentum": ema_momentum or 0.99}
+    # One class leaves nothing to smooth (and Keras warns about a one-unit cross-entropy).
+    smoothing = label_smoothing if model.get_layer("class").units > 1 else 0.0
     optimizer = (
         keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **ema)
         if weight_decay > 0
@@ -200,9 +270,13 @@ def compile_model(
     )
     model.compile(
         optimizer=optimizer,
-        loss={"class": class_loss(label_smoothing), "box": BOX_LOSSES[box_loss]},
+        loss={"class": class_loss(smoothing), "box": BOX_LOSSES[box_loss]},
         loss_weights={"class": 1.0, "box": box_loss_weight},
-        metrics={"class": ["accuracy"], "box": [BoxMeanIoU()]},
+        metrics={
+            # Named: Keras' "accuracy" picks binary accuracy for a one-unit output.
+            "class": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            "box": [BoxMeanIoU()],
+        },
         jit_compile=jit_compile,
         run_eagerly=run_eagerly,
     )

@@ -3,10 +3,12 @@
 Writes the model (``model.keras``), the per-epoch history (a DVC plot), the final training
 metrics and the id of the MLflow run that the evaluate and register stages add to.
 
-Training runs in phases (``plan_phases``): with ``train.freeze_backbone_epochs`` > 0 the
-heads train first on a frozen backbone (BatchNorm in inference mode), optionally on backbone
-features computed once (``train.cache_features``); then everything is fine-tuned at the
-learning rate times ``train.fine_tune_lr_factor``. Each finished epoch is backed up under
+From random init (``model.weights: none``) every layer trains from the first epoch. A
+pretrained backbone follows the transfer recipe (``train.transfer``, ``plan_phases``): the
+heads train first on the frozen backbone (BatchNorm in inference mode), optionally on
+backbone features computed once (``train.cache_features``); then everything is fine-tuned
+at the learning rate times ``transfer.fine_tune_lr_factor``, the backbone's BatchNorm layers
+still in inference mode (``transfer.freeze_batchnorm``). Each finished epoch is backed up under
 ``outputs/train/backup/`` (not a DVC out): a run that was interrupted resumes from its last
 finished epoch, in the same MLflow run, when params and data are unchanged. The backup is
 removed once the model is saved.
@@ -65,11 +67,19 @@ def learning_rate_at(
     return base / 10 ** sum(1 for drop in drops if epoch + 1 >= drop)
 
 
-def learning_rate_for(epoch: int, t: TrainParams) -> float:
+def head_epochs(params: Params) -> int:
+    """Epochs on a frozen backbone before fine-tuning: only a pretrained backbone has them."""
+    if not params.model.pretrained:
+        return 0
+    return min(params.train.transfer.head_epochs, params.train.epochs)
+
+
+def learning_rate_for(epoch: int, params: Params) -> float:
     """The schedule's rate, times fine_tune_lr_factor once a frozen backbone is unfrozen."""
+    t = params.train
     rate = learning_rate_at(epoch, t.learning_rate, t.lr_drop_epochs, t.lr_schedule, t.epochs)
-    if 0 < t.freeze_backbone_epochs <= epoch:
-        rate *= t.fine_tune_lr_factor
+    if 0 < head_epochs(params) <= epoch:
+        rate *= t.transfer.fine_tune_lr_factor
     return rate
 
 
@@ -80,6 +90,38 @@ class Phase:
     start: int
     end: int
     frozen: bool
+
+
+def describe_recipe(params: Params) -> str:
+    """One line saying how this training treats its backbone."""
+    if not params.model.pretrained:
+        return "from random init: every layer trains from the first epoch"
+    t = params.train.transfer
+    steps = []
+    if head_epochs(params):
+        steps.append(f"{head_epochs(params)} epochs of heads on the frozen backbone")
+    if head_epochs(params) < params.train.epochs:
+        batchnorm = "BatchNorm frozen" if t.freeze_batchnorm else "BatchNorm training"
+        steps.append(f"fine-tuning at {t.fine_tune_lr_factor:g}x the learning rate ({batchnorm})")
+    return f"transfer from {params.model.weights}: " + ", then ".join(steps)
+
+
+def set_trainable(model: keras.Model, phase: Phase, params: Params) -> None:
+    """Freeze or unfreeze the backbone for ``phase``.
+
+    A frozen layer runs in inference mode in Keras 3: a frozen backbone, and the frozen
+    BatchNorm layers of a fine-tuned pretrained one, normalise with their moving statistics
+    and leave them as they are. (BatchNorm that trains on small batches moves those
+    statistics slowly, momentum 0.999, while the weights move fast: inference then sees
+    statistics that no longer match the weights, and its predictions collapse.)
+    """
+    backbone = backbone_of(model)
+    backbone.trainable = not phase.frozen
+    if phase.frozen or not (params.model.pretrained and params.train.transfer.freeze_batchnorm):
+        return
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
 
 
 def ema_momentum_for(requested: float, steps: int) -> float:
@@ -295,12 +337,13 @@ def fit(
         model = build_model(num_classes, params.model)
     history = HistoryLog(backup / "history.jsonl")
     t = params.train
-    for index, phase in enumerate(plan_phases(t.epochs, t.freeze_backbone_epochs)):
+    log.info("recipe: %s", describe_recipe(params))
+    for index, phase in enumerate(plan_phases(t.epochs, head_epochs(params))):
         resume = AtomicBackupAndRestore(str(backup / f"phase-{index}"), delete_checkpoint=False)
         # The history line first: a kill between the two repeats the epoch, and the history
         # keeps its last line per epoch.
         phase_callbacks = [DatasetEpoch(train_ds), history, resume, *callbacks]
-        if fit_phase(model, phase, t, train_ds, val_ds, setup, phase_callbacks, verbose):
+        if fit_phase(model, phase, params, train_ds, val_ds, setup, phase_callbacks, verbose):
             log.info("early stopping: no better val_loss for %d epochs", t.early_stopping_patience)
             break
     return FitResult(model, read_history(history.path), history.epochs_run)
@@ -309,7 +352,7 @@ def fit(
 def fit_phase(
     model: keras.Model,
     phase: Phase,
-    t: TrainParams,
+    params: Params,
     train_ds: SnackDataset,
     val_ds: SnackDataset,
     setup: hardware.Setup,
@@ -317,7 +360,8 @@ def fit_phase(
     verbose: int | str,
 ) -> bool:
     """Train one phase (from its backup, if any); True when early stopping ended it."""
-    backbone_of(model).trainable = not phase.frozen  # frozen BatchNorm runs in inference mode
+    t = params.train
+    set_trainable(model, phase, params)
     on_features = phase.frozen and t.cache_features
     target = heads_model(model) if on_features else model
     data = phase_data(model, on_features, t, train_ds, val_ds, setup)
@@ -337,7 +381,7 @@ def fit_phase(
             label_smoothing=t.label_smoothing,
             ema_momentum=ema,
         )
-    schedule = keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate_for(epoch, t))
+    schedule = keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate_for(epoch, params))
     # Validate with the averaged weights, the ones the run keeps.
     swap = [keras.callbacks.SwapEMAWeights()] if ema else []
     stopper = []

@@ -25,3 +25,17 @@ def save_tiny_model(folder: Path, classes: list[str], seed: int = 0) -> tuple[Pa
     build_model(len(classes), TINY_MODEL).save(model_path)
     classes_path.write_text(json.dumps({"classes": classes}))
     return model_path, classes_path
+
+
+def save_tiny_backbone(folder: Path, seed: int = 1) -> ModelParams:
+    """A "pretrained" tiny backbone: its weights saved to a file, and the model params that
+    start from it (so that the transfer recipe applies)."""
+    import keras
+
+    from pipeline.backbones import new_backbone
+
+    keras.utils.set_random_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "backbone.weights.h5"
+    new_backbone(TINY_MODEL, weights=None).save_weights(path)
+    return TINY_MODEL.model_copy(update={"weights": str(path)})

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers_model import save_tiny_backbone
 from test_train import EpochsSeen, Interrupt, tiny_datasets, tiny_params, tiny_setup
 
 from pipeline import train
 from pipeline.augment import AugmentSettings
+from pipeline.config import TransferParams
 
 AUGMENT = AugmentSettings(hflip=True, crop_scale=(0.6, 1.0), min_visible=0.7, color_jitter=0.2)
 
@@ -48,7 +50,8 @@ def test_a_resumed_fit_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
 
 
 def test_a_resume_in_the_frozen_phase_starts_the_next_phase_at_its_own_epoch(tmp_path):
-    params = tiny_params(epochs=3, freeze_backbone_epochs=2)
+    pretrained = save_tiny_backbone(tmp_path / "pretrained")
+    params = tiny_params(pretrained, epochs=3, transfer=TransferParams(head_epochs=2))
     data = tiny_datasets(tmp_path / "data")
     backup = tmp_path / "backup"
     with pytest.raises(KeyboardInterrupt):

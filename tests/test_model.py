@@ -36,6 +36,38 @@ def test_two_heads_with_the_right_shapes():
     assert np.allclose(out["class"].sum(axis=1), 1.0, atol=1e-5)  # softmax
 
 
+def test_the_grid_head_boxes_are_valid_the_weighted_proposals_of_its_cells(tmp_path):
+    """Each cell proposes a box around its centre; the box is their softmax-weighted mean."""
+    params = TINY.model_copy(update={"box_head": "grid", "image_size": 64})  # a 2x2 grid
+    model = build_model(3, params)
+    pixels = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+    boxes = model.predict(pixels, verbose=0)["box"]
+    assert ((boxes >= 0) & (boxes <= 1)).all()
+    assert (boxes[:, 0] <= boxes[:, 1]).all() and (boxes[:, 2] <= boxes[:, 3]).all()
+    # By hand from the layer outputs: cell centres (0.25, 0.75) on each axis.
+    probe = keras.Model(
+        model.inputs,
+        [model.get_layer(n).output for n in ("box_attention", "box_distances_flat")],
+    )
+    weights, distances = (np.asarray(a) for a in probe.predict(pixels, verbose=0))
+    cx = np.array([0.25, 0.75, 0.25, 0.75])
+    cy = np.array([0.25, 0.25, 0.75, 0.75])
+    x_min = (weights * (cx - distances[..., 0])).sum(axis=1)
+    y_max = (weights * (cy + distances[..., 3])).sum(axis=1)
+    np.testing.assert_allclose(boxes[:, 0], np.clip(x_min, 0, 1), atol=1e-5)
+    np.testing.assert_allclose(boxes[:, 3], np.clip(y_max, 0, 1), atol=1e-5)
+    model.save(tmp_path / "grid.keras")
+    loaded = load_model(tmp_path / "grid.keras")  # safe mode: stock layers only
+    np.testing.assert_allclose(loaded.predict(pixels, verbose=0)["box"], boxes, atol=1e-5)
+
+
+def test_box_head_auto_is_the_grid_on_pretrained_features_pooled_from_random_init():
+    assert ModelParams().head == "pooled"
+    assert ModelParams(weights="imagenet").head == "grid"
+    assert ModelParams(weights="imagenet", box_head="pooled").head == "pooled"
+    assert "box_pool" in [layer.name for layer in build_model(2, TINY).layers]
+
+
 def test_keras_iou_metric_matches_the_numpy_definition():
     rng = np.random.default_rng(0)
     true = np.sort(rng.random((64, 2, 2)), axis=2).reshape(64, 4)  # x0<x1, y0<y1

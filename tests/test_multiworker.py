@@ -105,7 +105,7 @@ def test_feature_caching_is_refused_with_multi_worker():
         TrainParams(
             strategy="multi_worker",
             cache_features=True,
-            freeze_backbone_epochs=1,
+            transfer={"head_epochs": 1},
             augment=no_augment,
         )
 

@@ -10,10 +10,18 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from helpers_model import save_tiny_backbone
 from PIL import Image
 
 from pipeline import hardware, train
-from pipeline.config import AugmentParams, ModelParams, Params, TrainParams, load_params
+from pipeline.config import (
+    AugmentParams,
+    ModelParams,
+    Params,
+    TrainParams,
+    TransferParams,
+    load_params,
+)
 from pipeline.errors import UserError
 from pipeline.loader import SnackDataset, sample_table
 from pipeline.model import backbone_of
@@ -24,9 +32,9 @@ NO_AUGMENT = AugmentParams(hflip=False, crop_scale=(1.0, 1.0), color_jitter=0.0,
 TINY_MODEL = ModelParams(alpha=0.25, image_size=32, box_head_filters=8)
 
 
-def tiny_params(**train_values) -> Params:
+def tiny_params(model: ModelParams = TINY_MODEL, **train_values) -> Params:
     values = {"epochs": 2, "batch_size": 8, "augment": NO_AUGMENT, **train_values}
-    return Params(model=TINY_MODEL, train=TrainParams(**values))
+    return Params(model=model, train=TrainParams(**values))
 
 
 def tiny_datasets(root: Path, n: int = 16) -> tuple[SnackDataset, SnackDataset]:
@@ -90,31 +98,62 @@ def test_weight_averaging_window_fits_the_run():
 
 
 def test_fine_tuning_divides_the_schedule_by_the_factor():
-    t = TrainParams(
+    pretrained = TINY_MODEL.model_copy(update={"weights": "backbone.weights.h5"})
+    params = tiny_params(
+        pretrained,
         epochs=6,
         learning_rate=1e-3,
         lr_schedule="step",
         lr_drop_epochs=[3, 5],
-        freeze_backbone_epochs=2,
-        fine_tune_lr_factor=0.1,
+        transfer=TransferParams(head_epochs=2, fine_tune_lr_factor=0.1),
     )
-    rates = [learning_rate_for(e, t) for e in range(6)]
+    rates = [learning_rate_for(e, params) for e in range(6)]
     assert rates == pytest.approx([1e-3, 1e-3, 1e-5, 1e-5, 1e-6, 1e-6])
-    no_freeze = t.model_copy(update={"freeze_backbone_epochs": 0})
-    assert learning_rate_for(2, no_freeze) == pytest.approx(1e-4)
+    no_heads_first = tiny_params(
+        pretrained, **{**dict(params.train), "transfer": TransferParams(head_epochs=0)}
+    )
+    assert learning_rate_for(2, no_heads_first) == pytest.approx(1e-4)
+    short = tiny_params(pretrained, epochs=3, transfer=TransferParams(head_epochs=10))
+    assert train.head_epochs(short) == 3  # heads only, as the book trains
+    assert "fine-tuning" not in train.describe_recipe(short)
+    from_scratch = params.model_copy(update={"model": TINY_MODEL})  # the transfer recipe is off
+    assert train.head_epochs(from_scratch) == 0
+    assert learning_rate_for(2, from_scratch) == pytest.approx(1e-4)
+
+
+def test_imagenet_and_a_weights_file_get_the_same_transfer_recipe():
+    def recipe(weights: str) -> str:
+        model = TINY_MODEL.model_copy(update={"weights": weights})
+        return train.describe_recipe(tiny_params(model, epochs=45))
+
+    file = recipe("/models/mobilenet_v2.h5")
+    assert recipe("imagenet") == file.replace("/models/mobilenet_v2.h5", "imagenet")
+    assert "10 epochs of heads on the frozen backbone, then fine-tuning" in file
+    assert "BatchNorm frozen" in file
+    assert recipe("none").startswith("from random init")
 
 
 def test_feature_caching_needs_a_frozen_backbone_and_no_augmentation(tmp_path):
+    heads_first = TransferParams(head_epochs=1)
     with pytest.raises(ValueError, match="cache_features needs a frozen backbone"):
-        TrainParams(cache_features=True, freeze_backbone_epochs=1)  # augmentation is on
+        TrainParams(cache_features=True, transfer=heads_first)  # augmentation is on
     with pytest.raises(ValueError, match="cache_features"):
-        TrainParams(cache_features=True, augment=NO_AUGMENT)  # nothing frozen
-    with pytest.raises(ValueError, match="must not exceed epochs"):
-        TrainParams(epochs=2, freeze_backbone_epochs=3)
-    TrainParams(cache_features=True, freeze_backbone_epochs=1, augment=NO_AUGMENT)
+        TrainParams(cache_features=True, augment=NO_AUGMENT, transfer=TransferParams(head_epochs=0))
+    TrainParams(cache_features=True, transfer=heads_first, augment=NO_AUGMENT)
+    with pytest.raises(ValueError, match=r"needs pretrained model\.weights"):
+        tiny_params(cache_features=True, transfer=heads_first)  # random init: nothing frozen
     path = tmp_path / "params.yaml"
-    path.write_text("train:\n  cache_features: true\n  freeze_backbone_epochs: 1\n")
+    path.write_text("train:\n  cache_features: true\n  transfer:\n    head_epochs: 1\n")
     with pytest.raises(UserError, match=r"train: .*augmentation off"):
+        load_params(path)
+
+
+def test_a_key_that_moved_is_named_with_its_new_place(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  freeze_backbone_epochs: 3\n")
+    with pytest.raises(
+        UserError, match=r"train.freeze_backbone_epochs: now train.transfer.head_epochs"
+    ):
         load_params(path)
 
 
@@ -144,12 +183,16 @@ def test_frozen_on_cached_features_then_fine_tuned(tmp_path):
                 self.snapshots.append(backbone_of(self.model).get_weights())
 
     train_ds, val_ds = tiny_datasets(tmp_path / "data")
-    params = tiny_params(epochs=2, freeze_backbone_epochs=1, cache_features=True)
+    params = tiny_params(
+        save_tiny_backbone(tmp_path / "pretrained"),
+        epochs=2,
+        transfer=TransferParams(head_epochs=1),
+        cache_features=True,
+    )
     setup = tiny_setup(params)
     probe = BackboneAtPhaseStart()
     result = train.fit(params, 2, train_ds, val_ds, tmp_path / "b", setup, [probe], verbose=0)
-    keras.utils.set_random_seed(params.train.seed)
-    built = backbone_of(train.build_model(2, params.model)).get_weights()
+    built = backbone_of(train.build_model(2, params.model)).get_weights()  # the file's weights
     (after_frozen,) = probe.snapshots  # phase 1 fits the heads model: no backbone in it
     assert all(np.array_equal(a, b) for a, b in zip(built, after_frozen, strict=True))
     final = backbone_of(result.model).get_weights()
@@ -157,7 +200,7 @@ def test_frozen_on_cached_features_then_fine_tuned(tmp_path):
     assert backbone_of(result.model).trainable
     assert list(result.history.epoch) == [1, 2]
     rates = result.history.learning_rate.tolist()
-    assert rates[1] == pytest.approx(learning_rate_for(1, params.train))
+    assert rates[1] == pytest.approx(learning_rate_for(1, params))
 
 
 def test_interrupted_training_resumes_from_the_backup(tmp_path):
