@@ -10,7 +10,7 @@ VENV := .venv
 UV := .tools/bin/uv
 BIN := $(CURDIR)/$(VENV)/bin
 
-# Offline, project-local state for every tool (see pipeline/env.py for the same in Python).
+# Offline, project-local state for every tool (see pipeline/core/env.py for the same in Python).
 export PATH := $(BIN):$(PATH)
 export UV_PYTHON_DOWNLOADS := never
 export UV_SYSTEM_CERTS := 1

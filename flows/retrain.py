@@ -21,7 +21,7 @@ retry can help):
    promotion, so the repository records what produced the champion.
 
 Only one retraining runs per project at a time: the flow holds ``.snackloc/retrain.lock``
-(pipeline/runlock.py); a second trigger finishes at once with status ``busy``. (The stages
+(pipeline/ops/runlock.py); a second trigger finishes at once with status ``busy``. (The stages
 under ``dvc repro`` take their own ``.snackloc/run.lock``, and DVC locks the repo.)
 
     python -m flows.retrain --help
@@ -43,7 +43,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 SOURCES = ("inbox", "pull", "none")
 LOCK_NAME = Path(".snackloc") / "retrain.lock"
@@ -171,8 +171,8 @@ def _tracking_uri(root: Path) -> str:
 @task(cache_policy=NO_CACHE, timeout_seconds=600, retries=2, retry_delay_seconds=5)
 def registry_state(project: str) -> dict[str, Any]:
     """The champion's and challenger's version, data version and metrics (None if none)."""
-    from pipeline import registry
-    from pipeline.config import load_params
+    from pipeline.core.config import load_params
+    from pipeline.integrations import registry
 
     root = Path(project)
     name = load_params(root / "params.yaml").register_.model_name
@@ -198,7 +198,7 @@ def registry_state(project: str) -> dict[str, Any]:
 @task(cache_policy=NO_CACHE, timeout_seconds=600)
 def detect_change(project: str, registry_before: dict[str, Any]) -> dict[str, Any]:
     """Whether a retraining is due, and why."""
-    from pipeline.tracking import data_version
+    from pipeline.integrations.tracking import data_version
 
     root = Path(project)
     status = json.loads(_run(["dvc", "status", "--json"], root, timeout=590).stdout or "{}")
@@ -335,7 +335,7 @@ def retrain(
     Returns a dict with ``status``: ``busy`` (another retraining holds the lock),
     ``no-change``, ``promoted`` or ``kept``.
     """
-    from pipeline.runlock import run_lock
+    from pipeline.ops.runlock import run_lock
 
     logger = get_run_logger()
     if source not in SOURCES:
@@ -398,7 +398,7 @@ def _retrain_locked(project: str, source: str, inbox: str | None, commit: bool) 
 if __name__ == "__main__":
     import argparse
 
-    from pipeline import env
+    from pipeline.core import env
 
     parser = argparse.ArgumentParser(description="Run one retraining now.")
     parser.add_argument("--project", default=".")

@@ -22,9 +22,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import FailedRun
 from prefect.states import Failed
 
-from pipeline.config import load_params
-from pipeline.errors import UserError
-from pipeline.paths import Outputs
+from pipeline.core.config import load_params
+from pipeline.core.errors import UserError
+from pipeline.core.paths import Outputs
 
 # Full disk, quota or file-size limit, read-only or forbidden folder: the user's to fix.
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -88,7 +88,7 @@ def run_stage(
     """Run one stage's plain function and publish its summary as a Prefect artifact."""
     logger = get_run_logger()
     params = load_params(Path(params_file))
-    module = importlib.import_module(f"pipeline.{stage}")
+    module = importlib.import_module(f"pipeline.stages.{stage}")
     try:
         result = module.run(params, Outputs(Path(outputs_root)), progress=progress)
     except UserError as exc:
@@ -138,7 +138,7 @@ def pipeline_flow(
 
 
 if __name__ == "__main__":
-    from pipeline import env
+    from pipeline.core import env
 
     env.configure()
     pipeline_flow()

@@ -15,8 +15,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline import env
-from pipeline.errors import UserError
+from pipeline.core import env
+from pipeline.core.errors import UserError
 
 app = typer.Typer(
     name="snackloc",
@@ -42,11 +42,11 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def _run_stage(stage: str, params: Path, outputs: Path, quiet: bool) -> None:
-    from pipeline.config import load_params
+    from pipeline.core.config import load_params
 
     load_params(params)  # fail fast on bad params, before Prefect starts
     from flows.stages import stage_flow
-    from pipeline.runlock import run_lock
+    from pipeline.ops.runlock import run_lock
 
     with run_lock(stage):
         state = stage_flow(stage, str(params), str(outputs), not quiet, return_state=True)
@@ -80,11 +80,11 @@ def pipeline(
     quiet: QuietOpt = False,
 ) -> None:
     """Run every stage in one Prefect flow run (no DVC caching; `dvc repro` is cached)."""
-    from pipeline.config import load_params
+    from pipeline.core.config import load_params
 
     load_params(params)
     from flows.stages import pipeline_flow
-    from pipeline.runlock import run_lock
+    from pipeline.ops.runlock import run_lock
 
     with run_lock("pipeline"):
         state = pipeline_flow(str(params), str(outputs), not quiet, return_state=True)
@@ -100,8 +100,8 @@ def data_synth(
     quiet: QuietOpt = False,
 ) -> None:
     """Generate the synthetic snacks dataset (deterministic from synth.seed)."""
-    from pipeline import synth
-    from pipeline.config import load_params
+    from pipeline.core.config import load_params
+    from pipeline.data import synth
 
     settings = load_params(params).synth
     if out.exists() and any(out.iterdir()) and not force:
@@ -151,7 +151,7 @@ def data_import(
     force: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
     """Import annotations from a labeling tool into the snacks layout (docs/import.md)."""
-    from pipeline import interop
+    from pipeline.data.formats import interop
 
     options = interop.ImportOptions(
         fmt=format_,
@@ -175,7 +175,7 @@ def data_export(
     force: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
     """Export the snacks dataset as COCO, Pascal VOC or YOLO (images copied beside)."""
-    from pipeline import interop
+    from pipeline.data.formats import interop
 
     report = interop.export_dataset(data, out, format_, overwrite=force)
     typer.echo(interop.export_summary(report))
@@ -190,7 +190,8 @@ def ui(
     ] = "127.0.0.1",
 ) -> None:
     """Open the MLflow UI over the project's tracking store."""
-    from pipeline import servers, tracking
+    from pipeline.integrations import tracking
+    from pipeline.ops import servers
 
     uri = tracking.tracking_uri()
     if uri.startswith(("http://", "https://", "databricks")):
@@ -234,7 +235,7 @@ def predict(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
 ) -> None:
     """Predict class, probability and box of images; write each with its box drawn."""
-    from pipeline import predict as predicting
+    from pipeline.ops import predict as predicting
 
     raise typer.Exit(predicting.main(images, model, classes, out, json_output))
 
@@ -256,9 +257,9 @@ def promote(
     outputs: OutputsOpt = Path("outputs"),
 ) -> None:
     """Make a registered version the @champion by hand (recorded in outputs/register/)."""
-    from pipeline import register
-    from pipeline.config import load_params
-    from pipeline.paths import Outputs
+    from pipeline.core.config import load_params
+    from pipeline.core.paths import Outputs
+    from pipeline.stages import register
 
     _echo_record(register.promote(load_params(params), Outputs(outputs), version, reason))
 
@@ -270,9 +271,9 @@ def rollback(
     outputs: OutputsOpt = Path("outputs"),
 ) -> None:
     """Give @champion back to the version the current champion replaced."""
-    from pipeline import register
-    from pipeline.config import load_params
-    from pipeline.paths import Outputs
+    from pipeline.core.config import load_params
+    from pipeline.core.paths import Outputs
+    from pipeline.stages import register
 
     _echo_record(register.rollback(load_params(params), Outputs(outputs), reason))
 
@@ -356,7 +357,7 @@ def server(
     State stays in the project (.prefect/, mlflow.db, mlartifacts/) unless options or the
     environment name other stores. See docs/scheduling.md.
     """
-    from pipeline import servers
+    from pipeline.ops import servers
 
     project = Path.cwd()
     if not servers.is_local(host):

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import env
+from pipeline.core import env
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 
-# The project's own offline defaults (pipeline/env.py), and the CPU even on a GPU host.
+# The project's own offline defaults (pipeline/core/env.py), and the CPU even on a GPU host.
 OFFLINE_ENV = {**env.DEFAULTS, "CUDA_VISIBLE_DEVICES": ""}
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from conftest import BIN, free_port, wait_healthy
 
-from pipeline import tracking
-from pipeline.dataio import write_json
+from pipeline.data.contract import write_json
+from pipeline.integrations import tracking
 
 
 class MlflowServer:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.config import ModelParams
+from pipeline.core.config import ModelParams
 
 TINY_MODEL = ModelParams(alpha=0.25, image_size=32, box_head_filters=16)
 
@@ -17,7 +17,7 @@ def save_tiny_model(folder: Path, classes: list[str], seed: int = 0) -> tuple[Pa
     """Build, save and return (model.keras, classes.json) in ``folder``."""
     import keras
 
-    from pipeline.model import build_model
+    from pipeline.model.model import build_model
 
     keras.utils.set_random_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)

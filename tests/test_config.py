@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import SNACK_CLASSES, DataParams, Params, load_params, resolve_classes
-from pipeline.errors import UserError
+from pipeline.core.config import SNACK_CLASSES, DataParams, Params, load_params, resolve_classes
+from pipeline.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 

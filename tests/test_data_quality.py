@@ -17,9 +17,10 @@ import pandas as pd
 import pytest
 from helpers_data import read_text_csv
 
-from pipeline import dedup, synth, validate
-from pipeline.config import SPLITS, DataParams, Params, SynthParams, ValidateParams
-from pipeline.paths import Outputs
+from pipeline.core.config import SPLITS, DataParams, Params, SynthParams, ValidateParams
+from pipeline.core.paths import Outputs
+from pipeline.data import synth
+from pipeline.stages import dedup, validate
 
 # The default seed at a small size: synth injects at least 1-2 of every kind.
 SMALL = SynthParams(train_images=60, val_images=20, test_images=20, min_side=64, max_side=128)

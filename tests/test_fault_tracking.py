@@ -18,9 +18,11 @@ from conftest import free_port
 from helpers_mlflow import MlflowServer
 from PIL import Image
 
-from pipeline import hardware, tracking, train
-from pipeline.config import AugmentParams, ModelParams, Params, TrainParams
-from pipeline.paths import Outputs
+from pipeline.core.config import AugmentParams, ModelParams, Params, TrainParams
+from pipeline.core.paths import Outputs
+from pipeline.integrations import tracking
+from pipeline.model import hardware
+from pipeline.stages import train
 
 EPOCHS = 4
 CLASSES = ["x", "y"]

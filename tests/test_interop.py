@@ -16,13 +16,14 @@ from helpers_data import make_params, noise_image
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline import interop, validate
 from pipeline.cli import app
-from pipeline.config import SPLITS
-from pipeline.dataio import ANNOTATION_COLUMNS, annotations_path, image_path
-from pipeline.errors import UserError
-from pipeline.importers import Entry, ImageIndex, split_of
-from pipeline.paths import Outputs
+from pipeline.core.config import SPLITS
+from pipeline.core.errors import UserError
+from pipeline.core.paths import Outputs
+from pipeline.data.contract import ANNOTATION_COLUMNS, annotations_path, image_path
+from pipeline.data.formats import interop
+from pipeline.data.formats.readers import Entry, ImageIndex, split_of
+from pipeline.stages import validate
 
 CLASSES = ["apple", "banana", "cake"]
 OPENIMAGES_BOX = ["XMin", "XMax", "YMin", "YMax"]

@@ -11,9 +11,9 @@ from helpers_model import save_tiny_model
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline import predict
 from pipeline.cli import app
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
+from pipeline.ops import predict
 
 CLASSES = ["apple", "banana", "cake"]
 

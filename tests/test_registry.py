@@ -18,11 +18,13 @@ from helpers_data import write_image
 from helpers_mlflow import new_training_run
 from helpers_model import TINY_MODEL, save_tiny_model
 
-from pipeline import predict, register, registry, tracking
-from pipeline.config import Params, RegisterParams
-from pipeline.dataio import write_json
-from pipeline.errors import UserError
-from pipeline.paths import Outputs
+from pipeline.core.config import Params, RegisterParams
+from pipeline.core.errors import UserError
+from pipeline.core.paths import Outputs
+from pipeline.data.contract import write_json
+from pipeline.integrations import registry, tracking
+from pipeline.ops import predict
+from pipeline.stages import register
 
 CLASSES = ["apple", "banana", "cake"]
 NAME = "tiny"

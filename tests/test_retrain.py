@@ -260,7 +260,7 @@ def test_pull_restores_the_data_from_a_dvc_remote(tmp_path, under_server):
 
 def test_merge_inbox_refuses_other_columns(tmp_path):
     from flows.retrain import merge_inbox
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
 
     (tmp_path / "data").mkdir()
     (tmp_path / "inbox").mkdir()
@@ -347,8 +347,8 @@ def rescale_boxes(csv_path: Path, factor: float) -> None:
 
 def write_inbox(inbox: Path, seed: int, images: int, box_scale: float = 1.0) -> None:
     """A batch of new training images in the snacks layout (defect-free synthetic data)."""
-    from pipeline import synth
-    from pipeline.config import SynthParams
+    from pipeline.core.config import SynthParams
+    from pipeline.data import synth
 
     settings = SynthParams(
         seed=seed,
@@ -370,7 +370,7 @@ def write_inbox(inbox: Path, seed: int, images: int, box_scale: float = 1.0) -> 
 
 
 def champion_version(root: Path) -> str | None:
-    from pipeline import registry
+    from pipeline.integrations import registry
 
     client = registry.connect(f"sqlite:///{root / 'mlflow.db'}")
     version = registry.version_by_alias(client, "snackloc", "champion")
@@ -409,7 +409,7 @@ def test_adding_better_data_promotes(better_data_run):
 @slow
 def test_adding_worse_data_keeps_the_champion(better_data_run):
     from flows.retrain import retrain
-    from pipeline import registry
+    from pipeline.integrations import registry
 
     root, api, before, _, _ = better_data_run
     champion = before["champion_after"]

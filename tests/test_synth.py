@@ -1,4 +1,4 @@
-"""The synthetic snacks dataset (pipeline/synth.py): determinism, format, boxes and defects."""
+"""The synthetic snacks dataset (pipeline/data/synth.py): determinism, format, boxes and defects."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps
 
-from pipeline import synth
-from pipeline.config import SNACK_CLASSES, SPLITS, SynthParams
-from pipeline.dataio import ANNOTATION_COLUMNS, annotations_path, image_path, open_image_rgb
-from pipeline.errors import UserError
+from pipeline.core.config import SNACK_CLASSES, SPLITS, SynthParams
+from pipeline.core.errors import UserError
+from pipeline.data import synth
+from pipeline.data.contract import ANNOTATION_COLUMNS, annotations_path, image_path, open_image_rgb
 
 SMALL = SynthParams(seed=7, train_images=24, val_images=8, test_images=8, min_side=64, max_side=128)
 BOX = ["x_min", "x_max", "y_min", "y_max"]

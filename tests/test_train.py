@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import hardware, train
-from pipeline.config import AugmentParams, ModelParams, Params, TrainParams, load_params
-from pipeline.errors import UserError
-from pipeline.loader import SnackDataset, sample_table
-from pipeline.model import backbone_of
-from pipeline.train import Phase, learning_rate_for, open_backup, plan_phases, read_history
+from pipeline.core.config import AugmentParams, ModelParams, Params, TrainParams, load_params
+from pipeline.core.errors import UserError
+from pipeline.model import hardware
+from pipeline.model.loader import SnackDataset, sample_table
+from pipeline.model.model import backbone_of
+from pipeline.stages import train
+from pipeline.stages.train import Phase, learning_rate_for, open_backup, plan_phases, read_history
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_AUGMENT = AugmentParams(hflip=False, crop_scale=(1.0, 1.0), color_jitter=0.0, zoom_out=1.0)
@@ -79,7 +80,7 @@ def test_phases_freeze_first_then_fine_tune():
 
 
 def test_weight_averaging_window_fits_the_run():
-    from pipeline.train import ema_momentum_for
+    from pipeline.stages.train import ema_momentum_for
 
     assert ema_momentum_for(0.99, 46 * 45) == 0.99  # the default run keeps its momentum
     short = ema_momentum_for(0.99, 200)  # a short run: window capped at 20 steps
@@ -190,7 +191,7 @@ def test_the_stage_resumes_in_the_same_mlflow_run(tmp_path, monkeypatch):
     """train.run interrupted after epoch 1, run again: same MLflow run, history 1..2."""
     import mlflow
 
-    from pipeline.paths import Outputs
+    from pipeline.core.paths import Outputs
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

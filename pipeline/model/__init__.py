@@ -1,0 +1,2 @@
+"""The network and what feeds it: backbones, the two-head model, augmentation, the loader
+and the hardware setup. Imports ``pipeline.core`` and ``pipeline.data``."""
