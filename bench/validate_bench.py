@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.core.config import SNACK_CLASSES, SPLITS, DataParams, Params, ValidateParams
+from pipeline.core.config import SNACK_CLASSES, DataParams, Params, ValidateParams
 from pipeline.core.paths import Outputs
-from pipeline.data.contract import ANNOTATION_COLUMNS
+from pipeline.data.contract import ANNOTATION_COLUMNS, SPLITS
 from pipeline.data.quality import expectations
 from pipeline.stages import validate
 

@@ -44,11 +44,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipeline.core.errors import UserError
+from pipeline.data.contract import SPLITS, annotations_path
 
 SOURCES = ("inbox", "pull", "none")
 LOCK_NAME = Path(".snackloc") / "retrain.lock"
 DONE_DIR = Path(".snackloc") / "inbox-done"
-SPLITS = ("train", "val", "test")
 ARTIFACT_KEY = "snackloc-retrain"
 
 
@@ -84,10 +84,10 @@ def merge_inbox(inbox: Path, data: Path) -> dict[str, Any]:
     """
     counts: dict[str, Any] = {"rows": {}, "images": 0, "conflicts": []}
     for split in SPLITS:
-        source = inbox / f"annotations-{split}.csv"
+        source = annotations_path(inbox, split)
         if not source.is_file():
             continue
-        target = data / f"annotations-{split}.csv"
+        target = annotations_path(data, split)
         with source.open(newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
             header, rows = next(reader, None), [row for row in reader if row]
@@ -123,7 +123,7 @@ def merge_inbox(inbox: Path, data: Path) -> dict[str, Any]:
 
 
 def inbox_has_data(inbox: Path) -> bool:
-    return any((inbox / f"annotations-{split}.csv").is_file() for split in SPLITS)
+    return any(annotations_path(inbox, split).is_file() for split in SPLITS)
 
 
 # ---------------------------------------------------------------- tasks

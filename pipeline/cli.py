@@ -104,8 +104,6 @@ def data_synth(
     from pipeline.data import synth
 
     settings = load_params(params).synth
-    if out.exists() and any(out.iterdir()) and not force:
-        fail(f"{out} already exists and is not empty; pass --force to replace it")
     manifest = synth.generate(out, settings, progress=not quiet, overwrite=force)
     counts = manifest["counts"]
     typer.echo(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from conftest import BIN, free_port, wait_healthy
 
-from pipeline.data.contract import write_json
+from pipeline.core.files import write_json
 from pipeline.integrations import tracking
 
 

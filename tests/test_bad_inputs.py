@@ -38,10 +38,14 @@ from helpers_data import (
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.core.config import SPLITS
 from pipeline.core.errors import UserError
 from pipeline.core.paths import Outputs
-from pipeline.data.contract import ANNOTATION_COLUMNS, read_clean_annotations, read_raw_annotations
+from pipeline.data.contract import (
+    ANNOTATION_COLUMNS,
+    SPLITS,
+    read_clean_annotations,
+    read_raw_annotations,
+)
 from pipeline.data.quality import imagecheck
 from pipeline.stages import dedup, validate
 

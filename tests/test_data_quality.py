@@ -17,9 +17,10 @@ import pandas as pd
 import pytest
 from helpers_data import read_text_csv
 
-from pipeline.core.config import SPLITS, DataParams, Params, SynthParams, ValidateParams
+from pipeline.core.config import DataParams, Params, SynthParams, ValidateParams
 from pipeline.core.paths import Outputs
 from pipeline.data import synth
+from pipeline.data.contract import SPLITS
 from pipeline.stages import dedup, validate
 
 # The default seed at a small size: synth injects at least 1-2 of every kind.

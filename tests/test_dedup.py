@@ -23,10 +23,10 @@ from helpers_data import (
 )
 from PIL import Image
 
-from pipeline.core.config import SPLITS, DedupParams, Params
+from pipeline.core.config import DedupParams, Params
 from pipeline.core.errors import UserError
 from pipeline.core.paths import Outputs
-from pipeline.data.contract import read_clean_annotations
+from pipeline.data.contract import SPLITS, read_clean_annotations
 from pipeline.stages import dedup, validate
 
 BOX_A = ("0.1", "0.5", "0.1", "0.5")

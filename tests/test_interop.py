@@ -17,10 +17,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.core.config import SPLITS
 from pipeline.core.errors import UserError
 from pipeline.core.paths import Outputs
-from pipeline.data.contract import ANNOTATION_COLUMNS, annotations_path, image_path
+from pipeline.data.contract import ANNOTATION_COLUMNS, SPLITS, annotations_path, image_path
 from pipeline.data.formats import interop
 from pipeline.data.formats.readers import Entry, ImageIndex, split_of
 from pipeline.stages import validate

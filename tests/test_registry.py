@@ -20,8 +20,8 @@ from helpers_model import TINY_MODEL, save_tiny_model
 
 from pipeline.core.config import Params, RegisterParams
 from pipeline.core.errors import UserError
+from pipeline.core.files import write_json
 from pipeline.core.paths import Outputs
-from pipeline.data.contract import write_json
 from pipeline.integrations import registry, tracking
 from pipeline.ops import predict
 from pipeline.stages import register

@@ -12,10 +12,17 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps
 
-from pipeline.core.config import SNACK_CLASSES, SPLITS, SynthParams
+from pipeline.core.config import SNACK_CLASSES, SynthParams
 from pipeline.core.errors import UserError
 from pipeline.data import synth
-from pipeline.data.contract import ANNOTATION_COLUMNS, annotations_path, image_path, open_image_rgb
+from pipeline.data.boxes import iou
+from pipeline.data.contract import (
+    ANNOTATION_COLUMNS,
+    SPLITS,
+    annotations_path,
+    image_path,
+    open_image_rgb,
+)
 
 SMALL = SynthParams(seed=7, train_images=24, val_images=8, test_images=8, min_side=64, max_side=128)
 BOX = ["x_min", "x_max", "y_min", "y_max"]
@@ -68,13 +75,6 @@ def as_float(text: str) -> float | None:
         return float(text)
     except ValueError:
         return None
-
-
-def iou(a: list[float], b: list[float]) -> float:
-    iw = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[2], b[2]))
-    union = (a[1] - a[0]) * (a[3] - a[2]) + (b[1] - b[0]) * (b[3] - b[2]) - iw * ih
-    return iw * ih / union
 
 
 def quarantined_rows(manifest: dict[str, Any], split: str) -> set[int]:

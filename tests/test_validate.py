@@ -24,10 +24,9 @@ from helpers_data import (
 )
 from PIL import Image
 
-from pipeline.core.config import SPLITS
 from pipeline.core.errors import UserError
 from pipeline.core.paths import Outputs
-from pipeline.data.contract import ANNOTATION_COLUMNS, read_clean_annotations
+from pipeline.data.contract import ANNOTATION_COLUMNS, SPLITS, read_clean_annotations
 from pipeline.data.quality import imagecheck
 from pipeline.stages import dedup, validate
 

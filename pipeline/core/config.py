@@ -27,8 +27,6 @@ SNACK_CLASSES: tuple[str, ...] = (
     "strawberry", "waffle", "watermelon",
 )  # fmt: skip
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 

@@ -1,6 +1,6 @@
-"""Reading and writing the snacks data format, images and stage outputs.
+"""The snacks data contract: splits, columns, paths, annotation CSVs and image decoding.
 
-The raw layout (DESIGN.md): ``data/<split>/<folder>/<image_id>.jpg`` and
+The raw layout (README, "The data"): ``data/<split>/<folder>/<image_id>.jpg`` and
 ``data/annotations-<split>.csv`` with the columns of ``ANNOTATION_COLUMNS``.
 Boxes are normalized to [0, 1] and refer to the image as displayed, i.e. after its
 EXIF orientation is applied; every reader here applies it.
@@ -8,14 +8,9 @@ EXIF orientation is applied; every reader here applies it.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -27,6 +22,12 @@ ANNOTATION_COLUMNS: list[str] = [
     "image_id", "x_min", "x_max", "y_min", "y_max", "class_name", "folder",
 ]  # fmt: skip
 BOX_COLUMNS: list[str] = ["x_min", "x_max", "y_min", "y_max"]
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+# Names of image files (lower-case endings): the files an import looks for, and those under
+# data/<split>/ that validate reports when no row names them.
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+)
 
 
 def annotations_path(root: Path, split: str) -> Path:
@@ -155,50 +156,3 @@ def load_image_array(path: Path, size: int) -> np.ndarray:
     image = open_displayed(path, size * 2)
     image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(image, dtype=np.uint8)
-
-
-@contextlib.contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; rename it over ``target`` on success.
-
-    A crash leaves the previous ``target`` intact and never a half-written file in its place.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Keep the suffix: some writers (Keras, matplotlib) pick the format from it.
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    except OSError as exc:
-        if exc.filename is None:  # a failed write() names no file: name the output
-            raise OSError(exc.errno, exc.strerror, str(target)) from exc
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(target: Path, payload: Any) -> None:
-    """Write JSON atomically, pretty-printed and with a trailing newline."""
-    with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    """Read a JSON file written by a stage; a missing one is a clear error."""
-    if not Path(path).is_file():
-        raise UserError(
-            f"{path}: not found",
-            hint="run the stage that writes it first (`dvc repro` runs every stage in order)",
-        )
-    return json.loads(Path(path).read_text())
-
-
-def write_csv(target: Path, frame: pd.DataFrame) -> None:
-    """Write a CSV atomically, without the pandas index."""
-    with atomic_path(target) as tmp:
-        frame.to_csv(tmp, index=False)

@@ -1,7 +1,7 @@
 """The embedded default dataset: a synthetic "snacks" dataset with documented defects.
 
-``generate(out_dir, params)`` writes a dataset in the book's format (DESIGN.md, "The raw data
-contract"), byte-for-byte reproducible from ``params.seed``::
+``generate(out_dir, params)`` writes a dataset in the book's format (the data contract,
+``pipeline.data.contract``), byte-for-byte reproducible from ``params.seed``::
 
     out_dir/train/<folder>/<image_id>.jpg   val/...   test/...
     out_dir/annotations-{train,val,test}.csv   image_id,x_min,x_max,y_min,y_max,class_name,folder
@@ -76,8 +76,8 @@ The injected defects (``params.inject_defects``; rates in ``DEFECT_SPECS``)
 Determinism: every image has its own ``numpy.random.Generator`` (PCG64) seeded with
 ``[seed, 1, split_index, image_index]``, so images are independent and rendered in parallel;
 defects use ``[seed, 3]``. JPEGs are written by Pillow with explicit quality and subsampling and
-no metadata; CSVs and the manifest are written in a fixed order (with Pillow pinned, see
-STACK-NOTES.md).
+no metadata; CSVs and the manifest are written in a fixed order (with Pillow pinned in
+uv.lock: Pillow 13 writes the same bytes for the same array in every process).
 """
 
 from __future__ import annotations
@@ -88,8 +88,6 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -101,9 +99,10 @@ from numpy.random import Generator
 from PIL import Image, ImageChops, ImageDraw, ImageFile, ImageFilter
 from tqdm import tqdm
 
-from pipeline.core.config import SNACK_CLASSES, SPLITS, SynthParams
-from pipeline.core.errors import UserError
-from pipeline.data.contract import ANNOTATION_COLUMNS, annotations_path, image_path
+from pipeline.core.config import SNACK_CLASSES, SynthParams
+from pipeline.core.files import check_replaceable, replaced_dir
+from pipeline.data.boxes import iou
+from pipeline.data.contract import ANNOTATION_COLUMNS, SPLITS, annotations_path, image_path
 
 Color = tuple[int, int, int, int]
 Point = tuple[float, float]
@@ -1482,15 +1481,6 @@ class _Defect:
         return entry
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two (x_min, x_max, y_min, y_max) boxes."""
-    iw = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[2], b[2]))
-    inter = iw * ih
-    union = (a[1] - a[0]) * (a[3] - a[2]) + (b[1] - b[0]) * (b[3] - b[2]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _decodes(path: Path) -> bool:
     """Whether Pillow can open and fully decode a file (truncated data is an error)."""
     previous = ImageFile.LOAD_TRUNCATED_IMAGES
@@ -1581,7 +1571,7 @@ class _Injector:
                 v + self.rng.uniform(-0.008, 0.008) * s for v, s in zip(box, size, strict=True)
             ]
             moved = [float(_fmt(min(1.0, max(0.0, v)))) for v in moved]
-            if moved != box and 0.95 < _iou(box, moved) < 1.0:
+            if moved != box and 0.95 < float(iou(box, moved)) < 1.0:
                 break
         copy = _Row(row.cells)
         for column, value in zip(_BOX_COLUMNS, moved, strict=True):
@@ -1590,11 +1580,11 @@ class _Injector:
         self._add(
             "duplicate_box",
             record,
-            f"same object as row `duplicate_of`, box jittered (IoU {_iou(box, moved):.3f})",
+            f"same object as row `duplicate_of`, box jittered (IoU {float(iou(box, moved)):.3f})",
             row=copy,
             rows=[row, copy],
             row_refs={"duplicate_of": row},
-            extra={"iou": round(_iou(box, moved), 4)},
+            extra={"iou": round(float(iou(box, moved)), 4)},
         )
 
     def _box_out_of_range(self, record: ImageRecord, number: int) -> None:
@@ -1884,28 +1874,6 @@ def _finish(
     return manifest
 
 
-def _check_target(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to replace a non-empty folder (it may hold the real dataset) unless asked to."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir}: exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise UserError(
-            f"{out_dir}: folder is not empty",
-            hint="pass overwrite=True (CLI: --overwrite) to replace it",
-        )
-
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Move the finished tree to ``out_dir``, replacing what was there only at the very end."""
-    if not out_dir.exists():
-        tmp.rename(out_dir)
-        return
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old)
-
-
 def generate(
     out_dir: Path,
     params: SynthParams,
@@ -1922,11 +1890,8 @@ def generate(
     dataset is complete.
     """
     out_dir = Path(out_dir)
-    _check_target(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        tmp.chmod(0o755)
+    check_replaceable(out_dir, overwrite)
+    with replaced_dir(out_dir) as tmp:
         records = _render_all(tmp, params, progress, workers)
         for split in SPLITS:
             (tmp / split).mkdir(exist_ok=True)
@@ -1938,8 +1903,4 @@ def generate(
             rng = np.random.default_rng([_entropy(params.seed), 3])
             defects = _Injector(tmp, rows, records, rng).run(len(records))
         manifest = _finish(tmp, rows, defects, params)
-        _swap_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest

@@ -8,7 +8,6 @@ prediction is solid, the ground truth dashed.
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import patches, patheffects, ticker
 
+from pipeline.core.files import replaced_dir
 from pipeline.data.contract import BOX_COLUMNS, image_path, open_image_rgb
 
 PRED_COLUMNS = [f"pred_{col}" for col in BOX_COLUMNS]
@@ -183,17 +183,13 @@ def evaluation_plots(
     gallery_images: int = 8,
 ) -> list[Path]:
     """Write every evaluation plot of one split into ``out_dir`` (replaced as a whole)."""
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    confusion_matrix(predictions, classes, tmp / "confusion_matrix.png")
-    iou_histogram(predictions, tmp / "iou_histogram.png")
-    per_class(per_class_table, tmp / "per_class.png")
-    if history is not None and len(history):
-        training_curves(history, tmp / "training_curves.png")
     split = predictions.split.iloc[0]
-    for kind, picks in pick_gallery(predictions, gallery_images).items():
-        gallery(picks, data_root, f"{kind} {split} predictions", tmp / f"gallery_{kind}.png")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    with replaced_dir(out_dir) as tmp:
+        confusion_matrix(predictions, classes, tmp / "confusion_matrix.png")
+        iou_histogram(predictions, tmp / "iou_histogram.png")
+        per_class(per_class_table, tmp / "per_class.png")
+        if history is not None and len(history):
+            training_curves(history, tmp / "training_curves.png")
+        for kind, picks in pick_gallery(predictions, gallery_images).items():
+            gallery(picks, data_root, f"{kind} {split} predictions", tmp / f"gallery_{kind}.png")
     return sorted(out_dir.glob("*.png"))

@@ -108,7 +108,7 @@ class resume_run:
         import mlflow
         from mlflow.exceptions import MlflowException
 
-        from pipeline.data.contract import read_json
+        from pipeline.core.files import read_json
 
         experiment_id = setup_experiment(self.params.mlflow.experiment)
         run_id = read_json(self.outputs.mlflow_run)["run_id"]

@@ -20,8 +20,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from pipeline.core.errors import UserError
+from pipeline.core.files import atomic_path, read_json
 from pipeline.data.boxes import clip_and_order
-from pipeline.data.contract import atomic_path, load_image_array, open_image_rgb, read_json
+from pipeline.data.contract import load_image_array, open_image_rgb
 from pipeline.integrations import tracking
 
 DEFAULT_MODEL = "models:/snackloc@champion"

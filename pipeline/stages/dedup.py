@@ -42,17 +42,17 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.core.config import SPLITS, DedupParams, Params
+from pipeline.core.config import DedupParams, Params
 from pipeline.core.errors import UserError
+from pipeline.core.files import write_csv, write_json
 from pipeline.core.paths import Outputs
 from pipeline.data.boxes import iou
 from pipeline.data.contract import (
     BOX_COLUMNS,
+    SPLITS,
     open_displayed,
     read_clean_annotations,
     safe_image_path,
-    write_csv,
-    write_json,
 )
 from pipeline.data.quality import hashindex
 

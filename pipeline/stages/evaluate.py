@@ -25,16 +25,10 @@ import pandas as pd
 
 from pipeline.core.config import EvaluateParams, Params
 from pipeline.core.errors import UserError
+from pipeline.core.files import atomic_path, read_json, write_csv, write_json
 from pipeline.core.paths import Outputs
 from pipeline.data.boxes import clip_and_order
-from pipeline.data.contract import (
-    BOX_COLUMNS,
-    atomic_path,
-    read_clean_annotations,
-    read_json,
-    write_csv,
-    write_json,
-)
+from pipeline.data.contract import BOX_COLUMNS, read_clean_annotations
 from pipeline.evaluation import metrics as m
 from pipeline.integrations import tracking
 from pipeline.model.loader import SnackDataset, sample_table

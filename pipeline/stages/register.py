@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.config import Params
+from pipeline.core.files import read_json, write_json
 from pipeline.core.paths import Outputs
-from pipeline.data.contract import read_json, write_json
 from pipeline.evaluation import gate
 from pipeline.integrations import registry, tracking
 from pipeline.model.model import load_model

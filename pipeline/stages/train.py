@@ -33,14 +33,9 @@ import pandas as pd
 
 from pipeline.core.config import Params, TrainParams
 from pipeline.core.errors import UserError
+from pipeline.core.files import atomic_path, read_json, write_csv, write_json
 from pipeline.core.paths import Outputs
-from pipeline.data.contract import (
-    atomic_path,
-    read_clean_annotations,
-    read_json,
-    write_csv,
-    write_json,
-)
+from pipeline.data.contract import read_clean_annotations
 from pipeline.integrations import tracking
 from pipeline.model import backbones, hardware
 from pipeline.model.augment import AugmentSettings

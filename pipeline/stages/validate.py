@@ -38,18 +38,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.core.config import SPLITS, Params, ValidateParams, resolve_classes
+from pipeline.core.config import Params, ValidateParams, resolve_classes
 from pipeline.core.errors import UserError
+from pipeline.core.files import write_csv, write_json
 from pipeline.core.paths import Outputs
 from pipeline.data.contract import (
     ANNOTATION_COLUMNS,
     BOX_COLUMNS,
+    SPLITS,
     annotations_path,
     image_path,
     read_raw_annotations,
     safe_image_path,
-    write_csv,
-    write_json,
 )
 from pipeline.data.quality import contact_sheet, expectations
 from pipeline.data.quality.imagecheck import (

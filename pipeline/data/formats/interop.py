@@ -28,13 +28,10 @@ writers, one set per split, images copied beside.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import math
-import os
 import shutil
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -46,19 +43,18 @@ import yaml
 from globox import Annotation, AnnotationSet, BoundingBox
 from PIL import ExifTags, Image
 
-from pipeline.core.config import SNACK_CLASSES, SPLITS
+from pipeline.core.config import SNACK_CLASSES
 from pipeline.core.errors import UserError
+from pipeline.core.files import atomic_path, check_replaceable, replaced_dir, write_csv, write_json
 from pipeline.data.contract import (
     ANNOTATION_COLUMNS,
     BOX_COLUMNS,
+    SPLITS,
     annotations_path,
-    atomic_path,
     image_path,
     open_image_rgb,
     read_raw_annotations,
     safe_image_path,
-    write_csv,
-    write_json,
 )
 from pipeline.data.formats.readers import (
     FORMATS,
@@ -222,29 +218,7 @@ def check_target(out: Path, overwrite: bool, source: Path) -> None:
             f"{out}: would replace the source {source}",
             hint="write to another folder; sources are never modified",
         )
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out}: folder is not empty", hint="pass --force to replace it")
-
-
-@contextlib.contextmanager
-def building(out: Path):
-    """Yield a temporary folder beside ``out``; it replaces ``out`` only once complete."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        tmp.chmod(0o755)
-        yield tmp
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    check_replaceable(out, overwrite)
 
 
 def format_problems(problems: list[Problem], limit: int = 20) -> str:
@@ -556,7 +530,7 @@ def import_dataset(
     for image in images:
         image.folder = choose_folder(image.boxes, options.folder_from)
     split_from = assign_splits(images, options, ctx)
-    with building(out) as tmp:
+    with replaced_dir(out) as tmp:
         written = write_layout(tmp, images, options.jpeg_quality, ctx)
         if not any(written.rows.values()):
             raise UserError(f"{src}: no image could be imported\n{format_problems(ctx.problems)}")
@@ -737,7 +711,7 @@ def export_dataset(data: Path, out: Path, fmt: str, *, overwrite: bool = False) 
     labels = sorted(
         {box.label for items in splits.values() for item in items for box in item.annotation.boxes}
     )
-    with building(out) as tmp:
+    with replaced_dir(out) as tmp:
         for split, items in splits.items():
             EXPORTERS[fmt](tmp, split, items, labels)
         if fmt == "yolo":

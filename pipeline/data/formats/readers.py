@@ -30,10 +30,8 @@ import yaml
 from globox import BoundingBox, BoxFormat, ParsingError
 
 from pipeline.core.errors import UserError
+from pipeline.data.contract import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-)
 # Words in folder or file names that name a split (`instances_val2017.json`, `labels/train/`).
 SPLIT_WORDS = {
     "train": "train",

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.data.contract import atomic_path, open_displayed
+from pipeline.core.files import atomic_path
+from pipeline.data.contract import open_displayed
 
 TILE = 192  # thumbnail side, pixels
 COLUMNS = 4

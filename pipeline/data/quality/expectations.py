@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.config import ValidateParams
+from pipeline.core.files import replaced_dir
 from pipeline.data.contract import ANNOTATION_COLUMNS, BOX_COLUMNS
 
 # A coordinate as text: a plain decimal number, optionally signed, with exponent and spaces.
@@ -286,10 +285,7 @@ class SuiteRunner:
         site_log = logging.getLogger("great_expectations.render.renderer.site_builder")
         if _one_line not in site_log.filters:
             site_log.addFilter(_one_line)
-        target = Path(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with replaced_dir(target) as tmp:
             site = {
                 "class_name": "SiteBuilder",
                 "show_how_to_buttons": False,
@@ -301,15 +297,7 @@ class SuiteRunner:
             }
             self.context.add_data_docs_site("snackloc", site)
             self.context.build_data_docs(site_names=["snackloc"])
-            tmp.chmod(0o755)
-            _replace_dir(tmp, target)
-        except OSError as exc:
-            if exc.filename is None:  # GX's failed write() names no file: name the site
-                raise OSError(exc.errno, exc.strerror, str(target)) from exc
-            raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return target / "index.html"
+        return Path(target) / "index.html"
 
 
 def _one_line(record: logging.LogRecord) -> bool:
@@ -322,15 +310,11 @@ def _one_line(record: logging.LogRecord) -> bool:
 
 def docs_placeholder(target: Path) -> Path:
     """An index.html saying Data Docs are off (the folder stays a valid DVC out)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    (tmp / "index.html").write_text(
-        "<html><body><p>Data Docs are off (<code>validate.data_docs: false</code>); "
-        "see report.json.</p></body></html>\n"
-    )
-    tmp.chmod(0o755)
-    _replace_dir(tmp, target)
+    with replaced_dir(target) as tmp:
+        (tmp / "index.html").write_text(
+            "<html><body><p>Data Docs are off (<code>validate.data_docs: false</code>); "
+            "see report.json.</p></body></html>\n"
+        )
     return target / "index.html"
 
 
@@ -345,13 +329,3 @@ def _raise_on_exception(outcome: Any, rule: Rule) -> None:
                 f"Great Expectations could not evaluate {rule.expectation} {rule.kwargs}: "
                 f"{item.get('exception_message')}"
             )
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Swap a finished directory into place (the old one is removed only afterwards)."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)

@@ -19,11 +19,10 @@ from pathlib import Path
 from PIL import ExifTags, Image
 from tqdm import tqdm
 
-from pipeline.core.config import SPLITS, ValidateParams
-from pipeline.data.contract import open_image_rgb
+from pipeline.core.config import ValidateParams
+from pipeline.data.contract import IMAGE_SUFFIXES, SPLITS, open_image_rgb
 
 IMAGE_WORKERS = 2  # Pillow releases the GIL while decoding; more threads do not help on 2 cores.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 
 # The checks of this module, in report order: name -> what a failure means.
 IMAGE_CHECKS: dict[str, str] = {
