@@ -47,7 +47,7 @@ data: install ## generate the synthetic dataset into data/ unless it exists
 	else echo "data/ exists: kept"; fi
 
 run: data ## the main job: `dvc repro` end to end, then show metrics
-	tools/with-prefect-server dvc repro
+	dvc repro
 	@sed -n '/^| metric/,/^$$/p' outputs/evaluate/summary.md
 	@echo "More: dvc metrics show | outputs/evaluate/plots/*.png | make ui (MLflow)"
 

@@ -6,6 +6,7 @@ them, so `snackloc --help` answers at once.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import typer
 
 from pipeline.core import env
 from pipeline.core.errors import UserError
+from pipeline.stages import STAGES, Stage, run_stage
 
 app = typer.Typer(
     name="snackloc",
@@ -41,36 +43,42 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _run_stage(stage: str, params: Path, outputs: Path, quiet: bool) -> None:
-    from pipeline.core.config import load_params
+def _log_to_stderr() -> None:
+    """Show the stages' INFO lines (their summaries) on stderr, once per process."""
+    logger = logging.getLogger("pipeline")
+    if not any(getattr(h, "snackloc", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s", "%H:%M:%S")
+        )
+        handler.snackloc = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
-    load_params(params)  # fail fast on bad params, before Prefect starts
-    from flows.stages import stage_flow
-    from pipeline.ops.runlock import run_lock
 
-    with run_lock(stage):
-        state = stage_flow(stage, str(params), str(outputs), not quiet, return_state=True)
-    if not state.is_completed():
-        fail(f"stage {stage} failed: {state.message}")
+def _stage_command(stage: Stage) -> None:
+    """`snackloc <stage>`, what dvc.yaml runs: the plain stage function in this process."""
 
-
-def _stage_command(stage: str, summary: str) -> None:
     def command(
         params: ParamsOpt = Path("params.yaml"),
         outputs: OutputsOpt = Path("outputs"),
         quiet: QuietOpt = False,
     ) -> None:
-        _run_stage(stage, params, outputs, quiet)
+        from pipeline.core.config import load_params
+        from pipeline.core.paths import Outputs
+        from pipeline.ops.runlock import run_lock
 
-    command.__doc__ = summary
-    app.command(name=stage)(command)
+        settings = load_params(params)
+        _log_to_stderr()
+        with run_lock(stage.name):
+            run_stage(stage.name, settings, Outputs(outputs), progress=not quiet)
+
+    command.__doc__ = stage.summary
+    app.command(name=stage.name)(command)
 
 
-_stage_command("validate", "Check annotations and images; quarantine bad rows with reasons.")
-_stage_command("dedup", "Remove duplicate rows and images (also across splits).")
-_stage_command("train", "Train the two-head model; log the run to MLflow.")
-_stage_command("evaluate", "Score the model on the held-out split; write metrics and plots.")
-_stage_command("register", "Register the model in the MLflow Model Registry as @challenger.")
+for _stage in STAGES:
+    _stage_command(_stage)
 
 
 @app.command()
@@ -79,15 +87,15 @@ def pipeline(
     outputs: OutputsOpt = Path("outputs"),
     quiet: QuietOpt = False,
 ) -> None:
-    """Run every stage in one Prefect flow run (no DVC caching; `dvc repro` is cached)."""
+    """Run every stage as a task of one Prefect flow run (no DVC caching: all stages run)."""
     from pipeline.core.config import load_params
-
-    load_params(params)
-    from flows.stages import pipeline_flow
     from pipeline.ops.runlock import run_lock
 
+    settings = load_params(params)
+    from flows.stages import pipeline_flow
+
     with run_lock("pipeline"):
-        state = pipeline_flow(str(params), str(outputs), not quiet, return_state=True)
+        state = pipeline_flow(settings, str(outputs), not quiet, return_state=True)
     if not state.is_completed():
         fail(f"pipeline failed: {state.message}")
 
@@ -210,7 +218,7 @@ def ui(
         str(port),
     ]
     if uri.startswith("sqlite"):
-        command += ["--default-artifact-root", Path(tracking.DEFAULT_ARTIFACTS).resolve().as_uri()]
+        command += ["--default-artifact-root", tracking.local_artifacts_uri()]
     try:
         raise typer.Exit(subprocess.call(command))
     except KeyboardInterrupt:
@@ -355,6 +363,7 @@ def server(
     State stays in the project (.prefect/, mlflow.db, mlartifacts/) unless options or the
     environment name other stores. See docs/scheduling.md.
     """
+    from pipeline.integrations import tracking
     from pipeline.ops import servers
 
     project = Path.cwd()
@@ -370,8 +379,8 @@ def server(
     mlflow = servers.mlflow_server(
         project, host, mlflow_port, backend_store_uri, artifacts_destination, mlflow_workers
     )
-    store = backend_store_uri or servers.default_backend_store_uri(project)
-    artifacts = artifacts_destination or servers.default_artifacts_destination(project)
+    store = backend_store_uri or tracking.local_store_uri(project)
+    artifacts = artifacts_destination or tracking.local_artifacts_uri(project)
 
     def ready(running: list) -> None:
         pids = ", ".join(f"{r.server.name} {r.process.pid}" for r in running)

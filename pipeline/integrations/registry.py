@@ -3,7 +3,9 @@
 Aliases: ``challenger`` marks the newest registered version, ``champion`` the one in use
 (`snackloc predict` and serving load ``models:/<name>@champion``).
 
-Every change writes its tags first and moves an alias last, so a failure part-way leaves the
+Every MLflow call about models goes through here: logging and registering a version,
+loading one, reading and moving aliases, tags. Every change writes its tags first and moves
+an alias last, so a failure part-way leaves the
 previous champion in place. A version that becomes champion records the version it replaced
 in its ``previous_champion`` tag; `snackloc rollback` follows that tag back (repeatedly, one
 step at a time), and a rollback does not rewrite it. Each action (register, promote,
@@ -15,12 +17,14 @@ from __future__ import annotations
 import getpass
 import json
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import UserError
 from pipeline.evaluation.gate import CHAMPION
+from pipeline.integrations import tracking
 
 PREVIOUS_TAG = "previous_champion"
 MODEL_MD5_TAG = "model_md5"  # the registered model file, to register it only once
@@ -42,14 +46,77 @@ def version_by_alias(client, name: str, alias: str):
     """
     from mlflow.exceptions import MlflowException
 
-    from pipeline.integrations.tracking import is_transient
-
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        if is_transient(exc):
+        if tracking.is_transient(exc):
             raise
         return None
+
+
+def alias_versions(uri: str, name: str, aliases: Sequence[str]) -> dict[str, dict | None]:
+    """For each alias: its version, data version and metric tags and run id (None if unset)."""
+    client = connect(uri)
+    found: dict[str, dict | None] = {}
+    for alias in aliases:
+        version = version_by_alias(client, name, alias)
+        found[alias] = (
+            None
+            if version is None
+            else {
+                "version": str(version.version),
+                "data_version": version.tags.get("data_version"),
+                "metrics": tag_numbers(version.tags, METRIC_PREFIX),
+                "run_id": version.run_id,
+            }
+        )
+    return found
+
+
+def log_model_version(
+    params, outputs, model, example, metadata: dict[str, Any], requirements: list[str]
+) -> tuple[str, str]:
+    """Log ``model`` (tensorflow flavour, with a signature and the input ``example``) to the
+    training run and register it as a new version; return (version, run id)."""
+    import mlflow
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    prediction = {k: np.asarray(v) for k, v in model.predict(example, verbose=0).items()}
+    with tracking.resume_run(params, outputs, stage="register") as run:
+        info = mlflow.tensorflow.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, prediction),
+            input_example=example,
+            pip_requirements=requirements,
+            metadata=metadata,
+            registered_model_name=params.register_.model_name,
+        )
+    return str(info.registered_model_version), run.info.run_id
+
+
+class ModelNotLoaded(UserError):
+    """A model URI that names no loadable model (no such model, version or alias)."""
+
+
+def load_version(uri: str) -> tuple[Any, dict[str, Any]]:
+    """The Keras model at ``uri`` (``models:/name@alias``, ``models:/name/version``...) and
+    the metadata it was logged with. An unreachable server raises as it is (retry it);
+    anything else that stops the load is a ModelNotLoaded naming the first line of why."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    try:
+        metadata = mlflow.models.get_model_info(uri).metadata or {}
+        return mlflow.tensorflow.load_model(uri), metadata
+    except (MlflowException, OSError) as exc:
+        if tracking.is_transient(exc):
+            raise
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        raise ModelNotLoaded(f"cannot load model {uri}: {reason}") from None
 
 
 def version_of_run(client, name: str, run_id: str, model_md5: str) -> str | None:
@@ -92,6 +159,11 @@ def set_tags(client, name: str, version: str, tags: dict[str, Any]) -> None:
         client.set_model_version_tag(name, str(version), key, str(value))
 
 
+def set_alias(client, name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version`` (moving it from the version that held it)."""
+    client.set_registered_model_alias(name, alias, str(version))
+
+
 def now() -> str:
     """The current UTC time, ISO 8601 to the second."""
     return datetime.now(UTC).replace(microsecond=0).isoformat()
@@ -119,7 +191,7 @@ def make_champion(
     if record_previous and previous is not None and previous != str(version):
         extra[PREVIOUS_TAG] = previous
     set_tags(client, name, version, extra)
-    client.set_registered_model_alias(name, CHAMPION, str(version))
+    set_alias(client, name, CHAMPION, version)
     return previous
 
 

@@ -27,9 +27,25 @@ DEFAULT_STORE = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 
 
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else the project's sqlite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(DEFAULT_STORE).resolve()}"
+def local_store_uri(project: Path | None = None) -> str:
+    """The project's own sqlite store of runs and registered models."""
+    return f"sqlite:///{(Path(project or '.') / DEFAULT_STORE).resolve()}"
+
+
+def local_artifacts_uri(project: Path | None = None) -> str:
+    """The project's own artifact folder (beside the sqlite store), as a file URI."""
+    return (Path(project or ".") / DEFAULT_ARTIFACTS).resolve().as_uri()
+
+
+def tracking_uri(project: Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI if set, else the sqlite store of ``project`` (default: here)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or local_store_uri(project)
+
+
+def store_exists(project: Path | None = None) -> bool:
+    """Whether there can be runs to read: a tracking URI is set or the local store exists."""
+    local = Path(project or ".") / DEFAULT_STORE
+    return bool(os.environ.get("MLFLOW_TRACKING_URI")) or local.exists()
 
 
 def setup_experiment(name: str) -> str:
@@ -42,7 +58,7 @@ def setup_experiment(name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     # A local store keeps artifacts beside it; a server decides its own artifact root.
-    location = Path(DEFAULT_ARTIFACTS).resolve().as_uri() if uri.startswith("sqlite") else None
+    location = local_artifacts_uri() if uri.startswith("sqlite") else None
     return mlflow.create_experiment(name, artifact_location=location)
 
 
@@ -126,6 +142,27 @@ class resume_run:
 
     def __exit__(self, *exc):
         return self._ctx.__exit__(*exc)
+
+
+def log_to_training_run(
+    params,
+    outputs,
+    stage: str,
+    metrics: dict[str, float],
+    artifacts: Sequence[tuple[Path, str]] = (),
+) -> None:
+    """Add a later stage's ``metrics`` and ``artifacts`` (path, artifact folder) to the
+    training run (``resume_run``), retried while the tracking server is away."""
+
+    def send() -> None:
+        import mlflow
+
+        with resume_run(params, outputs, stage):
+            mlflow.log_metrics(metrics)
+            for path, folder in artifacts:
+                mlflow.log_artifact(str(path), artifact_path=folder)
+
+    retrying(f"log the {stage} results", send)
 
 
 # --- A tracking server that is down or failing -------------------------------------------

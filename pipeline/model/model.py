@@ -211,3 +211,9 @@ def compile_model(
 def load_model(path) -> keras.Model:
     """Load a saved model for inference (safe mode on: no code runs from the file)."""
     return keras.saving.load_model(path, compile=False, safe_mode=True)
+
+
+def input_size(model: keras.Model) -> int:
+    """The side of the square images a model takes: once a model is trained, the one source
+    of its image size (evaluation, registration and predict read it here)."""
+    return int(model.input_shape[1])

@@ -23,7 +23,8 @@ from pipeline.core.errors import UserError
 from pipeline.core.files import atomic_path, read_json
 from pipeline.data.boxes import clip_and_order
 from pipeline.data.contract import load_image_array, open_image_rgb
-from pipeline.integrations import tracking
+from pipeline.integrations import registry, tracking
+from pipeline.model.model import input_size, load_model
 
 DEFAULT_MODEL = "models:/snackloc@champion"
 DEFAULT_CLASSES = Path("outputs/validate/classes.json")
@@ -63,8 +64,6 @@ def load_predictor(model: str = DEFAULT_MODEL, classes_file: Path | None = None)
 
 
 def _load_keras_file(path: Path, classes_file: Path) -> Predictor:
-    from pipeline.model.model import load_model
-
     keras_model = load_model(path)
     classes = read_json(classes_file)["classes"]
     outputs = keras_model.output["class"].shape[-1]
@@ -73,29 +72,22 @@ def _load_keras_file(path: Path, classes_file: Path) -> Predictor:
             f"{path} predicts {outputs} classes but {classes_file} lists {len(classes)}",
             hint="pass the class list the model was trained with: --classes FILE",
         )
-    return Predictor(keras_model, classes, int(keras_model.input_shape[1]), str(path))
+    return Predictor(keras_model, classes, input_size(keras_model), str(path))
 
 
 def _load_mlflow(uri: str, classes_file: Path | None) -> Predictor:
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    mlflow.set_tracking_uri(tracking.tracking_uri())
     try:
-        meta = mlflow.models.get_model_info(uri).metadata or {}
-        keras_model = mlflow.tensorflow.load_model(uri)
-    except (MlflowException, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        keras_model, meta = tracking.retrying(f"load {uri}", lambda: registry.load_version(uri))
+    except registry.ModelNotLoaded as exc:
         raise UserError(
-            f"cannot load model {uri}: {first_line}",
+            exc.message,
             hint="register one first (`dvc repro`), check MLFLOW_TRACKING_URI, "
             "or pass --model path/to/model.keras",
         ) from None
     classes = read_json(classes_file)["classes"] if classes_file else meta.get("classes")
     if not classes:
         raise UserError(f"{uri} has no class list in its metadata", hint="pass --classes FILE")
-    size = int(meta.get("image_size") or keras_model.input_shape[1])
-    return Predictor(keras_model, list(classes), size, uri)
+    return Predictor(keras_model, list(classes), input_size(keras_model), uri)
 
 
 def describe_error(exc: Exception) -> str:

@@ -79,16 +79,6 @@ def hide_password(uri: str) -> str:
     return re.sub(r"(://[^:/@]+):[^/]*@", r"\1:***@", uri)
 
 
-def default_backend_store_uri(project: Path) -> str:
-    """The project's sqlite store, as the stages use it without a server."""
-    return f"sqlite:///{(project / tracking.DEFAULT_STORE).resolve()}"
-
-
-def default_artifacts_destination(project: Path) -> str:
-    """The project's artifact folder, as a file URI."""
-    return (project / tracking.DEFAULT_ARTIFACTS).resolve().as_uri()
-
-
 def prefect_database(env: dict[str, str] | None = None) -> str:
     """Where the Prefect server keeps its state, for printing (password hidden)."""
     env = os.environ if env is None else env
@@ -140,9 +130,9 @@ def mlflow_server(
     # not on the command line for every user of the machine to see.
     env = {
         **os.environ,
-        "MLFLOW_BACKEND_STORE_URI": backend_store_uri or default_backend_store_uri(project),
+        "MLFLOW_BACKEND_STORE_URI": backend_store_uri or tracking.local_store_uri(project),
         "MLFLOW_ARTIFACTS_DESTINATION": (
-            artifacts_destination or default_artifacts_destination(project)
+            artifacts_destination or tracking.local_artifacts_uri(project)
         ),
     }
     log = project / LOG_DIR / "mlflow.log"

@@ -25,14 +25,14 @@ import pandas as pd
 
 from pipeline.core.config import EvaluateParams, Params
 from pipeline.core.errors import UserError
-from pipeline.core.files import atomic_path, read_json, write_csv, write_json
+from pipeline.core.files import read_json, write_csv, write_json, write_text
 from pipeline.core.paths import Outputs
 from pipeline.data.boxes import clip_and_order
 from pipeline.data.contract import BOX_COLUMNS, read_clean_annotations
 from pipeline.evaluation import metrics as m
 from pipeline.integrations import tracking
 from pipeline.model.loader import SnackDataset, sample_table
-from pipeline.model.model import load_model
+from pipeline.model.model import input_size, load_model
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def score_splits(
     """Metrics and baseline of every configured split, their fingerprints, all predictions."""
     train_rows = read_clean_annotations(outputs.deduped("train"))
     train = sample_table({"train": train_rows}, classes, params.data.root, params.train.target)
-    size, batch = params.model.image_size, params.evaluate.batch_size
+    size, batch = input_size(model), params.evaluate.batch_size
     results, splits, tables = {}, {}, []
     for split in splits_to_score(params.evaluate):
         rows, samples = load_split(params, outputs, split, classes)
@@ -141,29 +141,21 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
     return {**results, "markdown": markdown}
 
 
-def write_text(target: Path, text: str) -> None:
-    """Write a text file atomically."""
-    with atomic_path(target) as tmp:
-        tmp.write_text(text)
-
-
 def log_to_mlflow(params: Params, outputs: Outputs, results: dict, plot_files) -> None:
     """Attach metrics, tables, summary and plots to the training run."""
-    import mlflow
-
-    with tracking.resume_run(params, outputs, stage="evaluate"):
-        for group, values in results.items():
-            mlflow.log_metrics({f"{group}_{k}": float(v) for k, v in values.items()})
-        for path in (
-            outputs.predictions,
-            outputs.per_class,
-            outputs.eval_metrics,
-            outputs.eval_splits,
-            outputs.eval_summary,
-        ):
-            mlflow.log_artifact(str(path), artifact_path="evaluation")
-        for path in plot_files:
-            mlflow.log_artifact(str(path), artifact_path="evaluation/plots")
+    metrics = {
+        f"{group}_{k}": float(v) for group, values in results.items() for k, v in values.items()
+    }
+    tables = (
+        outputs.predictions,
+        outputs.per_class,
+        outputs.eval_metrics,
+        outputs.eval_splits,
+        outputs.eval_summary,
+    )
+    files = [(path, "evaluation") for path in tables]
+    files += [(path, "evaluation/plots") for path in plot_files]
+    tracking.log_to_training_run(params, outputs, "evaluate", metrics, files)
 
 
 def _metrics_rows(results: dict) -> list[str]:

@@ -31,7 +31,7 @@ from pipeline.core.files import read_json, write_json
 from pipeline.core.paths import Outputs
 from pipeline.evaluation import gate
 from pipeline.integrations import registry, tracking
-from pipeline.model.model import load_model
+from pipeline.model.model import input_size, load_model
 
 log = logging.getLogger(__name__)
 
@@ -89,47 +89,36 @@ def log_and_register(client, model, params: Params, outputs: Outputs, classes: l
     A model already registered from the same run and file is not registered again (the
     stage rerun for new gate params, or a retry after a lost answer): its version is reused.
     """
-    import mlflow
-    from mlflow.models import infer_signature
-
     name = params.register_.model_name
     run_id = read_json(outputs.mlflow_run)["run_id"]
     existing = registry.version_of_run(client, name, run_id, md5)
     if existing is not None:
         log.info("%s v%s already holds this model (run %s): reused", name, existing, run_id)
-        client.set_model_version_tag(name, existing, registry.MODEL_MD5_TAG, md5)
+        registry.set_tags(client, name, existing, {registry.MODEL_MD5_TAG: md5})
         return existing, run_id
-    example = input_example(params.model.image_size)
-    prediction = {k: np.asarray(v) for k, v in model.predict(example, verbose=0).items()}
-    with tracking.resume_run(params, outputs, stage="register") as run:
-        info = mlflow.tensorflow.log_model(
-            model,
-            name="model",
-            signature=infer_signature(example, prediction),
-            input_example=example,
-            pip_requirements=pip_requirements(),
-            metadata={"classes": classes, "image_size": params.model.image_size},
-            registered_model_name=name,
-        )
-    number = str(info.registered_model_version)
-    client.set_model_version_tag(name, number, registry.MODEL_MD5_TAG, md5)
-    return number, run.info.run_id
+    size = input_size(model)
+    number, run_id = registry.log_model_version(
+        params,
+        outputs,
+        model,
+        input_example(size),
+        metadata={"classes": classes, "image_size": size},
+        requirements=pip_requirements(),
+    )
+    registry.set_tags(client, name, number, {registry.MODEL_MD5_TAG: md5})
+    return number, run_id
 
 
 def rescore(params: Params, outputs: Outputs, name: str, number: str, classes: list[str]):
     """The champion's metrics on the current evaluation split (None, why) if impossible."""
-    import mlflow
-
     from pipeline.stages import evaluate
 
-    uri = f"models:/{name}/{number}"
     try:
-        meta = mlflow.models.get_model_info(uri).metadata or {}
+        model, meta = registry.load_version(f"models:/{name}/{number}")
         if meta.get("classes") != classes:
             return None, "it predicts a different class list"
-        model = mlflow.tensorflow.load_model(uri)
         rows, samples = evaluate.load_split(params, outputs, params.evaluate.split, classes)
-        size, batch = int(meta["image_size"]), params.evaluate.batch_size
+        size, batch = input_size(model), params.evaluate.batch_size
         metrics, _ = evaluate.evaluate_model(model, samples, rows, classes, size, batch)
     except Exception as exc:  # any failure means "not comparable", never a crash of the stage
         if tracking.is_transient(exc):
@@ -158,7 +147,7 @@ def champion_for_gate(
 def apply_decision(client, name: str, number: str, tags: dict, decision: gate.Decision) -> None:
     """Tags first, aliases last: a failure before the end leaves the old champion in place."""
     registry.set_tags(client, name, number, tags)
-    client.set_registered_model_alias(name, CHALLENGER, number)
+    registry.set_alias(client, name, CHALLENGER, number)
     if decision.promote and decision.champion_version != number:
         promoted = {"promoted_at": registry.now(), "promoted_by": "gate"}
         registry.make_champion(client, name, number, promoted)
