@@ -157,20 +157,20 @@ def data_import(
     force: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
     """Import annotations from a labeling tool into the snacks layout (docs/import.md)."""
-    from pipeline.data.formats import interop
+    from pipeline.data.formats import importing
 
-    options = interop.ImportOptions(
+    options = importing.ImportOptions(
         fmt=format_,
-        classes=interop.load_classes(classes),
-        ratios=interop.parse_ratios(split_ratios),
+        classes=importing.load_classes(classes),
+        ratios=importing.parse_ratios(split_ratios),
         seed=seed,
         resplit=resplit,
         folder_from=folder_from,
         outside=outside,
         jpeg_quality=jpeg_quality,
     )
-    report = interop.import_dataset(src, out, options, overwrite=force)
-    typer.echo(interop.import_summary(report))
+    report = importing.import_dataset(src, out, options, overwrite=force)
+    typer.echo(importing.import_summary(report))
 
 
 @data_app.command("export")
@@ -181,10 +181,10 @@ def data_export(
     force: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
     """Export the snacks dataset as COCO, Pascal VOC or YOLO (images copied beside)."""
-    from pipeline.data.formats import interop
+    from pipeline.data.formats import exporting
 
-    report = interop.export_dataset(data, out, format_, overwrite=force)
-    typer.echo(interop.export_summary(report))
+    report = exporting.export_dataset(data, out, format_, overwrite=force)
+    typer.echo(exporting.export_summary(report))
 
 
 @app.command()

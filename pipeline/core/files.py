@@ -74,10 +74,17 @@ def write_text(target: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def check_replaceable(target: Path, overwrite: bool) -> None:
-    """Refuse a ``target`` that is not a folder, or a non-empty one unless ``overwrite``
-    (it may hold a real dataset)."""
+def check_replaceable(target: Path, overwrite: bool, source: Path | None = None) -> None:
+    """Refuse a ``target`` that is not a folder, or a non-empty one unless ``overwrite`` (it
+    may hold a real dataset), or one that is or holds ``source`` (sources are never changed)."""
     target = Path(target)
+    if source is not None:
+        resolved, origin = target.resolve(), Path(source).resolve()
+        if resolved == origin or resolved in origin.parents:
+            raise UserError(
+                f"{target}: would replace the source {source}",
+                hint="write to another folder; sources are never modified",
+            )
     if target.exists() and not target.is_dir():
         raise UserError(f"{target}: exists and is not a folder")
     if target.is_dir() and any(target.iterdir()) and not overwrite:

@@ -2,8 +2,8 @@
 
 ``read_source`` turns a source (one annotation file, or a folder of them) into ``Entry``
 objects — one per image, as the annotation describes it — plus ``Problem`` records for
-everything it could not use. Nothing here touches the snacks layout
-(pipeline/data/formats/interop.py).
+everything it could not use. Nothing here writes the snacks layout (importing.py does); the
+image headers and the problems table at the end serve the import and the export alike.
 
 globox parses every box, with each format's coordinate convention: Pascal VOC ``bndbox``,
 COCO ``[x, y, width, height]``, CVAT ``xtl/ytl/xbr/ybr``, LabelMe corner points, YOLO
@@ -21,6 +21,7 @@ import json
 import os
 import re
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -28,6 +29,7 @@ from typing import Any
 
 import yaml
 from globox import BoundingBox, BoxFormat, ParsingError
+from PIL import ExifTags, Image
 
 from pipeline.core.errors import UserError
 from pipeline.data.contract import IMAGE_SUFFIXES
@@ -42,6 +44,7 @@ SPLIT_WORDS = {
     "test": "test",
     "testing": "test",
 }
+ROTATED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 UNIT = (1, 1)  # the "image size" that keeps normalized coordinates as they are
 YOLO_NAMES_FILES = ("data.yaml", "dataset.yaml", "classes.txt", "obj.names")
 OWN_REPORTS = ("import-report.json", "export-report.json")  # written by snackloc, not sources
@@ -523,3 +526,58 @@ class ImageIndex:
 
     def _split(self, path: Path) -> str | None:
         return split_of(path.relative_to(self.root).parts[:-1])
+
+
+# --------------------------------------------------------------------------------------
+# Image headers and the problems table (import and export)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says, without decoding the pixels."""
+
+    fmt: str
+    size: tuple[int, int]  # (width, height) as displayed: EXIF orientation applied
+
+
+def read_header(path: Path) -> ImageHeader:
+    """The image's real format and displayed size (raises for what Pillow cannot open)."""
+    with Image.open(path) as image:
+        width, height = image.size
+        try:
+            orientation = int(image.getexif().get(ExifTags.Base.Orientation, 1))
+        except Exception:  # unreadable EXIF: upright, as the loader assumes
+            orientation = 1
+        if orientation in ROTATED:
+            width, height = height, width
+        return ImageHeader(image.format or "unknown", (width, height))
+
+
+def format_problems(problems: list[Problem], limit: int = 20) -> str:
+    """The problems as an aligned text table (the first ``limit``) and counts per kind."""
+    if not problems:
+        return "no problems"
+    header = ("kind", "action", "source", "item", "detail")
+    rows = [header] + [
+        (p.kind, p.action, p.source, p.item, shorten(p.detail, 90)) for p in problems[:limit]
+    ]
+    widths = [max(len(row[col]) for row in rows) for col in range(4)]
+    lines = [
+        "  ".join([*(row[col].ljust(widths[col]) for col in range(4)), row[4]]) for row in rows
+    ]
+    if len(problems) > limit:
+        lines.append(f"... and {len(problems) - limit} more")
+    counts = Counter(p.kind for p in problems)
+    lines.append("by kind: " + ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items())))
+    return "\n".join("  " + line.rstrip() for line in lines)
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, an ellipsis marking the cut."""
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def problem_records(report: dict[str, Any]) -> list[Problem]:
+    """The problems of an import or export report, back as ``Problem`` records."""
+    return [Problem(**record) for record in report["problems"]]

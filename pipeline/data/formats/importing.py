@@ -1,7 +1,7 @@
-"""Import annotations from labeling tools into the snacks layout, and export them back.
+"""Import annotations from labeling tools into the snacks layout (`snackloc data import`).
 
-``import_dataset`` (``snackloc data import``) reads a source with pipeline/data/formats/readers.py
-(globox parses the boxes) and writes the raw data contract of DESIGN.md:
+``import_dataset`` reads a source with pipeline/data/formats/readers.py (globox parses the
+boxes) and writes the raw data contract (pipeline/data/contract.py):
 ``<out>/<split>/<folder>/<image_id>.jpg`` and ``<out>/annotations-<split>.csv``. The rules
 (docs/import.md has the long version):
 
@@ -22,8 +22,7 @@
 * Everything that could not be used as it was is a ``Problem``: printed as a table and
   written to ``<out>/import-report.json``; it never stops the import of the rest.
 
-``export_dataset`` (``snackloc data export``) writes COCO, Pascal VOC or YOLO with globox's
-writers, one set per split, images copied beside.
+The way back is pipeline/data/formats/exporting.py.
 """
 
 from __future__ import annotations
@@ -39,44 +38,41 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pandas as pd
-import yaml
-from globox import Annotation, AnnotationSet, BoundingBox
-from PIL import ExifTags, Image
+from globox import BoundingBox
 
 from pipeline.core.config import SNACK_CLASSES
 from pipeline.core.errors import UserError
 from pipeline.core.files import atomic_path, check_replaceable, replaced_dir, write_csv, write_json
 from pipeline.data.contract import (
     ANNOTATION_COLUMNS,
-    BOX_COLUMNS,
     SPLITS,
     annotations_path,
     image_path,
     open_image_rgb,
-    read_raw_annotations,
-    safe_image_path,
 )
 from pipeline.data.formats.readers import (
     FORMATS,
     OWN_REPORTS,
     UNIT,
     Entry,
+    ImageHeader,
     ImageIndex,
     Problem,
     ReadContext,
     SourceRead,
+    format_problems,
+    problem_records,
     read_class_list,
+    read_header,
     read_source,
 )
 
 IMPORT_FORMATS: tuple[str, ...] = tuple(FORMATS)
-EXPORT_FORMATS: tuple[str, ...] = ("coco", "voc", "yolo")
 FOLDER_RULES: tuple[str, ...] = ("largest", "first")
 OUTSIDE_RULES: tuple[str, ...] = ("clip", "skip")
-IMPORT_REPORT, EXPORT_REPORT = OWN_REPORTS
+IMPORT_REPORT = OWN_REPORTS[0]
 JPEG_FORMATS = frozenset({"JPEG", "MPO"})  # MPO: the multi-picture JPEG of phone cameras
 EPS = 1e-6  # coordinates this close beyond the border are float noise, snapped silently
-ROTATED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 
 
 @dataclass(frozen=True)
@@ -131,14 +127,6 @@ class SourceImage:
     folder: str = ""
 
 
-@dataclass(frozen=True)
-class ImageHeader:
-    """What an image's header says, without decoding the pixels."""
-
-    fmt: str
-    size: tuple[int, int]  # (width, height) as displayed: EXIF orientation applied
-
-
 # --------------------------------------------------------------------------------------
 # Options and small helpers
 # --------------------------------------------------------------------------------------
@@ -188,19 +176,6 @@ def is_safe_name(name: str) -> bool:
     )
 
 
-def read_header(path: Path) -> ImageHeader:
-    """The image's real format and displayed size (raises for what Pillow cannot open)."""
-    with Image.open(path) as image:
-        width, height = image.size
-        try:
-            orientation = int(image.getexif().get(ExifTags.Base.Orientation, 1))
-        except Exception:  # unreadable EXIF: upright, as the loader assumes
-            orientation = 1
-        if orientation in ROTATED:
-            width, height = height, width
-        return ImageHeader(image.format or "unknown", (width, height))
-
-
 def file_digest(path: Path) -> str:
     """SHA-256 of a file's bytes (duplicates = identical bytes)."""
     digest = hashlib.sha256()
@@ -208,40 +183,6 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def check_target(out: Path, overwrite: bool, source: Path) -> None:
-    """Refuse an ``out`` that holds or is the source, or a non-empty one without overwrite."""
-    out_abs, source_abs = out.resolve(), source.resolve()
-    if out_abs == source_abs or out_abs in source_abs.parents:
-        raise UserError(
-            f"{out}: would replace the source {source}",
-            hint="write to another folder; sources are never modified",
-        )
-    check_replaceable(out, overwrite)
-
-
-def format_problems(problems: list[Problem], limit: int = 20) -> str:
-    """The problems as an aligned text table (the first ``limit``) and counts per kind."""
-    if not problems:
-        return "no problems"
-    header = ("kind", "action", "source", "item", "detail")
-    rows = [header] + [
-        (p.kind, p.action, p.source, p.item, _shorten(p.detail, 90)) for p in problems[:limit]
-    ]
-    widths = [max(len(row[col]) for row in rows) for col in range(4)]
-    lines = [
-        "  ".join([*(row[col].ljust(widths[col]) for col in range(4)), row[4]]) for row in rows
-    ]
-    if len(problems) > limit:
-        lines.append(f"... and {len(problems) - limit} more")
-    counts = Counter(p.kind for p in problems)
-    lines.append("by kind: " + ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items())))
-    return "\n".join("  " + line.rstrip() for line in lines)
-
-
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _box_text(coords: Iterable[float]) -> str:
@@ -520,7 +461,7 @@ def import_dataset(
     src, out = Path(src), Path(out)
     if not src.exists():
         raise UserError(f"{src}: not found")
-    check_target(out, overwrite, src if src.is_dir() else src.parent)
+    check_replaceable(out, overwrite, source=src if src.is_dir() else src.parent)
     source = read_source(src, options.fmt, list(options.classes) if options.classes else None)
     ctx = source.context
     images = collect_images(source, options, exclude=out)
@@ -570,175 +511,8 @@ def import_report(
 
 
 # --------------------------------------------------------------------------------------
-# Export: the snacks layout -> COCO / Pascal VOC / YOLO (globox writers)
-# --------------------------------------------------------------------------------------
-
-
-class Exported(NamedTuple):
-    """One image to export: its globox annotation (image_id = file name) and file."""
-
-    annotation: Annotation
-    path: Path
-
-
-def parse_row_box(record: dict[str, str]) -> tuple[float, float, float, float] | str:
-    """(x_min, x_max, y_min, y_max) of a CSV row, or why it is not a usable box."""
-    if not record["class_name"].strip():
-        return "empty class_name"
-    try:
-        coords = tuple(float(record[col]) for col in BOX_COLUMNS)
-    except ValueError:
-        return f"box {[record[col] for col in BOX_COLUMNS]} is not numeric"
-    x_min, x_max, y_min, y_max = coords
-    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in coords):
-        return f"box {_box_text(coords)} is not inside [0, 1]"
-    if x_max <= x_min or y_max <= y_min:
-        return f"box {_box_text(coords)} has no width or height"
-    return coords  # type: ignore[return-value]
-
-
-def read_snacks_split(root: Path, split: str, ctx: ReadContext) -> list[Exported]:
-    """The images of one split with their boxes; unusable rows and images are reported."""
-    csv_path = annotations_path(root, split)
-    frame = read_raw_annotations(csv_path)
-    grouped: dict[tuple[str, str], list[tuple[str, tuple[float, ...]]]] = {}
-    for number, record in enumerate(frame.to_dict("records")):
-        coords = parse_row_box(record)
-        if isinstance(coords, str):
-            ctx.report(csv_path, f"row {number}", "bad_box", "skipped box", coords)
-            continue
-        key = (record["folder"], record["image_id"])
-        grouped.setdefault(key, []).append((record["class_name"], coords))
-    exported: list[Exported] = []
-    seen: set[str] = set()
-    for (folder, image_id), boxes in grouped.items():
-        item = f"{split}/{folder}/{image_id}"
-        path = safe_image_path(root, split, folder, image_id)
-        if path is None or image_id in seen:
-            why = "unsafe folder/image_id" if path is None else "image_id also in another folder"
-            ctx.report(csv_path, item, "bad_image_id", "skipped image", why)
-            continue
-        if not path.is_file():
-            ctx.report(csv_path, item, "missing_image", "skipped image", f"{path} not found")
-            continue
-        try:
-            size = read_header(path).size
-        except Exception as exc:  # any decoder error: this image only
-            ctx.report(csv_path, item, "unreadable_image", "skipped image", str(exc))
-            continue
-        seen.add(image_id)
-        annotation = Annotation(f"{image_id}.jpg", size)
-        for label, (x_min, x_max, y_min, y_max) in boxes:
-            coords = (x_min, y_min, x_max, y_max)
-            annotation.add(
-                BoundingBox.create(label=label, coords=coords, relative=True, image_size=size)
-            )
-        exported.append(Exported(annotation, path))
-    return exported
-
-
-def copy_images(items: list[Exported], folder: Path) -> None:
-    """Each image, byte for byte, as ``folder/<image_id>.jpg``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for item in items:
-        shutil.copyfile(item.path, folder / item.annotation.image_id)
-
-
-def _annotation_set(items: list[Exported]) -> AnnotationSet:
-    return AnnotationSet(item.annotation for item in items)
-
-
-def export_coco(out: Path, split: str, items: list[Exported], labels: list[str]) -> None:
-    """``annotations/instances_<split>.json`` + ``images/<split>/`` (category ids from 1)."""
-    copy_images(items, out / "images" / split)
-    (out / "annotations").mkdir(parents=True, exist_ok=True)
-    _annotation_set(items).save_coco(
-        out / "annotations" / f"instances_{split}.json",
-        label_to_id={label: number for number, label in enumerate(labels, start=1)},
-        imageid_to_id={item.annotation.image_id: n for n, item in enumerate(items, start=1)},
-    )
-
-
-def export_voc(out: Path, split: str, items: list[Exported], labels: list[str]) -> None:
-    """``<split>/Annotations/<id>.xml`` + ``<split>/JPEGImages/<id>.jpg``."""
-    copy_images(items, out / split / "JPEGImages")
-    (out / split / "Annotations").mkdir(parents=True, exist_ok=True)
-    _annotation_set(items).save_pascal_voc(out / split / "Annotations")
-
-
-def export_yolo(out: Path, split: str, items: list[Exported], labels: list[str]) -> None:
-    """Ultralytics layout: ``images/<split>/``, ``labels/<split>/`` (data.yaml written later)."""
-    copy_images(items, out / "images" / split)
-    (out / "labels" / split).mkdir(parents=True, exist_ok=True)
-    label_to_id = {label: number for number, label in enumerate(labels)}
-    _annotation_set(items).save_yolo_darknet(out / "labels" / split, label_to_id=label_to_id)
-
-
-def write_yolo_names(out: Path, labels: list[str], splits: Iterable[str]) -> None:
-    """``data.yaml`` (Ultralytics) and ``classes.txt`` (Darknet): class i = labels[i]."""
-    config: dict[str, Any] = {split: f"images/{split}" for split in splits}
-    config["names"] = dict(enumerate(labels))
-    text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
-    (out / "data.yaml").write_text(text, encoding="utf-8")
-    (out / "classes.txt").write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
-
-
-EXPORTERS: dict[str, Callable[[Path, str, list[Exported], list[str]], None]] = {
-    "coco": export_coco,
-    "voc": export_voc,
-    "yolo": export_yolo,
-}
-
-
-def export_dataset(data: Path, out: Path, fmt: str, *, overwrite: bool = False) -> dict:
-    """Write the snacks dataset at ``data`` as COCO, Pascal VOC or YOLO under ``out``.
-
-    One set per split present, images copied beside; classes are numbered in sorted name
-    order. Unusable rows and images are reported, not fatal. Returns the report (also
-    written to ``out/export-report.json``).
-    """
-    if fmt not in EXPORTERS:
-        raise UserError(f"unknown export format {fmt!r}", hint=f"use {'|'.join(EXPORTERS)}")
-    data, out = Path(data), Path(out)
-    present = [split for split in SPLITS if annotations_path(data, split).is_file()]
-    if not present:
-        raise UserError(f"{data}: no annotations-<split>.csv", hint="point --data at a dataset")
-    check_target(out, overwrite, data)
-    if data.resolve() in out.resolve().parents:
-        raise UserError(f"{out}: inside the dataset {data}", hint="export to another folder")
-    ctx = ReadContext(root=data)
-    splits = {split: read_snacks_split(data, split, ctx) for split in present}
-    labels = sorted(
-        {box.label for items in splits.values() for item in items for box in item.annotation.boxes}
-    )
-    with replaced_dir(out) as tmp:
-        for split, items in splits.items():
-            EXPORTERS[fmt](tmp, split, items, labels)
-        if fmt == "yolo":
-            write_yolo_names(tmp, labels, present)
-        report = {
-            "data": str(data),
-            "format": fmt,
-            "out": str(out),
-            "images": {split: len(items) for split, items in splits.items()},
-            "boxes": {
-                s: sum(len(i.annotation.boxes) for i in items) for s, items in splits.items()
-            },
-            "classes": labels,
-            "problem_counts": dict(sorted(Counter(p.kind for p in ctx.problems).items())),
-            "problems": [asdict(problem) for problem in ctx.problems],
-        }
-        write_json(tmp / EXPORT_REPORT, report)
-    return report
-
-
-# --------------------------------------------------------------------------------------
 # What the CLI prints
 # --------------------------------------------------------------------------------------
-
-
-def _problem_records(report: dict[str, Any]) -> list[Problem]:
-    return [Problem(**record) for record in report["problems"]]
 
 
 def import_summary(report: dict[str, Any]) -> str:
@@ -757,24 +531,8 @@ def import_summary(report: dict[str, Any]) -> str:
         f"split: {how}; folder: class of the {report['folder_from']} box; "
         f"{report['jpeg_copied']} JPEGs copied, {report['converted_to_jpeg']} converted to JPEG",
     ]
-    problems = _problem_records(report)
+    problems = problem_records(report)
     if problems:
         report_path = Path(report["out"]) / IMPORT_REPORT
-        lines += [f"{len(problems)} problems (all in {report_path}):", format_problems(problems)]
-    return "\n".join(lines)
-
-
-def export_summary(report: dict[str, Any]) -> str:
-    """A few lines about an export, then the problems table."""
-    lines = [
-        f"exported {report['data']} as {report['format']} into {report['out']}: "
-        + ", ".join(
-            f"{s} {n} images / {report['boxes'][s]} boxes" for s, n in report["images"].items()
-        )
-        + f"; {len(report['classes'])} classes"
-    ]
-    problems = _problem_records(report)
-    if problems:
-        report_path = Path(report["out"]) / EXPORT_REPORT
         lines += [f"{len(problems)} problems (all in {report_path}):", format_problems(problems)]
     return "\n".join(lines)
