@@ -1,8 +1,8 @@
 """Matplotlib figures written as PNG files (they render offline, unlike Vega HTML).
 
-Boxes are drawn the way the book's ``plot_image`` does: white rectangles and white labels,
-each with a thin black outline so they stay readable on any background. In the gallery the
-prediction is solid, the ground truth dashed.
+The galleries draw their boxes with pipeline/evaluation/drawing.py (the book's
+``plot_image`` style, as `snackloc predict` does): the prediction solid, the ground truth
+dashed.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib import patches, patheffects, ticker
+from matplotlib import ticker
 
 from pipeline.core.files import replaced_dir
 from pipeline.data.contract import BOX_COLUMNS, image_path, open_image_rgb
+from pipeline.evaluation.drawing import draw_box, to_pixels
 
 PRED_COLUMNS = [f"pred_{col}" for col in BOX_COLUMNS]
 GALLERY_SEED = 0  # the "random" gallery is the same on every run
@@ -112,34 +113,6 @@ def training_curves(history: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _outline(artist, width: float) -> None:
-    """A black stroke under a white artist (the book's draw_outline)."""
-    artist.set_path_effects(
-        [patheffects.Stroke(linewidth=width, foreground="black"), patheffects.Normal()]
-    )
-
-
-def draw_box(ax, box: np.ndarray, size: tuple[int, int], label: str, dashed: bool = False):
-    """A white outlined box (x_min, x_max, y_min, y_max normalized) with an outlined label."""
-    width, height = size
-    x0, x1, y0, y1 = box[0] * width, box[1] * width, box[2] * height, box[3] * height
-    rect = patches.Rectangle(
-        (x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", lw=2, ls="--" if dashed else "-"
-    )
-    _outline(ax.add_patch(rect), 4)
-    # Ground truth labelled at its top, the prediction at its bottom: they rarely collide.
-    text = ax.text(
-        x0 + 3,
-        y0 + 2 if dashed else y1 - 2,
-        label,
-        va="top" if dashed else "bottom",
-        color="white",
-        fontsize=9,
-        weight="bold",
-    )
-    _outline(text, 2)
-
-
 def pick_gallery(predictions: pd.DataFrame, count: int) -> dict[str, pd.DataFrame]:
     """Best, worst and random predictions; quality = IoU, plus 1 when the class is right."""
     quality = predictions.iou + predictions.correct.astype(float)
@@ -161,10 +134,11 @@ def gallery(picks: pd.DataFrame, data_root: Path, title: str, path: Path) -> Pat
     for ax, (_, row) in zip(axes.flat, picks.iterrows(), strict=False):
         image = open_image_rgb(image_path(data_root, row.split, row.folder, row.image_id))
         image.thumbnail((THUMBNAIL, THUMBNAIL))
+        truth = to_pixels(row[BOX_COLUMNS].to_numpy(float), *image.size)
+        draw_box(image, truth, row.class_name, dashed=True)
+        guess = to_pixels(row[PRED_COLUMNS].to_numpy(float), *image.size)
+        draw_box(image, guess, f"{row.pred_class} {row.pred_prob:.2f}", label_below=True)
         ax.imshow(image)
-        draw_box(ax, row[BOX_COLUMNS].to_numpy(float), image.size, row.class_name, dashed=True)
-        label = f"{row.pred_class} {row.pred_prob:.2f}"
-        draw_box(ax, row[PRED_COLUMNS].to_numpy(float), image.size, label)
         mark = "right" if row.correct else "wrong"
         ax.set_title(f"{row.image_id}\nIoU {row.iou:.2f}, class {mark}", fontsize=9)
     for ax in axes.flat:

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from pipeline.core.errors import UserError
 from pipeline.core.files import atomic_path, read_json
 from pipeline.data.boxes import clip_and_order
 from pipeline.data.contract import load_image_array, open_image_rgb
+from pipeline.evaluation.drawing import to_pixels, with_box
 from pipeline.integrations import registry, tracking
 from pipeline.model.model import input_size, load_model
 
@@ -108,34 +109,6 @@ def predict_batch(predictor: Predictor, arrays: list[np.ndarray]) -> tuple[np.nd
     return probs, clip_and_order(np.asarray(out["box"], dtype="float64"))
 
 
-def to_pixels(box: np.ndarray, width: int, height: int) -> list[int]:
-    """A normalized (x_min, x_max, y_min, y_max) box in pixels of a width×height image."""
-    scale = np.array([width, width, height, height], dtype="float64")
-    return np.rint(box * scale).astype(int).tolist()
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType
-        return ImageFont.load_default()
-
-
-def draw_prediction(image: Image.Image, pixels: list[int], label: str) -> Image.Image:
-    """The image with a white, black-outlined box and label (the book's plot_image style)."""
-    image = image.copy()
-    draw = ImageDraw.Draw(image)
-    x0, x1, y0, y1 = pixels
-    width = max(2, round(min(image.size) / 150))
-    draw.rectangle((x0, y0, x1, y1), outline="black", width=width + 2)
-    draw.rectangle((x0 + 1, y0 + 1, x1 - 1, y1 - 1), outline="white", width=width)
-    font = _font(max(12, round(min(image.size) / 20)))
-    stroke = max(1, width // 2 + 1)
-    text_xy = (x0 + width + 3, y0 + width + 2)
-    draw.text(text_xy, label, fill="white", font=font, stroke_width=stroke, stroke_fill="black")
-    return image
-
-
 def _output_path(out_dir: Path, image: Path, used: set[str]) -> Path:
     """``<stem>.jpg`` in ``out_dir``, numbered when two inputs share a name."""
     name, n = f"{image.stem}.jpg", 1
@@ -178,7 +151,7 @@ def predict_images(
                 label = f"{result.class_name} {result.probability:.2f}"
                 target = _output_path(out_dir, Path(result.image), used)
                 with atomic_path(target) as tmp:
-                    draw_prediction(shown, result.box_pixels, label).save(tmp, "JPEG", quality=90)
+                    with_box(shown, result.box_pixels, label).save(tmp, "JPEG", quality=90)
                 result.drawn = str(target)
     return results
 
