@@ -1,4 +1,4 @@
-"""Evaluation metrics (DESIGN.md definitions) as plain functions of arrays and tables.
+"""Evaluation metrics, as defined below, as plain functions of arrays and tables.
 
 Each evaluated image has one target box (the rule of ``loader.select_targets``). Predicted
 boxes are clipped to [0, 1] and re-ordered before scoring.
