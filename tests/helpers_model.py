@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.core.config import ModelParams
-
-TINY_MODEL = ModelParams(alpha=0.25, image_size=32, box_head_filters=16)
+from helpers_tiny import TINY_MODEL
 
 
 def save_tiny_model(folder: Path, classes: list[str], seed: int = 0) -> tuple[Path, Path]:

@@ -16,7 +16,7 @@ import time
 import mlflow
 import pytest
 import yaml
-from conftest import BIN, wait_healthy
+from helpers_env import BIN, wait_healthy
 from helpers_mlflow import FailingProxy, MlflowServer, new_training_run
 from helpers_model import TINY_MODEL, save_tiny_model
 

@@ -6,15 +6,13 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import keras
 import pytest
+from helpers_env import ROOT
 
 from pipeline.core.config import TrainParams
 from pipeline.model import hardware
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,8 @@ import ast
 from pathlib import Path
 
 import pytest
+from helpers_env import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pipeline"
 MAX_LINES = 600
 

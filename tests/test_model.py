@@ -10,6 +10,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from helpers_env import ROOT
+from helpers_tiny import TINY_MODEL
 from pydantic import ValidationError
 
 from pipeline.core.config import ModelParams
@@ -26,7 +28,7 @@ from pipeline.model.model import (
 )
 from pipeline.stages.train import learning_rate_at
 
-TINY = ModelParams(alpha=0.25, image_size=32, box_head_filters=16)
+TINY = TINY_MODEL
 
 
 def test_two_heads_with_the_right_shapes():
@@ -105,7 +107,7 @@ def test_imagenet_weights_load_from_the_keras_cache_offline(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "loaded mobilenet\n" in done.stdout and "loaded mobilenet_v2" in done.stdout

@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT
-from helpers_project import TINY, tiny_params
+from helpers_env import ROOT
+from helpers_project import tiny_params
+from helpers_tiny import TINY
 from test_train import tiny_datasets
 
 from pipeline.core.config import Params, SynthParams, TrainParams, load_params

@@ -13,8 +13,8 @@ import urllib.request
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BIN, free_port, wait_healthy
 from helpers_data import write_image
+from helpers_env import BIN, free_port, wait_healthy
 from helpers_mlflow import new_training_run
 from helpers_model import TINY_MODEL, save_tiny_model
 

@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers_project import TINY, make_project, sh, tiny_params
+from helpers_project import make_project, sh, tiny_params
+from helpers_tiny import TINY
 
 
 def slow(test):
@@ -216,7 +217,7 @@ def test_merge_inbox_appends_rows_and_copies_new_images(tmp_path):
 
 def test_pull_restores_the_data_from_a_dvc_remote(tmp_path, under_server):
     """`source="pull"`: data pushed to a real (local folder) DVC remote comes back."""
-    from conftest import BIN
+    from helpers_env import BIN
     from prefect import flow
 
     from flows.retrain import refresh_data
@@ -271,7 +272,7 @@ def test_merge_inbox_refuses_other_columns(tmp_path):
 
 
 def test_schedule_needs_a_real_server(tmp_path):
-    from conftest import BIN
+    from helpers_env import BIN
 
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     done = subprocess.run(
@@ -282,7 +283,7 @@ def test_schedule_needs_a_real_server(tmp_path):
 
 
 def test_schedule_serves_the_cron_deployment_and_stops_on_sigterm(prefect_server, tmp_path):
-    from conftest import BIN
+    from helpers_env import BIN
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, ROOT
+from helpers_env import BIN, ROOT
 from helpers_project import make_project, sh, tiny_params
 
 # Minutes: two tiny `dvc repro` runs and the servers' start on 2 (shared) cores.

@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from conftest import BIN, ROOT, free_port, wait_healthy
+from helpers_env import BIN, ROOT, free_port, wait_healthy
 
 from pipeline.ops import servers
 

@@ -8,14 +8,12 @@ cached outputs would silently go stale. The modules are computed from the import
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import yaml
+from helpers_env import ROOT
 
 from pipeline.ops import stage_deps
 from pipeline.stages import NAMES, STAGES
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_dvc_yaml_has_the_registered_stages_in_order_each_running_its_command():

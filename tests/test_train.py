@@ -10,19 +10,17 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from helpers_env import ROOT
+from helpers_tiny import NO_AUGMENT, TINY_MODEL
 from PIL import Image
 
-from pipeline.core.config import AugmentParams, ModelParams, Params, TrainParams, load_params
+from pipeline.core.config import Params, TrainParams, load_params
 from pipeline.core.errors import UserError
 from pipeline.model import hardware
 from pipeline.model.loader import SnackDataset, sample_table
 from pipeline.model.model import backbone_of
 from pipeline.stages import train
 from pipeline.stages.train import Phase, learning_rate_for, open_backup, plan_phases, read_history
-
-ROOT = Path(__file__).resolve().parents[1]
-NO_AUGMENT = AugmentParams(hflip=False, crop_scale=(1.0, 1.0), color_jitter=0.0, zoom_out=1.0)
-TINY_MODEL = ModelParams(alpha=0.25, image_size=32, box_head_filters=8)
 
 
 def tiny_params(**train_values) -> Params:
