@@ -24,6 +24,8 @@ import pytest
 from helpers_project import make_project, sh, tiny_params
 from helpers_tiny import TINY
 
+from pipeline.stages import NAMES
+
 
 def slow(test):
     """A retraining runs every stage through `dvc repro` (one process each): minutes, and
@@ -83,6 +85,25 @@ def latest_artifact(key: str) -> str:
     return max(found, key=lambda a: a.created).data
 
 
+def latest_task_names(flow: str) -> list[str]:
+    """The task runs of the newest run of ``flow``, in the order they started."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])))
+        newest = max(runs, key=lambda run: run.created)
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[newest.id]))
+        )
+    return [task.name for task in sorted(tasks, key=lambda task: task.start_time)]
+
+
 def wait_for_deployment(name: str, serving: subprocess.Popen, timeout: float = 90):
     """The deployment once `snackloc schedule` has registered it (under the current API)."""
     from prefect.client.orchestration import get_client
@@ -107,14 +128,17 @@ def first_run(project):
     with server_settings(api):
         result = retrain(str(root), source="none", commit=True)
         summary = latest_artifact("snackloc-retrain")
-    return result, summary
+        tasks = latest_task_names("snackloc-retrain")
+    return result, summary, tasks
 
 
 @slow
 def test_first_run_trains_and_registers(project, first_run):
     root, env, _ = project
-    result, summary = first_run
+    result, summary, tasks = first_run
     assert result["status"] == "promoted", result
+    # every stage is a task of the flow run, in pipeline order
+    assert [name for name in tasks if name in NAMES] == list(NAMES), tasks
     assert result["version"] == "1"
     assert "no model registered yet" in result["reasons"]
     # the repo records what produced the champion
