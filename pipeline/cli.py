@@ -71,7 +71,10 @@ def _stage_command(stage: Stage) -> None:
         settings = load_params(params)
         _log_to_stderr()
         with run_lock(stage.name):
-            run_stage(stage.name, settings, Outputs(outputs), progress=not quiet)
+            try:
+                run_stage(stage.name, settings, Outputs(outputs), progress=not quiet)
+            except UserError as exc:
+                fail(f"stage {stage.name} failed: {exc}")
 
     command.__doc__ = stage.summary
     app.command(name=stage.name)(command)

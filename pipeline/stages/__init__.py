@@ -72,7 +72,4 @@ def run_stage(name: str, params: Params, outputs: Outputs, progress: bool = True
     except OSError as exc:
         if exc.errno not in DISK_ERRORS:
             raise
-        raise UserError(
-            f"{name}: cannot write {exc.filename or 'an output'}: {exc.strerror} "
-            "(earlier outputs are intact)"
-        ) from None
+        raise UserError(f"cannot write {exc.filename or 'an output'}: {exc.strerror}") from None
