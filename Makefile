@@ -10,7 +10,7 @@ VENV := .venv
 UV := .tools/bin/uv
 BIN := $(CURDIR)/$(VENV)/bin
 
-# Offline, project-local state for every tool (see pipeline/env.py for the same in Python).
+# Offline, project-local state for every tool (see pipeline/core/env.py for the same in Python).
 export PATH := $(BIN):$(PATH)
 export UV_PYTHON_DOWNLOADS := never
 export UV_SYSTEM_CERTS := 1
@@ -47,7 +47,7 @@ data: install ## generate the synthetic dataset into data/ unless it exists
 	else echo "data/ exists: kept"; fi
 
 run: data ## the main job: `dvc repro` end to end, then show metrics
-	tools/with-prefect-server dvc repro
+	dvc repro
 	@sed -n '/^| metric/,/^$$/p' outputs/evaluate/summary.md
 	@echo "More: dvc metrics show | outputs/evaluate/plots/*.png | make ui (MLflow)"
 

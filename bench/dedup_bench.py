@@ -7,9 +7,9 @@ In one process:
       (the synthetic dataset's sizes) are generated into a temporary folder, or the images of
       --data are used (e.g. a folder made by `snackloc data synth`);
   (b) finding every pair of 64-bit hashes within --radius bits among 10k and 100k hashes
-      (random, plus 1 % planted near-copies): multi-index hashing (pipeline/hashindex.py)
-      next to the all-pairs search (numpy, vectorised and blocked), with their ratio. Both
-      must return the same pairs.
+      (random, plus 1 % planted near-copies): multi-index hashing
+      (pipeline/data/quality/hashindex.py) next to the all-pairs search (numpy, vectorised
+      and blocked), with their ratio. Both must return the same pairs.
 
 Usage (~1 min on 2 cores):
   .venv/bin/python bench/dedup_bench.py [--images 400] [--data DIR] [--radius 4 8]
@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 from PIL import Image
 
-from pipeline import dedup, hashindex
+from pipeline.data.quality import hashindex
+from pipeline.stages import dedup
 
 
 def photo_like(rng: np.random.Generator) -> Image.Image:

@@ -35,11 +35,11 @@ import keras
 import numpy as np
 import pandas as pd
 
-from pipeline import synth
-from pipeline.augment import AugmentSettings
-from pipeline.config import SNACK_CLASSES, AugmentParams, ModelParams, SynthParams, TrainParams
-from pipeline.loader import ImageCache, SnackDataset, sample_table
-from pipeline.model import (
+from pipeline.core.config import SNACK_CLASSES, AugmentParams, ModelParams, SynthParams, TrainParams
+from pipeline.data import synth
+from pipeline.model.augment import AugmentSettings
+from pipeline.model.loader import ImageCache, SnackDataset, sample_table
+from pipeline.model.model import (
     backbone_of,
     build_model,
     compile_model,

@@ -4,7 +4,7 @@ One run launches both configurations, each in fresh processes, on the same data:
 
   (1) one worker: ``train.strategy: default``, one process;
   (2) two workers: ``train.strategy: multi_worker``, two processes on 127.0.0.1 started by
-      ``pipeline.multiworker.launch`` (each with its TF_CONFIG), each building only its half
+      ``pipeline.ops.multiworker.launch`` (each with its TF_CONFIG), each building only its half
       of every global batch (``loader.distributed``) and all-reducing gradients over gRPC.
 
 Both train the default model (params.yaml's model section) with the same global batch, the
@@ -37,8 +37,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def clean_data(root: Path, images: int) -> Path:
     """Defect-free synthetic snacks data (generated once, then reused)."""
-    from pipeline import synth
-    from pipeline.config import SynthParams
+    from pipeline.core.config import SynthParams
+    from pipeline.data import synth
 
     marker = root / "annotations-train.csv"
     if not marker.is_file():
@@ -52,8 +52,8 @@ def clean_data(root: Path, images: int) -> Path:
 
 def worker(args: argparse.Namespace) -> None:
     """One training process (one worker of a cluster when TF_CONFIG is set)."""
-    from pipeline import hardware
-    from pipeline.config import Params, TrainParams
+    from pipeline.core.config import Params, TrainParams
+    from pipeline.model import hardware
 
     params = Params(
         train=TrainParams(epochs=args.epochs, batch_size=args.batch, strategy=args.strategy)
@@ -63,9 +63,9 @@ def worker(args: argparse.Namespace) -> None:
     import keras
     import pandas as pd
 
-    from pipeline import train
-    from pipeline.config import SNACK_CLASSES
-    from pipeline.loader import sample_table
+    from pipeline.core.config import SNACK_CLASSES
+    from pipeline.model.loader import sample_table
+    from pipeline.stages import train
 
     class EpochTimer(keras.callbacks.Callback):
         """Seconds from an epoch's start to the end of its last training step."""
@@ -109,7 +109,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def measure(name: str, workers: int, args: argparse.Namespace, logs: Path) -> dict:
     """Run one configuration in fresh processes; return the chief's figures."""
-    from pipeline import multiworker
+    from pipeline.ops import multiworker
 
     out = logs / f"{name}.json"
     command = [sys.executable, __file__, "--role", "worker", "--out", str(out)]

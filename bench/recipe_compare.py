@@ -36,8 +36,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.dataio import read_clean_annotations, read_json  # noqa: E402
-from pipeline.paths import Outputs  # noqa: E402
+from pipeline.core.files import read_json  # noqa: E402
+from pipeline.core.paths import Outputs  # noqa: E402
+from pipeline.data.contract import read_clean_annotations  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 EVAL_SPLITS = ("val", "test")
@@ -142,9 +143,9 @@ def scores(folder: Path, data: dict) -> dict[str, float]:
 def baseline_scores(params_file: Path, outputs: Outputs) -> dict[str, float]:
     """The trivial baseline on the same val and test images (as the evaluate stage scores it
     on each split)."""
-    from pipeline import metrics
-    from pipeline.config import load_params
-    from pipeline.loader import sample_table  # imports Keras: not for --help
+    from pipeline.core.config import load_params
+    from pipeline.evaluation import metrics
+    from pipeline.model.loader import sample_table  # imports Keras: not for --help
 
     params = load_params(params_file)
     classes = read_json(outputs.classes)["classes"]

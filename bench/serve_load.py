@@ -45,9 +45,10 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline import env, tracking  # noqa: E402
-from pipeline.dataio import load_image_array  # noqa: E402
-from pipeline.predict import load_predictor, predict_batch  # noqa: E402
+from pipeline.core import env  # noqa: E402
+from pipeline.data.contract import load_image_array  # noqa: E402
+from pipeline.integrations import tracking  # noqa: E402
+from pipeline.ops.predict import load_predictor, predict_batch  # noqa: E402
 
 WARMUP = 10
 

@@ -31,10 +31,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline import expectations, validate
-from pipeline.config import SNACK_CLASSES, SPLITS, DataParams, Params, ValidateParams
-from pipeline.dataio import ANNOTATION_COLUMNS
-from pipeline.paths import Outputs
+from pipeline.core.config import SNACK_CLASSES, DataParams, Params, ValidateParams
+from pipeline.core.paths import Outputs
+from pipeline.data.contract import ANNOTATION_COLUMNS, SPLITS
+from pipeline.data.quality import expectations
+from pipeline.stages import validate
 
 SHARES = {"train": 0.8, "val": 0.1, "test": 0.1}
 BAD_KINDS = ("text", "empty", "range", "inverted", "tiny", "class", "traversal", "repeat")

@@ -14,15 +14,16 @@ retry can help):
    ``data.dvc`` differs from the ``data_version`` tag of both the champion and the latest
    registered version (the challenger: data it was trained on has been judged already);
 3. nothing changed: finish at once with a "no change" markdown artifact;
-4. else ``dvc repro`` in a subprocess (the same DVC cache as a user's ``dvc repro``), read
+4. else every stage in order, each a task running ``dvc repro --single-item <stage>`` in a
+   subprocess (the same DVC cache and dvc.lock as a user's ``dvc repro``), then read
    the gate's decision from ``outputs/register/record.json`` and publish a summary
    artifact: data change, metrics vs the champion, decision, MLflow run;
 5. optionally (``commit=True``, off by default) ``git commit`` dvc.lock and data.dvc after a
    promotion, so the repository records what produced the champion.
 
 Only one retraining runs per project at a time: the flow holds ``.snackloc/retrain.lock``
-(pipeline/runlock.py); a second trigger finishes at once with status ``busy``. (The stages
-under ``dvc repro`` take their own ``.snackloc/run.lock``, and DVC locks the repo.)
+(pipeline/ops/runlock.py); a second trigger finishes at once with status ``busy``. (The
+stages under ``dvc repro`` take their own ``.snackloc/run.lock``, and DVC locks the repo.)
 
     python -m flows.retrain --help
 """
@@ -43,12 +44,14 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
+from pipeline.data.contract import SPLITS, annotations_path
+from pipeline.evaluation.gate import CHALLENGER, CHAMPION
+from pipeline.stages import STAGES
 
 SOURCES = ("inbox", "pull", "none")
 LOCK_NAME = Path(".snackloc") / "retrain.lock"
 DONE_DIR = Path(".snackloc") / "inbox-done"
-SPLITS = ("train", "val", "test")
 ARTIFACT_KEY = "snackloc-retrain"
 
 
@@ -84,10 +87,10 @@ def merge_inbox(inbox: Path, data: Path) -> dict[str, Any]:
     """
     counts: dict[str, Any] = {"rows": {}, "images": 0, "conflicts": []}
     for split in SPLITS:
-        source = inbox / f"annotations-{split}.csv"
+        source = annotations_path(inbox, split)
         if not source.is_file():
             continue
-        target = data / f"annotations-{split}.csv"
+        target = annotations_path(data, split)
         with source.open(newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
             header, rows = next(reader, None), [row for row in reader if row]
@@ -123,7 +126,7 @@ def merge_inbox(inbox: Path, data: Path) -> dict[str, Any]:
 
 
 def inbox_has_data(inbox: Path) -> bool:
-    return any((inbox / f"annotations-{split}.csv").is_file() for split in SPLITS)
+    return any(annotations_path(inbox, split).is_file() for split in SPLITS)
 
 
 # ---------------------------------------------------------------- tasks
@@ -164,41 +167,28 @@ def refresh_data(project: str, source: str, inbox: str | None) -> dict[str, Any]
     return {"source": source, "merged": True, "inbox": str(folder), "done": str(done), **counts}
 
 
-def _tracking_uri(root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
-
-
-@task(cache_policy=NO_CACHE, timeout_seconds=600, retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, timeout_seconds=600)
 def registry_state(project: str) -> dict[str, Any]:
     """The champion's and challenger's version, data version and metrics (None if none)."""
-    from pipeline import registry
-    from pipeline.config import load_params
+    from pipeline.core.config import load_params
+    from pipeline.integrations import registry, tracking
 
     root = Path(project)
     name = load_params(root / "params.yaml").register_.model_name
-    state: dict[str, Any] = {"model_name": name}
-    if not (root / "mlflow.db").exists() and not os.environ.get("MLFLOW_TRACKING_URI"):
-        return state | {"champion": None, "challenger": None}
-    client = registry.connect(_tracking_uri(root))
-    for alias in ("champion", "challenger"):
-        version = registry.version_by_alias(client, name, alias)
-        state[alias] = (
-            None
-            if version is None
-            else {
-                "version": str(version.version),
-                "data_version": version.tags.get("data_version"),
-                "metrics": registry.tag_numbers(version.tags, registry.METRIC_PREFIX),
-                "run_id": version.run_id,
-            }
-        )
-    return state
+    aliases = (CHAMPION, CHALLENGER)
+    if not tracking.store_exists(root):
+        return {"model_name": name, **dict.fromkeys(aliases)}
+    uri = tracking.tracking_uri(root)
+    found = tracking.retrying(
+        "read the registered versions", lambda: registry.alias_versions(uri, name, aliases)
+    )
+    return {"model_name": name, **found}
 
 
 @task(cache_policy=NO_CACHE, timeout_seconds=600)
 def detect_change(project: str, registry_before: dict[str, Any]) -> dict[str, Any]:
     """Whether a retraining is due, and why."""
-    from pipeline.tracking import data_version
+    from pipeline.integrations.tracking import data_version
 
     root = Path(project)
     status = json.loads(_run(["dvc", "status", "--json"], root, timeout=590).stdout or "{}")
@@ -218,14 +208,14 @@ def detect_change(project: str, registry_before: dict[str, Any]) -> dict[str, An
     return {"changed": bool(reasons), "reasons": reasons, "data_version": data, "status": status}
 
 
-@task(cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
-def repro(project: str) -> str:
-    """`dvc repro`: reruns only the stages whose inputs changed; returns its log tail."""
-    logger = get_run_logger()
-    done = _run(["dvc", "repro"], Path(project), timeout=6 * 3600 - 60)
-    ran = [line for line in done.stdout.splitlines() if line.startswith("Running stage")]
-    logger.info("dvc repro: %s", "; ".join(ran) or "nothing to run")
-    return done.stdout[-4000:]
+@task(cache_policy=NO_CACHE, timeout_seconds=6 * 3600, task_run_name="{stage}")
+def repro_stage(project: str, stage: str) -> bool:
+    """`dvc repro --single-item <stage>`: the stage reruns only if its inputs changed (DVC's
+    cache and dvc.lock, as a user's `dvc repro`); True when it ran."""
+    done = _run(["dvc", "repro", "--single-item", stage], Path(project), timeout=6 * 3600 - 60)
+    ran = f"Running stage '{stage}'" in done.stdout
+    get_run_logger().info("%s: %s", stage, "ran" if ran else "up to date, not run")
+    return ran
 
 
 @task(cache_policy=NO_CACHE, timeout_seconds=120)
@@ -335,7 +325,7 @@ def retrain(
     Returns a dict with ``status``: ``busy`` (another retraining holds the lock),
     ``no-change``, ``promoted`` or ``kept``.
     """
-    from pipeline.runlock import run_lock
+    from pipeline.ops.runlock import run_lock
 
     logger = get_run_logger()
     if source not in SOURCES:
@@ -372,7 +362,8 @@ def _retrain_locked(project: str, source: str, inbox: str | None, commit: bool) 
         )
         return {"status": "no-change", "data_version": change["data_version"]}
     logger.info("retraining: %s", "; ".join(change["reasons"]))
-    repro(project)
+    for stage in STAGES:  # in order, each a task: the flow run shows every stage
+        repro_stage(project, stage.name)
     record = json.loads((Path(project) / "outputs/register/record.json").read_text())
     promoted = record.get("champion_after") == record.get("version")
     commit_id = None
@@ -398,7 +389,7 @@ def _retrain_locked(project: str, source: str, inbox: str | None, commit: bool) 
 if __name__ == "__main__":
     import argparse
 
-    from pipeline import env
+    from pipeline.core import env
 
     parser = argparse.ArgumentParser(description="Run one retraining now.")
     parser.add_argument("--project", default=".")

@@ -6,6 +6,7 @@ them, so `snackloc --help` answers at once.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -15,8 +16,9 @@ from typing import Annotated
 
 import typer
 
-from pipeline import env
-from pipeline.errors import UserError
+from pipeline.core import env
+from pipeline.core.errors import UserError
+from pipeline.stages import STAGES, Stage, run_stage
 
 app = typer.Typer(
     name="snackloc",
@@ -41,36 +43,45 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _run_stage(stage: str, params: Path, outputs: Path, quiet: bool) -> None:
-    from pipeline.config import load_params
+def _log_to_stderr() -> None:
+    """Show the stages' INFO lines (their summaries) on stderr, once per process."""
+    logger = logging.getLogger("pipeline")
+    if not any(getattr(h, "snackloc", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s", "%H:%M:%S")
+        )
+        handler.snackloc = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
-    load_params(params)  # fail fast on bad params, before Prefect starts
-    from flows.stages import stage_flow
-    from pipeline.runlock import run_lock
 
-    with run_lock(stage):
-        state = stage_flow(stage, str(params), str(outputs), not quiet, return_state=True)
-    if not state.is_completed():
-        fail(f"stage {stage} failed: {state.message}")
+def _stage_command(stage: Stage) -> None:
+    """`snackloc <stage>`, what dvc.yaml runs: the plain stage function in this process."""
 
-
-def _stage_command(stage: str, summary: str) -> None:
     def command(
         params: ParamsOpt = Path("params.yaml"),
         outputs: OutputsOpt = Path("outputs"),
         quiet: QuietOpt = False,
     ) -> None:
-        _run_stage(stage, params, outputs, quiet)
+        from pipeline.core.config import load_params
+        from pipeline.core.paths import Outputs
+        from pipeline.ops.runlock import run_lock
 
-    command.__doc__ = summary
-    app.command(name=stage)(command)
+        settings = load_params(params)
+        _log_to_stderr()
+        with run_lock(stage.name):
+            try:
+                run_stage(stage.name, settings, Outputs(outputs), progress=not quiet)
+            except UserError as exc:
+                fail(f"stage {stage.name} failed: {exc}")
+
+    command.__doc__ = stage.summary
+    app.command(name=stage.name)(command)
 
 
-_stage_command("validate", "Check annotations and images; quarantine bad rows with reasons.")
-_stage_command("dedup", "Remove duplicate rows and images (also across splits).")
-_stage_command("train", "Train the two-head model; log the run to MLflow.")
-_stage_command("evaluate", "Score the model on the held-out split; write metrics and plots.")
-_stage_command("register", "Register the model in the MLflow Model Registry as @challenger.")
+for _stage in STAGES:
+    _stage_command(_stage)
 
 
 @app.command()
@@ -79,15 +90,15 @@ def pipeline(
     outputs: OutputsOpt = Path("outputs"),
     quiet: QuietOpt = False,
 ) -> None:
-    """Run every stage in one Prefect flow run (no DVC caching; `dvc repro` is cached)."""
-    from pipeline.config import load_params
+    """Run every stage as a task of one Prefect flow run (no DVC caching: all stages run)."""
+    from pipeline.core.config import load_params
+    from pipeline.ops.runlock import run_lock
 
-    load_params(params)
+    settings = load_params(params)
     from flows.stages import pipeline_flow
-    from pipeline.runlock import run_lock
 
     with run_lock("pipeline"):
-        state = pipeline_flow(str(params), str(outputs), not quiet, return_state=True)
+        state = pipeline_flow(settings, str(outputs), not quiet, return_state=True)
     if not state.is_completed():
         fail(f"pipeline failed: {state.message}")
 
@@ -100,12 +111,10 @@ def data_synth(
     quiet: QuietOpt = False,
 ) -> None:
     """Generate the synthetic snacks dataset (deterministic from synth.seed)."""
-    from pipeline import synth
-    from pipeline.config import load_params
+    from pipeline.core.config import load_params
+    from pipeline.data import synth
 
     settings = load_params(params).synth
-    if out.exists() and any(out.iterdir()) and not force:
-        fail(f"{out} already exists and is not empty; pass --force to replace it")
     manifest = synth.generate(out, settings, progress=not quiet, overwrite=force)
     counts = manifest["counts"]
     typer.echo(
@@ -151,20 +160,20 @@ def data_import(
     force: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
     """Import annotations from a labeling tool into the snacks layout (docs/import.md)."""
-    from pipeline import interop
+    from pipeline.data.formats import importing
 
-    options = interop.ImportOptions(
+    options = importing.ImportOptions(
         fmt=format_,
-        classes=interop.load_classes(classes),
-        ratios=interop.parse_ratios(split_ratios),
+        classes=importing.load_classes(classes),
+        ratios=importing.parse_ratios(split_ratios),
         seed=seed,
         resplit=resplit,
         folder_from=folder_from,
         outside=outside,
         jpeg_quality=jpeg_quality,
     )
-    report = interop.import_dataset(src, out, options, overwrite=force)
-    typer.echo(interop.import_summary(report))
+    report = importing.import_dataset(src, out, options, overwrite=force)
+    typer.echo(importing.import_summary(report))
 
 
 @data_app.command("export")
@@ -175,10 +184,10 @@ def data_export(
     force: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
     """Export the snacks dataset as COCO, Pascal VOC or YOLO (images copied beside)."""
-    from pipeline import interop
+    from pipeline.data.formats import exporting
 
-    report = interop.export_dataset(data, out, format_, overwrite=force)
-    typer.echo(interop.export_summary(report))
+    report = exporting.export_dataset(data, out, format_, overwrite=force)
+    typer.echo(exporting.export_summary(report))
 
 
 @app.command()
@@ -190,7 +199,8 @@ def ui(
     ] = "127.0.0.1",
 ) -> None:
     """Open the MLflow UI over the project's tracking store."""
-    from pipeline import servers, tracking
+    from pipeline.integrations import tracking
+    from pipeline.ops import servers
 
     uri = tracking.tracking_uri()
     if uri.startswith(("http://", "https://", "databricks")):
@@ -211,7 +221,7 @@ def ui(
         str(port),
     ]
     if uri.startswith("sqlite"):
-        command += ["--default-artifact-root", Path(tracking.DEFAULT_ARTIFACTS).resolve().as_uri()]
+        command += ["--default-artifact-root", tracking.local_artifacts_uri()]
     try:
         raise typer.Exit(subprocess.call(command))
     except KeyboardInterrupt:
@@ -234,7 +244,7 @@ def predict(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
 ) -> None:
     """Predict class, probability and box of images; write each with its box drawn."""
-    from pipeline import predict as predicting
+    from pipeline.ops import predict as predicting
 
     raise typer.Exit(predicting.main(images, model, classes, out, json_output))
 
@@ -256,9 +266,9 @@ def promote(
     outputs: OutputsOpt = Path("outputs"),
 ) -> None:
     """Make a registered version the @champion by hand (recorded in outputs/register/)."""
-    from pipeline import register
-    from pipeline.config import load_params
-    from pipeline.paths import Outputs
+    from pipeline.core.config import load_params
+    from pipeline.core.paths import Outputs
+    from pipeline.stages import register
 
     _echo_record(register.promote(load_params(params), Outputs(outputs), version, reason))
 
@@ -270,9 +280,9 @@ def rollback(
     outputs: OutputsOpt = Path("outputs"),
 ) -> None:
     """Give @champion back to the version the current champion replaced."""
-    from pipeline import register
-    from pipeline.config import load_params
-    from pipeline.paths import Outputs
+    from pipeline.core.config import load_params
+    from pipeline.core.paths import Outputs
+    from pipeline.stages import register
 
     _echo_record(register.rollback(load_params(params), Outputs(outputs), reason))
 
@@ -356,7 +366,8 @@ def server(
     State stays in the project (.prefect/, mlflow.db, mlartifacts/) unless options or the
     environment name other stores. See docs/scheduling.md.
     """
-    from pipeline import servers
+    from pipeline.integrations import tracking
+    from pipeline.ops import servers
 
     project = Path.cwd()
     if not servers.is_local(host):
@@ -371,8 +382,8 @@ def server(
     mlflow = servers.mlflow_server(
         project, host, mlflow_port, backend_store_uri, artifacts_destination, mlflow_workers
     )
-    store = backend_store_uri or servers.default_backend_store_uri(project)
-    artifacts = artifacts_destination or servers.default_artifacts_destination(project)
+    store = backend_store_uri or tracking.local_store_uri(project)
+    artifacts = artifacts_destination or tracking.local_artifacts_uri(project)
 
     def ready(running: list) -> None:
         pids = ", ".join(f"{r.server.name} {r.process.pid}" for r in running)

@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
+from helpers_env import BIN, free_port, wait_healthy
 
-from pipeline import env
+from pipeline.core import env
 
-BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[1]
-
-# The project's own offline defaults (pipeline/env.py), and the CPU even on a GPU host.
+# The project's own offline defaults (pipeline/core/env.py), and the CPU even on a GPU host.
 OFFLINE_ENV = {**env.DEFAULTS, "CUDA_VISIBLE_DEVICES": ""}
 
 
@@ -34,26 +27,6 @@ def offline_environment(tmp_path_factory):
     yield
     os.environ.clear()
     os.environ.update(saved)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} not healthy after {timeout} s")
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.config import SPLITS, DataParams, Params, ValidateParams
-from pipeline.dataio import ANNOTATION_COLUMNS, BOX_COLUMNS
+from pipeline.core.config import DataParams, Params, ValidateParams
+from pipeline.data.contract import ANNOTATION_COLUMNS, BOX_COLUMNS, SPLITS
 
 GOOD_BOX = ("0.1", "0.9", "0.2", "0.8")  # x_min, x_max, y_min, y_max as written in a CSV
 

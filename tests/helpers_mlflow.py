@@ -11,10 +11,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from conftest import BIN, free_port, wait_healthy
+from helpers_env import BIN, free_port, wait_healthy
 
-from pipeline import tracking
-from pipeline.dataio import write_json
+from pipeline.core.files import write_json
+from pipeline.integrations import tracking
 
 
 class MlflowServer:

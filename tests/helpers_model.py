@@ -8,16 +8,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.config import ModelParams
+from helpers_tiny import TINY_MODEL
 
-TINY_MODEL = ModelParams(alpha=0.25, image_size=32, box_head_filters=16)
+from pipeline.core.config import ModelParams
 
 
 def save_tiny_model(folder: Path, classes: list[str], seed: int = 0) -> tuple[Path, Path]:
     """Build, save and return (model.keras, classes.json) in ``folder``."""
     import keras
 
-    from pipeline.model import build_model
+    from pipeline.model.model import build_model
 
     keras.utils.set_random_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -32,7 +32,7 @@ def save_tiny_backbone(folder: Path, seed: int = 1) -> ModelParams:
     start from it (so that the transfer recipe applies)."""
     import keras
 
-    from pipeline.backbones import new_backbone
+    from pipeline.model.backbones import new_backbone
 
     keras.utils.set_random_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)

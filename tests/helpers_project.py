@@ -11,20 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-from conftest import BIN, ROOT
-
-TINY = {
-    "synth": {
-        "train_images": 40,
-        "val_images": 12,
-        "test_images": 12,
-        "min_side": 64,
-        "max_side": 128,
-    },
-    "validate": {"max_bad_fraction": 0.6},
-    "model": {"alpha": 0.25, "image_size": 32, "box_head_filters": 32},
-    "train": {"epochs": 2, "batch_size": 8, "lr_drop_epochs": [2]},
-}
+from helpers_env import BIN, ROOT
+from helpers_tiny import TINY
 
 
 def sh(*args: str, cwd: Path, env: dict | None = None, check: bool = True):

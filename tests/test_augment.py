@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.augment import AugmentSettings, augment, hflip, visible_fraction
+from pipeline.model.augment import AugmentSettings, augment, hflip, visible_fraction
 
 SIZE = 96
 

@@ -4,8 +4,8 @@ The corpus is built by code in tmp folders (nothing is downloaded) and goes thro
 entry points:
 
 - one dataset whose CSVs hold every malformed row and every odd image file, validated by
-  ``pipeline.validate.run`` once (module fixture); each case then asserts its own row: bad rows
-  are quarantined with a named reason and a detail, good rows (odd but readable images
+  ``pipeline.stages.validate.run`` once (module fixture); each case then asserts its own row:
+  bad rows are quarantined with a named reason and a detail, good rows (odd but readable images
   included) are kept, and no row is lost;
 - CSV files unusable as a whole (empty, missing columns...): a UserError naming the file;
 - params.yaml mistakes through the ``snackloc`` console script (a subprocess): exit 2, one
@@ -38,11 +38,16 @@ from helpers_data import (
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline import dedup, imagecheck, validate
-from pipeline.config import SPLITS
-from pipeline.dataio import ANNOTATION_COLUMNS, read_clean_annotations, read_raw_annotations
-from pipeline.errors import UserError
-from pipeline.paths import Outputs
+from pipeline.core.errors import UserError
+from pipeline.core.paths import Outputs
+from pipeline.data.contract import (
+    ANNOTATION_COLUMNS,
+    SPLITS,
+    read_clean_annotations,
+    read_raw_annotations,
+)
+from pipeline.data.quality import imagecheck
+from pipeline.stages import dedup, validate
 
 SNACKLOC = Path(sys.executable).parent / "snackloc"
 EXTRA = "note"  # an extra column in the train CSV: kept in the quarantine, ignored otherwise

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.boxes import area, clip_and_order, iou
+from pipeline.data.boxes import area, clip_and_order, iou
 
 UNIT = (0.0, 1.0, 0.0, 1.0)
 

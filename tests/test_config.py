@@ -4,11 +4,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers_env import ROOT
 
-from pipeline.config import SNACK_CLASSES, DataParams, Params, load_params, resolve_classes
-from pipeline.errors import UserError
-
-ROOT = Path(__file__).resolve().parents[1]
+from pipeline.core.config import SNACK_CLASSES, DataParams, Params, load_params, resolve_classes
+from pipeline.core.errors import UserError
 
 
 def write(tmp_path: Path, tree: dict) -> Path:

@@ -17,9 +17,12 @@ import pandas as pd
 import pytest
 from helpers_data import read_text_csv
 
-from pipeline import dedup, synth, validate
-from pipeline.config import SPLITS, DataParams, Params, SynthParams, ValidateParams
-from pipeline.paths import Outputs
+from pipeline.core.config import DataParams, Params, SynthParams, ValidateParams
+from pipeline.core.paths import Outputs
+from pipeline.data import synth
+from pipeline.data.contract import SPLITS
+from pipeline.data.synth import defects
+from pipeline.stages import dedup, validate
 
 # The default seed at a small size: synth injects at least 1-2 of every kind.
 SMALL = SynthParams(train_images=60, val_images=20, test_images=20, min_side=64, max_side=128)
@@ -154,7 +157,7 @@ def expected_removed_rows(judged: Judged) -> set[tuple[str, int]]:
 
 def assert_judged(judged: Judged) -> None:
     kinds = {defect["kind"] for defect in judged.manifest["defects"]}
-    assert kinds == set(synth.DEFECT_SPECS)  # every kind was injected at least once
+    assert kinds == set(defects.DEFECT_SPECS)  # every kind was injected at least once
     assert quarantine_recall(judged) == dict.fromkeys(QUARANTINE_CHECK, 1.0)
     assert dedup_recall(judged) == dict.fromkeys(DEDUP_KIND, 1.0)
 
@@ -203,8 +206,8 @@ def test_default_dataset_at_full_size(tmp_path):
 
 def test_manifest_kinds_are_all_judged():
     judged = {*QUARANTINE_CHECK, *DEDUP_KIND, *READABLE_NOTE, "unreferenced_image"}
-    assert judged == set(synth.DEFECT_SPECS)
-    for kind, spec in synth.DEFECT_SPECS.items():
+    assert judged == set(defects.DEFECT_SPECS)
+    for kind, spec in defects.DEFECT_SPECS.items():
         expect = {
             **dict.fromkeys(QUARANTINE_CHECK, "quarantine"),
             **dict.fromkeys(DEDUP_KIND, "dedup"),

@@ -23,11 +23,11 @@ from helpers_data import (
 )
 from PIL import Image
 
-from pipeline import dedup, validate
-from pipeline.config import SPLITS, DedupParams, Params
-from pipeline.dataio import read_clean_annotations
-from pipeline.errors import UserError
-from pipeline.paths import Outputs
+from pipeline.core.config import DedupParams, Params
+from pipeline.core.errors import UserError
+from pipeline.core.paths import Outputs
+from pipeline.data.contract import SPLITS, read_clean_annotations
+from pipeline.stages import dedup, validate
 
 BOX_A = ("0.1", "0.5", "0.1", "0.5")
 BOX_B = ("0.5", "0.9", "0.5", "0.9")

@@ -8,9 +8,10 @@ import pytest
 from helpers_data import write_image
 from PIL import Image
 
-from pipeline import evaluate, plots
-from pipeline import metrics as m
-from pipeline.config import EvaluateParams
+from pipeline.core.config import EvaluateParams
+from pipeline.evaluation import metrics as m
+from pipeline.evaluation import plots
+from pipeline.stages import evaluate
 
 CLASSES = ["apple", "banana", "cake"]
 BOX = ["x_min", "x_max", "y_min", "y_max"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BIN
+from helpers_env import BIN
 from helpers_project import kill_when, make_project, sh, tiny_params
 
 EPOCHS = 6

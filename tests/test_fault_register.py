@@ -16,15 +16,16 @@ import time
 import mlflow
 import pytest
 import yaml
-from conftest import BIN, wait_healthy
+from helpers_env import BIN, wait_healthy
 from helpers_mlflow import FailingProxy, MlflowServer, new_training_run
 from helpers_model import TINY_MODEL, save_tiny_model
 
-from pipeline import register, registry, tracking
-from pipeline.config import Params, RegisterParams
-from pipeline.dataio import write_json
-from pipeline.env import DEFAULTS
-from pipeline.paths import Outputs
+from pipeline.core.config import Params, RegisterParams
+from pipeline.core.env import DEFAULTS
+from pipeline.core.files import write_json
+from pipeline.core.paths import Outputs
+from pipeline.integrations import registry, tracking
+from pipeline.stages import register
 
 NAME = "faulty"
 CLASSES = ["apple", "banana", "cake"]
@@ -125,7 +126,7 @@ def test_register_cli_with_the_server_down_fails_clearly_and_keeps_the_champion(
     ), error
     assert "hint: start the server or fix MLFLOW_TRACKING_URI" in done.stderr
     tries = float(re.search(r"4 tries in (\d+) s", error).group(1))
-    assert tries < 40, error  # bounded: MLflow's own retries are bounded too (pipeline/env.py)
+    assert tries < 40, error  # bounded: MLflow's own retries are bounded too (pipeline/core/env.py)
     assert seconds < 240, seconds
 
     server.start()

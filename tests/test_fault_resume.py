@@ -12,9 +12,9 @@ import pytest
 from helpers_model import save_tiny_backbone
 from test_train import EpochsSeen, Interrupt, tiny_datasets, tiny_params, tiny_setup
 
-from pipeline import train
-from pipeline.augment import AugmentSettings
-from pipeline.config import TransferParams
+from pipeline.core.config import TransferParams
+from pipeline.model.augment import AugmentSettings
+from pipeline.stages import train
 
 AUGMENT = AugmentSettings(hflip=True, crop_scale=(0.6, 1.0), min_visible=0.7, color_jitter=0.2)
 

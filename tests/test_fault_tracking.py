@@ -14,13 +14,16 @@ import logging
 import mlflow
 import pandas as pd
 import pytest
-from conftest import free_port
+from helpers_env import free_port
 from helpers_mlflow import MlflowServer
+from helpers_tiny import NO_AUGMENT, TINY_MODEL
 from PIL import Image
 
-from pipeline import hardware, tracking, train
-from pipeline.config import AugmentParams, ModelParams, Params, TrainParams
-from pipeline.paths import Outputs
+from pipeline.core.config import Params, TrainParams
+from pipeline.core.paths import Outputs
+from pipeline.integrations import tracking
+from pipeline.model import hardware
+from pipeline.stages import train
 
 EPOCHS = 4
 CLASSES = ["x", "y"]
@@ -57,10 +60,9 @@ def tiny_stage(root, monkeypatch) -> tuple[Params, Outputs]:
     outputs.dedup_dir.mkdir(parents=True)
     for split in ("train", "val"):
         frame.to_csv(outputs.deduped(split), index=False)
-    no_augment = AugmentParams(hflip=False, crop_scale=(1.0, 1.0), color_jitter=0.0, zoom_out=1.0)
     params = Params(
-        model=ModelParams(alpha=0.25, image_size=32, box_head_filters=8),
-        train=TrainParams(epochs=EPOCHS, batch_size=8, augment=no_augment, cache_images=False),
+        model=TINY_MODEL,
+        train=TrainParams(epochs=EPOCHS, batch_size=8, augment=NO_AUGMENT, cache_images=False),
     )
     data = params.data.model_copy(update={"root": root / "data"})
     return params.model_copy(update={"data": data}), outputs

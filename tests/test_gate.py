@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.config import GateParams
-from pipeline.gate import Champion, decide
+from pipeline.core.config import GateParams
+from pipeline.evaluation.gate import Champion, decide
 
 OPEN = GateParams(margin=0.01, floors={}, beat_baseline=False)
 BASELINE = {"accuracy": 0.05, "corloc": 0.02}

@@ -6,15 +6,13 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import keras
 import pytest
+from helpers_env import ROOT
 
-from pipeline import hardware
-from pipeline.config import TrainParams
-
-ROOT = Path(__file__).resolve().parents[1]
+from pipeline.core.config import TrainParams
+from pipeline.model import hardware
 
 
 @pytest.mark.parametrize(
@@ -51,8 +49,9 @@ MIRRORED = textwrap.dedent("""
     from keras import ops
     sys.path.insert(0, "tests")
     from test_train import tiny_datasets, tiny_params
-    from pipeline import hardware, train
-    from pipeline.model import BOX_LOSSES, build_model
+    from pipeline.model import hardware
+    from pipeline.stages import train
+    from pipeline.model.model import BOX_LOSSES, build_model
 
     class RowsPerReplica(keras.metrics.Metric):
         # Summed over replicas: rows / calls = the batch one replica sees.

@@ -1,4 +1,5 @@
-"""Near-duplicate search (pipeline/hashindex.py): multi-index hashing against brute force."""
+"""Near-duplicate search (pipeline/data/quality/hashindex.py): multi-index hashing against
+brute force."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import hashindex
+from pipeline.data.quality import hashindex
 
 
 def planted(n: int, copies: int, max_flips: int, seed: int = 0) -> np.ndarray:

@@ -16,13 +16,13 @@ from helpers_data import make_params, noise_image
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline import interop, validate
 from pipeline.cli import app
-from pipeline.config import SPLITS
-from pipeline.dataio import ANNOTATION_COLUMNS, annotations_path, image_path
-from pipeline.errors import UserError
-from pipeline.importers import Entry, ImageIndex, split_of
-from pipeline.paths import Outputs
+from pipeline.core.errors import UserError
+from pipeline.core.paths import Outputs
+from pipeline.data.contract import ANNOTATION_COLUMNS, SPLITS, annotations_path, image_path
+from pipeline.data.formats import exporting, importing
+from pipeline.data.formats.readers import Entry, ImageIndex, split_of
+from pipeline.stages import validate
 
 CLASSES = ["apple", "banana", "cake"]
 OPENIMAGES_BOX = ["XMin", "XMax", "YMin", "YMax"]
@@ -175,7 +175,7 @@ WRITERS = {
 
 
 def run_import(src: Path, out: Path, fmt: str, **options) -> dict:
-    return interop.import_dataset(src, out, interop.ImportOptions(fmt=fmt, **options))
+    return importing.import_dataset(src, out, importing.ImportOptions(fmt=fmt, **options))
 
 
 def imported_rows(root: Path) -> pd.DataFrame:
@@ -238,7 +238,7 @@ def test_each_format_imports_to_the_snacks_layout(tmp_path, fmt):
     for row in rows.itertuples():
         assert image_path(out, row.split, row.folder, row.image_id).is_file()
     assert report["problems"] == [] and sum(report["rows"].values()) == 7
-    assert json.loads((out / interop.IMPORT_REPORT).read_text())["format"] == fmt
+    assert json.loads((out / importing.IMPORT_REPORT).read_text())["format"] == fmt
 
 
 def test_imported_data_passes_the_validate_stage(tmp_path):
@@ -405,8 +405,8 @@ def test_split_words_in_names():
     assert split_of(["annotations", "instances_val2017"]) == "val"
     assert split_of(["labels", "train"]) == "train"
     assert split_of(["contest", "trainval"]) is None
-    assert interop.allocate(10, (0.8, 0.1, 0.1)) == [8, 1, 1]
-    assert interop.allocate(3, (0.8, 0.1, 0.1)) == [3, 0, 0]
+    assert importing.allocate(10, (0.8, 0.1, 0.1)) == [8, 1, 1]
+    assert importing.allocate(3, (0.8, 0.1, 0.1)) == [3, 0, 0]
 
 
 # --------------------------------------------------------------------------------------
@@ -443,7 +443,7 @@ def test_bad_inputs_are_reported_and_the_rest_imported(tmp_path):
         "Annotations/wrong.xml",
     }
     assert all(p["detail"] for p in report["problems"])
-    assert json.loads((tmp_path / "data" / interop.IMPORT_REPORT).read_text()) == report
+    assert json.loads((tmp_path / "data" / importing.IMPORT_REPORT).read_text()) == report
 
     rows = imported_rows(tmp_path / "data")
     assert set(rows["image_id"]) == {"pic_a", "pic_b", "edge", "odd"}
@@ -527,22 +527,22 @@ def test_nothing_importable_is_an_error_and_out_is_left_untouched(tmp_path):
 def test_refuses_to_write_over_the_source(tmp_path):
     src = write_voc(tmp_path / "src")
     with pytest.raises(UserError, match="source"):
-        interop.import_dataset(src, src, interop.ImportOptions("voc"), overwrite=True)
+        importing.import_dataset(src, src, importing.ImportOptions("voc"), overwrite=True)
     with pytest.raises(UserError, match="source"):
-        interop.import_dataset(
-            src / "Annotations", src, interop.ImportOptions("voc"), overwrite=True
+        importing.import_dataset(
+            src / "Annotations", src, importing.ImportOptions("voc"), overwrite=True
         )
 
 
 def test_bad_options_are_user_errors():
     with pytest.raises(UserError, match="format"):
-        interop.ImportOptions("pascal")
+        importing.ImportOptions("pascal")
     with pytest.raises(UserError, match="sum to 1"):
-        interop.parse_ratios("0.5,0.1,0.1")
+        importing.parse_ratios("0.5,0.1,0.1")
     with pytest.raises(UserError, match="three numbers"):
-        interop.parse_ratios("0.8,x,0.1")
+        importing.parse_ratios("0.8,x,0.1")
     with pytest.raises(UserError, match="--outside"):
-        interop.ImportOptions("voc", outside="wrap")
+        importing.ImportOptions("voc", outside="wrap")
 
 
 def test_yolo_without_class_names_is_a_clear_error(tmp_path):
@@ -564,14 +564,14 @@ def test_image_index_reports_ambiguous_names(tmp_path):
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", interop.EXPORT_FORMATS)
+@pytest.mark.parametrize("fmt", exporting.EXPORT_FORMATS)
 def test_round_trip_import_export_import(tmp_path, fmt):
     src = write_cvat(tmp_path / "src", SPEC + many_images(12))
     run_import(src, tmp_path / "data", "cvat", ratios=(0.5, 0.25, 0.25))
     first = imported_rows(tmp_path / "data")
     assert set(first["split"]) == set(SPLITS)
 
-    report = interop.export_dataset(tmp_path / "data", tmp_path / "exported", fmt)
+    report = exporting.export_dataset(tmp_path / "data", tmp_path / "exported", fmt)
     assert report["problems"] == [] and sum(report["images"].values()) == 16
     again = run_import(tmp_path / "exported", tmp_path / "again", fmt)
 
@@ -594,7 +594,7 @@ def test_export_reports_bad_rows_and_missing_images(tmp_path):
     pd.concat([rows, bad.to_frame().T]).to_csv(annotations_path(data, "train"), index=False)
     image_path(data, "train", "banana", "pic_b").unlink()
 
-    report = interop.export_dataset(data, tmp_path / "coco", "coco")
+    report = exporting.export_dataset(data, tmp_path / "coco", "coco")
 
     assert sorted(kinds(report)) == ["bad_box", "missing_image"]
     assert report["images"]["train"] == 3

@@ -4,8 +4,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.augment import AugmentSettings
-from pipeline.loader import ImageBatches, ImageCache, SnackDataset, sample_table, select_targets
+from pipeline.model.augment import AugmentSettings
+from pipeline.model.loader import (
+    ImageBatches,
+    ImageCache,
+    SnackDataset,
+    sample_table,
+    select_targets,
+)
 
 
 def rows(*entries):

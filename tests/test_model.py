@@ -10,12 +10,14 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from helpers_env import ROOT
+from helpers_tiny import TINY_MODEL
 from pydantic import ValidationError
 
-from pipeline.boxes import iou
-from pipeline.config import ModelParams
-from pipeline.errors import UserError
-from pipeline.model import (
+from pipeline.core.config import ModelParams
+from pipeline.core.errors import UserError
+from pipeline.data.boxes import iou
+from pipeline.model.model import (
     BoxMeanIoU,
     backbone_of,
     build_backbone,
@@ -24,9 +26,9 @@ from pipeline.model import (
     heads_model,
     load_model,
 )
-from pipeline.train import learning_rate_at
+from pipeline.model.recipe import learning_rate_at
 
-TINY = ModelParams(alpha=0.25, image_size=32, box_head_filters=16)
+TINY = TINY_MODEL
 
 
 def test_two_heads_with_the_right_shapes():
@@ -105,8 +107,8 @@ def test_imagenet_weights_load_from_the_keras_cache_offline(tmp_path):
     script = textwrap.dedent("""
         import os, h5py, numpy as np, keras
         from keras.src.legacy.saving import legacy_h5_format
-        from pipeline.config import ModelParams
-        from pipeline.model import build_backbone
+        from pipeline.core.config import ModelParams
+        from pipeline.model.model import build_backbone
 
         def check(family, constructor, alpha, size, filename):
             ref = constructor(input_shape=(size, size, 3), alpha=alpha,
@@ -137,7 +139,7 @@ def test_imagenet_weights_load_from_the_keras_cache_offline(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "loaded mobilenet\n" in done.stdout and "loaded mobilenet_v2" in done.stdout
@@ -272,7 +274,7 @@ def test_weights_files_that_do_not_fit_or_do_not_exist(tmp_path):
 
 
 def test_giou_loss_hand_computed_cases():
-    from pipeline.model import giou_loss
+    from pipeline.model.model import giou_loss
 
     true = np.array([[0.0, 0.5, 0.0, 0.5]] * 3, dtype="float32")
     pred = np.array(
@@ -290,7 +292,7 @@ def test_giou_loss_hand_computed_cases():
 
 
 def test_label_smoothing_spreads_the_target_over_all_classes():
-    from pipeline.model import class_loss
+    from pipeline.model.model import class_loss
 
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype="float32")
     labels = np.array([0, 1])
@@ -303,7 +305,7 @@ def test_label_smoothing_spreads_the_target_over_all_classes():
 
 
 def test_weight_averaging_keeps_the_averaged_weights():
-    from pipeline.model import compile_model
+    from pipeline.model.model import compile_model
 
     keras.utils.set_random_seed(0)
     model = build_model(3, TINY)

@@ -13,13 +13,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT
-from helpers_project import TINY, tiny_params
+from helpers_env import ROOT
+from helpers_project import tiny_params
+from helpers_tiny import TINY
 from test_train import tiny_datasets
 
-from pipeline import hardware, multiworker
-from pipeline.config import Params, SynthParams, TrainParams, load_params
-from pipeline.errors import UserError
+from pipeline.core.config import Params, SynthParams, TrainParams, load_params
+from pipeline.core.errors import UserError
+from pipeline.model import hardware
+from pipeline.ops import multiworker
 
 TWO_WORKERS = {"cluster": {"worker": ["127.0.0.1:2222", "127.0.0.1:2223"]}}
 
@@ -132,8 +134,9 @@ def test_the_replicas_parts_together_are_the_global_batch(tmp_path, parts):
 
 def prepare_project(root, params: dict) -> Params:
     """The tiny project's data (tests/helpers_project.py), validated and deduplicated."""
-    from pipeline import dedup, synth, validate
-    from pipeline.paths import Outputs
+    from pipeline.core.paths import Outputs
+    from pipeline.data import synth
+    from pipeline.stages import dedup, validate
 
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     synth.generate(root / "data", SynthParams(**TINY["synth"]), progress=False)
@@ -148,8 +151,8 @@ def prepare_project(root, params: dict) -> Params:
 
 @pytest.mark.slow  # two TensorFlow processes tracing the model's graph: 2-5 min on 2 busy cores
 def test_two_workers_train_one_model_and_only_the_chief_writes(tmp_path, monkeypatch):
-    from pipeline.paths import Outputs
-    from pipeline.train import load_samples
+    from pipeline.core.paths import Outputs
+    from pipeline.stages.train import load_samples
 
     project = tmp_path / "project"
     project.mkdir()
@@ -163,7 +166,7 @@ def test_two_workers_train_one_model_and_only_the_chief_writes(tmp_path, monkeyp
     tmpdir.mkdir()
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmpdir)}
-    command = [sys.executable, "-m", "pipeline.multiworker", "--workers", "2"]
+    command = [sys.executable, "-m", "pipeline.ops.multiworker", "--workers", "2"]
     done = subprocess.run(
         [*command, "--log-dir", str(tmp_path / "logs")],
         cwd=project,

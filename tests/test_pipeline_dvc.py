@@ -1,16 +1,19 @@
 """The real pipeline end to end: `dvc repro` in a temporary git repo, tiny synthetic data,
-real Prefect server, real MLflow sqlite store and registry."""
+real MLflow sqlite store and registry; and the same stages as one Prefect flow run
+(`snackloc pipeline`) against a real Prefect server."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 
 import pandas as pd
 import pytest
 import yaml
 from helpers_project import make_project, sh
 
-STAGES = ["validate", "dedup", "train", "evaluate", "register"]
+from pipeline.stages import NAMES as STAGES
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +29,8 @@ def test_every_stage_ran_and_wrote_its_outputs(project):
     root, _, log = project
     for stage in STAGES:
         assert f"Running stage '{stage}'" in log
+    # each stage is the plain function: no Prefect flow run, no temporary server
+    assert "Flow run" not in log and "temporary server" not in log
     outputs = root / "outputs"
     for path in (
         "validate/quarantine.csv",
@@ -108,3 +113,49 @@ def test_second_repro_is_a_noop_and_a_param_reruns_only_its_stages(project):
     for stage in ("validate", "dedup", "train"):
         assert f"Running stage '{stage}'" not in rerun
     assert (root / "outputs/train/model.keras").stat().st_mtime_ns == model_mtime
+
+
+def _digests(folder):
+    return {
+        path.relative_to(folder).as_posix(): hashlib.md5(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and "data_docs" not in path.parts  # the GX site embeds run times
+    }
+
+
+def test_a_prefect_run_shows_every_stage_as_a_task_running_the_same_code(
+    project, tmp_path, prefect_server
+):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    root, env, _ = project
+    copy = tmp_path / "flow-project"
+    shutil.copytree(
+        root, copy, ignore=shutil.ignore_patterns("outputs", "mlflow.db", "mlartifacts")
+    )
+    sh("snackloc", "pipeline", "-q", cwd=copy, env=env)
+
+    with (
+        temporary_settings(updates={PREFECT_API_URL: prefect_server}),
+        get_client(sync_client=True) as client,
+    ):
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["snackloc-pipeline"]))
+        )
+        run = max(runs, key=lambda r: r.created)
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+        )
+    assert run.state.is_completed()
+    tasks.sort(key=lambda task: task.start_time)
+    assert [task.name for task in tasks] == list(STAGES)
+    assert all(task.state.is_completed() for task in tasks)
+    for stage in ("validate", "dedup"):  # no training involved: byte-identical outputs
+        assert _digests(copy / "outputs" / stage) == _digests(root / "outputs" / stage), stage

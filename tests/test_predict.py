@@ -11,9 +11,10 @@ from helpers_model import save_tiny_model
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline import predict
 from pipeline.cli import app
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
+from pipeline.evaluation.drawing import to_pixels
+from pipeline.ops import predict
 
 CLASSES = ["apple", "banana", "cake"]
 
@@ -111,4 +112,4 @@ def test_wrong_class_list_and_missing_registry_model_are_clear_errors(tiny, tmp_
 
 
 def test_pixel_boxes_follow_the_contract_order():
-    assert predict.to_pixels([0.1, 0.5, 0.25, 1.0], 200, 100) == [20, 100, 25, 100]
+    assert to_pixels([0.1, 0.5, 0.25, 1.0], 200, 100) == [20, 100, 25, 100]

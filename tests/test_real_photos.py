@@ -14,13 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from helpers_env import ROOT
 
-from pipeline import dedup, evaluate, train, validate
-from pipeline.config import Params
-from pipeline.interop import ImportOptions, import_dataset
-from pipeline.model import backbone_of, build_model
-from pipeline.paths import Outputs
+from pipeline.core.config import Params
+from pipeline.core.paths import Outputs
+from pipeline.data.formats.importing import ImportOptions, import_dataset
+from pipeline.evaluation import metrics
+from pipeline.model import hardware
+from pipeline.model.model import backbone_of, build_model
+from pipeline.model.recipe import describe_recipe
+from pipeline.stages import dedup, evaluate, train, validate
 
 SHARED = ROOT.parent / "shared"
 PHOTOS = Path(os.environ.get("SNACKLOC_REAL_PHOTOS", SHARED / "real-photos" / "raccoon-voc"))
@@ -89,13 +92,13 @@ def test_fine_tuning_a_pretrained_backbone_keeps_inference_predictions_apart(
     """
     root, outputs = real_project
     params = real_params(root)
-    assert train.describe_recipe(params).startswith("transfer")  # from model.weights alone
+    assert describe_recipe(params).startswith("transfer")  # from model.weights alone
     # One epoch of heads, two of fine-tuning (every layer but BatchNorm), at the default
     # peak learning rate.
     params = real_params(root, epochs=3, transfer={"head_epochs": 1})
     classes, train_samples, val_samples = train.load_samples(params, outputs)
     train_ds, val_ds = train.make_datasets(params, train_samples, val_samples, progress=False)
-    setup = train.hardware.configure(params.train)
+    setup = hardware.configure(params.train)
     result = train.fit(params, len(classes), train_ds, val_ds, tmp_path / "b", setup, verbose=0)
     images = np.concatenate([train_ds[i][0] for i in range(len(train_ds))])
     boxes = np.asarray(result.model.predict(images, verbose=0)["box"])
@@ -121,6 +124,6 @@ def test_an_untrained_model_on_real_photos_is_reported_below_the_baseline(real_p
     classes = ["raccoon"]
     model = build_model(len(classes), params.model)
     results, _, predictions = evaluate.score_splits(params, outputs, model, classes)
-    per_class = evaluate.m.per_class_table(predictions, classes)
+    per_class = metrics.per_class_table(predictions, classes)
     text = evaluate.summary_markdown(results, per_class, "test", [], "run")
     assert "BELOW THE TRIVIAL BASELINE on test" in text

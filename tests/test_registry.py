@@ -13,16 +13,18 @@ import urllib.request
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BIN, free_port, wait_healthy
 from helpers_data import write_image
+from helpers_env import BIN, free_port, wait_healthy
 from helpers_mlflow import new_training_run
 from helpers_model import TINY_MODEL, save_tiny_model
 
-from pipeline import predict, register, registry, tracking
-from pipeline.config import Params, RegisterParams
-from pipeline.dataio import write_json
-from pipeline.errors import UserError
-from pipeline.paths import Outputs
+from pipeline.core.config import Params, RegisterParams
+from pipeline.core.errors import UserError
+from pipeline.core.files import write_json
+from pipeline.core.paths import Outputs
+from pipeline.integrations import registry, tracking
+from pipeline.ops import predict
+from pipeline.stages import register
 
 CLASSES = ["apple", "banana", "cake"]
 NAME = "tiny"

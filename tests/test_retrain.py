@@ -21,7 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers_project import TINY, make_project, sh, tiny_params
+from helpers_project import make_project, sh, tiny_params
+from helpers_tiny import TINY
+
+from pipeline.stages import NAMES
 
 
 def slow(test):
@@ -82,6 +85,25 @@ def latest_artifact(key: str) -> str:
     return max(found, key=lambda a: a.created).data
 
 
+def latest_task_names(flow: str) -> list[str]:
+    """The task runs of the newest run of ``flow``, in the order they started."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])))
+        newest = max(runs, key=lambda run: run.created)
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[newest.id]))
+        )
+    return [task.name for task in sorted(tasks, key=lambda task: task.start_time)]
+
+
 def wait_for_deployment(name: str, serving: subprocess.Popen, timeout: float = 90):
     """The deployment once `snackloc schedule` has registered it (under the current API)."""
     from prefect.client.orchestration import get_client
@@ -106,14 +128,17 @@ def first_run(project):
     with server_settings(api):
         result = retrain(str(root), source="none", commit=True)
         summary = latest_artifact("snackloc-retrain")
-    return result, summary
+        tasks = latest_task_names("snackloc-retrain")
+    return result, summary, tasks
 
 
 @slow
 def test_first_run_trains_and_registers(project, first_run):
     root, env, _ = project
-    result, summary = first_run
+    result, summary, tasks = first_run
     assert result["status"] == "promoted", result
+    # every stage is a task of the flow run, in pipeline order
+    assert [name for name in tasks if name in NAMES] == list(NAMES), tasks
     assert result["version"] == "1"
     assert "no model registered yet" in result["reasons"]
     # the repo records what produced the champion
@@ -216,7 +241,7 @@ def test_merge_inbox_appends_rows_and_copies_new_images(tmp_path):
 
 def test_pull_restores_the_data_from_a_dvc_remote(tmp_path, under_server):
     """`source="pull"`: data pushed to a real (local folder) DVC remote comes back."""
-    from conftest import BIN
+    from helpers_env import BIN
     from prefect import flow
 
     from flows.retrain import refresh_data
@@ -260,7 +285,7 @@ def test_pull_restores_the_data_from_a_dvc_remote(tmp_path, under_server):
 
 def test_merge_inbox_refuses_other_columns(tmp_path):
     from flows.retrain import merge_inbox
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
 
     (tmp_path / "data").mkdir()
     (tmp_path / "inbox").mkdir()
@@ -271,7 +296,7 @@ def test_merge_inbox_refuses_other_columns(tmp_path):
 
 
 def test_schedule_needs_a_real_server(tmp_path):
-    from conftest import BIN
+    from helpers_env import BIN
 
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     done = subprocess.run(
@@ -282,7 +307,7 @@ def test_schedule_needs_a_real_server(tmp_path):
 
 
 def test_schedule_serves_the_cron_deployment_and_stops_on_sigterm(prefect_server, tmp_path):
-    from conftest import BIN
+    from helpers_env import BIN
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -347,8 +372,8 @@ def rescale_boxes(csv_path: Path, factor: float) -> None:
 
 def write_inbox(inbox: Path, seed: int, images: int, box_scale: float = 1.0) -> None:
     """A batch of new training images in the snacks layout (defect-free synthetic data)."""
-    from pipeline import synth
-    from pipeline.config import SynthParams
+    from pipeline.core.config import SynthParams
+    from pipeline.data import synth
 
     settings = SynthParams(
         seed=seed,
@@ -370,7 +395,7 @@ def write_inbox(inbox: Path, seed: int, images: int, box_scale: float = 1.0) -> 
 
 
 def champion_version(root: Path) -> str | None:
-    from pipeline import registry
+    from pipeline.integrations import registry
 
     client = registry.connect(f"sqlite:///{root / 'mlflow.db'}")
     version = registry.version_by_alias(client, "snackloc", "champion")
@@ -409,7 +434,7 @@ def test_adding_better_data_promotes(better_data_run):
 @slow
 def test_adding_worse_data_keeps_the_champion(better_data_run):
     from flows.retrain import retrain
-    from pipeline import registry
+    from pipeline.integrations import registry
 
     root, api, before, _, _ = better_data_run
     champion = before["champion_after"]

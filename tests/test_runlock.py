@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from pipeline.errors import UserError
-from pipeline.runlock import run_lock
+from pipeline.core.errors import UserError
+from pipeline.ops.runlock import run_lock
 
 
 def test_second_run_refuses_while_the_first_holds_the_lock(tmp_path):
@@ -19,7 +19,7 @@ def test_second_run_refuses_while_the_first_holds_the_lock(tmp_path):
             textwrap.dedent(f"""
             import sys, time
             from pathlib import Path
-            from pipeline.runlock import run_lock
+            from pipeline.ops.runlock import run_lock
             with run_lock("first", Path({str(lock)!r})):
                 print("held", flush=True)
                 sys.stdin.readline()

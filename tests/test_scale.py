@@ -28,13 +28,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, ROOT
+from helpers_env import BIN, ROOT
 from helpers_project import make_project, sh, tiny_params
+
+from pipeline.stages import NAMES as STAGES
 
 # Minutes: two tiny `dvc repro` runs and the servers' start on 2 (shared) cores.
 pytestmark = [pytest.mark.scale, pytest.mark.timeout(1800)]
 
-STAGES = ["validate", "dedup", "train", "evaluate", "register"]
 MODEL = "snackloc"
 TIMINGS: dict[str, float] = {}
 
@@ -366,7 +367,7 @@ def test_same_results_as_the_local_default(project, local_project, scale_env):
     lock, local_lock = (
         yaml.safe_load((r / "dvc.lock").read_text())["stages"] for r in (root, local_root)
     )
-    assert list(lock) == list(local_lock) == STAGES
+    assert list(lock) == list(local_lock) == list(STAGES)
     for stage in STAGES:
         assert [o["path"] for o in lock[stage]["outs"]] == [
             o["path"] for o in local_lock[stage]["outs"]

@@ -16,9 +16,9 @@ import threading
 import time
 
 import pytest
-from conftest import BIN, ROOT, free_port, wait_healthy
+from helpers_env import BIN, ROOT, free_port, wait_healthy
 
-from pipeline import servers
+from pipeline.ops import servers
 
 
 def read_lines(process: subprocess.Popen) -> list[str]:
@@ -54,7 +54,7 @@ def test_server_runs_prefect_and_mlflow_in_the_project_and_stops_both_on_sigterm
     from mlflow import MlflowClient
 
     prefect_port, mlflow_port = free_port(), free_port()
-    # no PREFECT_HOME from the test session: the project's own .prefect/ (pipeline/env.py)
+    # no PREFECT_HOME from the test session: the project's own .prefect/ (pipeline/core/env.py)
     env = {k: v for k, v in os.environ.items() if k not in {"PREFECT_HOME", "PREFECT_API_URL"}}
     process = subprocess.Popen(
         [
@@ -211,7 +211,7 @@ def test_servers_get_sigterm_when_snackloc_server_is_killed(tmp_path):
         [
             sys.executable,
             "-c",
-            "import os, sys, time; from pipeline import servers; "
+            "import os, sys, time; from pipeline.ops import servers; "
             "from test_servers import sleeper; from pathlib import Path; "
             "r = servers.start(sleeper(Path(sys.argv[1]))); print(r.process.pid, flush=True); "
             "time.sleep(120)",
@@ -230,7 +230,7 @@ def test_servers_get_sigterm_when_snackloc_server_is_killed(tmp_path):
 
 
 def test_a_server_that_dies_while_starting_stops_the_other(tmp_path):
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
 
     code = "import os, time; print(os.getpid(), flush=True); time.sleep(120)"
     waiting = dataclasses.replace(

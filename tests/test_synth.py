@@ -1,4 +1,4 @@
-"""The synthetic snacks dataset (pipeline/synth.py): determinism, format, boxes and defects."""
+"""The synthetic snacks dataset (pipeline/data/synth.py): determinism, format, boxes and defects."""
 
 from __future__ import annotations
 
@@ -12,10 +12,19 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps
 
-from pipeline import synth
-from pipeline.config import SNACK_CLASSES, SPLITS, SynthParams
-from pipeline.dataio import ANNOTATION_COLUMNS, annotations_path, image_path, open_image_rgb
-from pipeline.errors import UserError
+from pipeline.core.config import SNACK_CLASSES, SynthParams
+from pipeline.core.errors import UserError
+from pipeline.data import synth
+from pipeline.data.boxes import iou
+from pipeline.data.contract import (
+    ANNOTATION_COLUMNS,
+    SPLITS,
+    annotations_path,
+    image_path,
+    open_image_rgb,
+)
+from pipeline.data.synth import images, scenes, snacks
+from pipeline.data.synth.defects import DEFECT_SPECS
 
 SMALL = SynthParams(seed=7, train_images=24, val_images=8, test_images=8, min_side=64, max_side=128)
 BOX = ["x_min", "x_max", "y_min", "y_max"]
@@ -68,13 +77,6 @@ def as_float(text: str) -> float | None:
         return float(text)
     except ValueError:
         return None
-
-
-def iou(a: list[float], b: list[float]) -> float:
-    iw = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[2], b[2]))
-    union = (a[1] - a[0]) * (a[3] - a[2]) + (b[1] - b[0]) * (b[3] - b[2]) - iw * ih
-    return iw * ih / union
 
 
 def quarantined_rows(manifest: dict[str, Any], split: str) -> set[int]:
@@ -168,8 +170,8 @@ def test_rows_match_a_fresh_rendering(dataset):
     touched |= {d.get("source_image_id") for d in manifest["defects"]}
     rows = {split: read_rows(root, split) for split in SPLITS}
     compared = 0
-    for task in synth.image_tasks(SMALL)[::3]:
-        record, data = synth.render_image(task, SMALL)
+    for task in images.image_tasks(SMALL)[::3]:
+        record, data = images.render_image(task, SMALL)
         if record.image_id in touched:
             continue
         path = image_path(root, task.split, record.folder, record.image_id)
@@ -189,7 +191,7 @@ def test_rows_match_a_fresh_rendering(dataset):
 @pytest.mark.parametrize("class_name", SNACK_CLASSES)
 def test_boxes_are_tight_around_the_visible_object(class_name):
     rng = np.random.default_rng([11, SNACK_CLASSES.index(class_name)])
-    scene = synth.render_scene(rng, 160, 120, class_name, with_background=True)
+    scene = scenes.render_scene(rng, 160, 120, class_name, with_background=True)
     assert scene.objects[0].class_name == class_name
     areas = [obj.mask.sum() for obj in scene.objects]
     assert areas[0] == max(areas)
@@ -209,7 +211,7 @@ def test_boxes_are_tight_around_the_visible_object(class_name):
 
 
 def test_every_class_has_a_drawer():
-    assert tuple(synth.CLASS_SPECS) == SNACK_CLASSES
+    assert tuple(snacks.CLASS_SPECS) == SNACK_CLASSES
 
 
 # --- defects ----------------------------------------------------------------------------------
@@ -217,11 +219,11 @@ def test_every_class_has_a_drawer():
 
 def test_every_defect_kind_is_injected_and_described(dataset):
     _, manifest = dataset
-    assert {d["kind"] for d in manifest["defects"]} == set(synth.DEFECT_SPECS)
-    assert set(manifest["kinds"]) == set(synth.DEFECT_SPECS)
+    assert {d["kind"] for d in manifest["defects"]} == set(DEFECT_SPECS)
+    assert set(manifest["kinds"]) == set(DEFECT_SPECS)
     for d in manifest["defects"]:
         assert d["split"] in SPLITS and d["folder"] in SNACK_CLASSES and d["description"]
-        assert d["expect"] == synth.DEFECT_SPECS[d["kind"]].expect
+        assert d["expect"] == DEFECT_SPECS[d["kind"]].expect
         assert d["row"] is None or d["row"] in d["rows"]
     touched = [d["image_id"] for d in manifest["defects"]]
     assert len(touched) == len(set(touched)), "each defect has an image of its own"
@@ -339,10 +341,10 @@ def test_duplicate_images_copy_their_source(dataset):
 
 def test_defect_rates_at_the_default_size():
     """Around 0.5-1 % of images per kind at full size; the quarantined share stays small."""
-    total = sum(synth.split_sizes(SynthParams()).values())
-    counts = {k: max(s.minimum, round(s.rate * total)) for k, s in synth.DEFECT_SPECS.items()}
+    total = sum(images.split_sizes(SynthParams()).values())
+    counts = {k: max(s.minimum, round(s.rate * total)) for k, s in DEFECT_SPECS.items()}
     assert all(2 <= n <= 0.02 * total for n in counts.values())
-    quarantined = sum(n for k, n in counts.items() if synth.DEFECT_SPECS[k].expect == "quarantine")
+    quarantined = sum(n for k, n in counts.items() if DEFECT_SPECS[k].expect == "quarantine")
     assert quarantined < 0.06 * total
 
 

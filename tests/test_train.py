@@ -10,26 +10,19 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from helpers_env import ROOT
 from helpers_model import save_tiny_backbone
+from helpers_tiny import NO_AUGMENT, TINY_MODEL
 from PIL import Image
 
-from pipeline import hardware, train
-from pipeline.config import (
-    AugmentParams,
-    ModelParams,
-    Params,
-    TrainParams,
-    TransferParams,
-    load_params,
-)
-from pipeline.errors import UserError
-from pipeline.loader import SnackDataset, sample_table
-from pipeline.model import backbone_of
-from pipeline.train import Phase, learning_rate_for, open_backup, plan_phases, read_history
-
-ROOT = Path(__file__).resolve().parents[1]
-NO_AUGMENT = AugmentParams(hflip=False, crop_scale=(1.0, 1.0), color_jitter=0.0, zoom_out=1.0)
-TINY_MODEL = ModelParams(alpha=0.25, image_size=32, box_head_filters=8)
+from pipeline.core.config import ModelParams, Params, TrainParams, TransferParams, load_params
+from pipeline.core.errors import UserError
+from pipeline.model import hardware, recipe
+from pipeline.model.loader import SnackDataset, sample_table
+from pipeline.model.model import backbone_of
+from pipeline.model.recipe import Phase, learning_rate_for, plan_phases
+from pipeline.stages import train
+from pipeline.stages.train import open_backup, read_history
 
 
 def tiny_params(model: ModelParams = TINY_MODEL, **train_values) -> Params:
@@ -87,7 +80,7 @@ def test_phases_freeze_first_then_fine_tune():
 
 
 def test_weight_averaging_window_fits_the_run():
-    from pipeline.train import ema_momentum_for
+    from pipeline.model.recipe import ema_momentum_for
 
     assert ema_momentum_for(0.99, 46 * 45) == 0.99  # the default run keeps its momentum
     short = ema_momentum_for(0.99, 200)  # a short run: window capped at 20 steps
@@ -114,23 +107,23 @@ def test_fine_tuning_divides_the_schedule_by_the_factor():
     )
     assert learning_rate_for(2, no_heads_first) == pytest.approx(1e-4)
     short = tiny_params(pretrained, epochs=3, transfer=TransferParams(head_epochs=10))
-    assert train.head_epochs(short) == 3  # heads only, as the book trains
-    assert "fine-tuning" not in train.describe_recipe(short)
+    assert recipe.head_epochs(short) == 3  # heads only, as the book trains
+    assert "fine-tuning" not in recipe.describe_recipe(short)
     from_scratch = params.model_copy(update={"model": TINY_MODEL})  # the transfer recipe is off
-    assert train.head_epochs(from_scratch) == 0
+    assert recipe.head_epochs(from_scratch) == 0
     assert learning_rate_for(2, from_scratch) == pytest.approx(1e-4)
 
 
 def test_imagenet_and_a_weights_file_get_the_same_transfer_recipe():
-    def recipe(weights: str) -> str:
+    def described(weights: str) -> str:
         model = TINY_MODEL.model_copy(update={"weights": weights})
-        return train.describe_recipe(tiny_params(model, epochs=45))
+        return recipe.describe_recipe(tiny_params(model, epochs=45))
 
-    file = recipe("/models/mobilenet_v2.h5")
-    assert recipe("imagenet") == file.replace("/models/mobilenet_v2.h5", "imagenet")
+    file = described("/models/mobilenet_v2.h5")
+    assert described("imagenet") == file.replace("/models/mobilenet_v2.h5", "imagenet")
     assert "10 epochs of heads on the frozen backbone, then fine-tuning" in file
     assert "BatchNorm frozen" in file
-    assert recipe("none").startswith("from random init")
+    assert described("none").startswith("from random init")
 
 
 def test_feature_caching_needs_a_frozen_backbone_and_no_augmentation(tmp_path):
@@ -233,7 +226,7 @@ def test_the_stage_resumes_in_the_same_mlflow_run(tmp_path, monkeypatch):
     """train.run interrupted after epoch 1, run again: same MLflow run, history 1..2."""
     import mlflow
 
-    from pipeline.paths import Outputs
+    from pipeline.core.paths import Outputs
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -24,11 +24,11 @@ from helpers_data import (
 )
 from PIL import Image
 
-from pipeline import dedup, imagecheck, validate
-from pipeline.config import SPLITS
-from pipeline.dataio import ANNOTATION_COLUMNS, read_clean_annotations
-from pipeline.errors import UserError
-from pipeline.paths import Outputs
+from pipeline.core.errors import UserError
+from pipeline.core.paths import Outputs
+from pipeline.data.contract import ANNOTATION_COLUMNS, SPLITS, read_clean_annotations
+from pipeline.data.quality import imagecheck
+from pipeline.stages import dedup, validate
 
 GOOD_TRAIN = [ann("t0", "cake"), ann("t1", "apple"), ann("t2", "banana")]
 

@@ -49,7 +49,7 @@ PG_USER = "snackloc"
 DATABASES = ("mlflow", "prefect")
 HOST = "127.0.0.1"
 BIN = Path(sys.executable).parent  # the venv holding mlflow, prefect, rclone, dvc
-# Offline, quiet servers (the same switches as pipeline/env.py).
+# Offline, quiet servers (the same switches as pipeline/core/env.py).
 QUIET = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",

@@ -1,0 +1,37 @@
+"""Process-wide defaults that keep every tool offline and its state inside the project.
+
+Values already set in the environment win, so a team can point at real servers
+(MLFLOW_TRACKING_URI, PREFECT_API_URL) without code edits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "pipeline",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    # The job-runner pool of `mlflow server/ui` slows its start and stop; nothing here uses it.
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    # MLflow retries a failing HTTP call 7 times with backoff (~4 min against a stopped
+    # server); snackloc retries whole operations itself (pipeline/integrations/tracking.py),
+    # so each call gets 2 quick retries and a 30 s read timeout.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
+
+
+def configure(project_root: Path | None = None) -> None:
+    """Set the offline defaults and keep Prefect's home inside the project."""
+    root = (project_root or Path.cwd()).resolve()
+    os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
+    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(root / ".prefect" / "results"))
+    for key, value in DEFAULTS.items():
+        os.environ.setdefault(key, value)

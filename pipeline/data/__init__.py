@@ -1,0 +1,3 @@
+"""The data contract and everything that reads, checks, converts or makes data.
+
+Imports ``pipeline.core`` only."""

@@ -1,0 +1,158 @@
+"""The snacks data contract: splits, columns, paths, annotation CSVs and image decoding.
+
+The raw layout (README, "The data"): ``data/<split>/<folder>/<image_id>.jpg`` and
+``data/annotations-<split>.csv`` with the columns of ``ANNOTATION_COLUMNS``.
+Boxes are normalized to [0, 1] and refer to the image as displayed, i.e. after its
+EXIF orientation is applied; every reader here applies it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps
+
+from pipeline.core.errors import UserError
+
+ANNOTATION_COLUMNS: list[str] = [
+    "image_id", "x_min", "x_max", "y_min", "y_max", "class_name", "folder",
+]  # fmt: skip
+BOX_COLUMNS: list[str] = ["x_min", "x_max", "y_min", "y_max"]
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+# Names of image files (lower-case endings): the files an import looks for, and those under
+# data/<split>/ that validate reports when no row names them.
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+)
+
+
+def annotations_path(root: Path, split: str) -> Path:
+    """Path of a split's annotation CSV under a data root."""
+    return Path(root) / f"annotations-{split}.csv"
+
+
+def image_path(root: Path, split: str, folder: str, image_id: str) -> Path:
+    """Where the image of an annotation row lives (no confinement check: see safe_image_path)."""
+    return Path(root) / split / str(folder) / f"{image_id}.jpg"
+
+
+def safe_image_path(root: Path, split: str, folder: str, image_id: str) -> Path | None:
+    """The image path if it stays inside ``root/split``; None for traversal attempts."""
+    for part in (str(folder), str(image_id)):
+        if not part or part in {".", ".."} or "/" in part or "\\" in part or "\x00" in part:
+            return None
+    base = (Path(root) / split).resolve()
+    path = image_path(root, split, folder, image_id)
+    try:
+        path.resolve().relative_to(base)
+    except ValueError:  # a symlink pointing outside the data root
+        return None
+    return path
+
+
+def read_raw_annotations(path: Path) -> pd.DataFrame:
+    """Read an annotation CSV exactly as written: every cell as text, nothing coerced.
+
+    Validation decides what is wrong with a row; reading must not drop or alter any.
+    """
+    if not path.is_file():
+        raise UserError(
+            f"{path}: annotation file not found",
+            hint="the data folder needs annotations-train/val/test.csv",
+        )
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise UserError(
+            f"{path}: empty file (no header)",
+            hint=f"expected the header {','.join(ANNOTATION_COLUMNS)}",
+        ) from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UserError(
+            f"{path}: not a readable CSV: {exc}",
+            hint="save it as UTF-8 CSV, one row per line, as many cells per row as header columns",
+        ) from None
+    if not isinstance(frame.index, pd.RangeIndex):
+        # pandas turns a surplus first column into the index: every cell would shift.
+        raise UserError(
+            f"{path}: rows have more cells than the header",
+            hint=f"expected the header {','.join(ANNOTATION_COLUMNS)}",
+        )
+    frame.columns = [str(col).strip() for col in frame.columns]
+    missing = [col for col in ANNOTATION_COLUMNS if col not in frame.columns]
+    if missing:
+        raise UserError(
+            f"{path}: missing column(s) {', '.join(missing)}",
+            hint=f"expected the header {','.join(ANNOTATION_COLUMNS)}",
+        )
+    return frame
+
+
+def read_clean_annotations(path: Path) -> pd.DataFrame:
+    """Read annotations written by a stage (already validated): typed columns."""
+    frame = pd.read_csv(
+        path, dtype={"image_id": str, "class_name": str, "folder": str}, keep_default_na=False
+    )
+    frame[BOX_COLUMNS] = frame[BOX_COLUMNS].astype("float64")
+    return frame
+
+
+def open_image_rgb(path: Path, max_pixels: int | None = None) -> Image.Image:
+    """Open an image as displayed (EXIF orientation applied), converted to RGB.
+
+    Works for any real format whatever the extension (PNG named .jpg), and for grayscale,
+    palette, CMYK, 16-bit and alpha images (alpha is flattened on white).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(path)
+        try:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise ValueError(f"{image.width}x{image.height} exceeds {max_pixels} pixels")
+            image.load()
+        except BaseException:
+            image.close()  # a failed decode (truncated file) must not leak the file handle
+            raise
+    image = ImageOps.exif_transpose(image)
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB; transparent pixels become white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in {"I;16", "I;16B", "I;16L", "I"}:
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max() > 255 else 255.0
+        image = Image.fromarray((array * (255.0 / peak)).clip(0, 255).astype(np.uint8))
+    if image.mode == "P" or image.mode in {"LA", "RGBA", "PA"}:
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_displayed(source: Path | BinaryIO, draft_side: int) -> Image.Image:
+    """The image as displayed (EXIF applied), RGB, for work at about ``draft_side`` pixels.
+
+    JPEG draft mode decodes big files at a reduced scale (never below ``draft_side``),
+    which is several times faster than a full decode.
+    """
+    with Image.open(source) as image:
+        if image.format == "JPEG":
+            image.draft("RGB", (draft_side, draft_side))
+        return to_rgb(ImageOps.exif_transpose(image))
+
+
+def load_image_array(path: Path, size: int) -> np.ndarray:
+    """Decode, orient and resize an image to ``size``×``size`` RGB uint8.
+
+    The image is squashed (not letterboxed), as the book does: normalized boxes stay valid.
+    """
+    image = open_displayed(path, size * 2)
+    image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(image, dtype=np.uint8)

@@ -1,0 +1,252 @@
+"""The MLflow Model Registry as the source of truth for which model is in use.
+
+Aliases: ``challenger`` marks the newest registered version, ``champion`` the one in use
+(`snackloc predict` and serving load ``models:/<name>@champion``).
+
+Every MLflow call about models goes through here: logging and registering a version,
+loading one, reading and moving aliases, tags. Every change writes its tags first and moves
+an alias last, so a failure part-way leaves the
+previous champion in place. A version that becomes champion records the version it replaced
+in its ``previous_champion`` tag; `snackloc rollback` follows that tag back (repeatedly, one
+step at a time), and a rollback does not rewrite it. Each action (register, promote,
+rollback) is also a JSON record: one line of ``outputs/register/history.jsonl``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.errors import UserError
+from pipeline.evaluation.gate import CHAMPION
+from pipeline.integrations import tracking
+
+PREVIOUS_TAG = "previous_champion"
+MODEL_MD5_TAG = "model_md5"  # the registered model file, to register it only once
+METRIC_PREFIX = "metric."
+
+
+def connect(uri: str):
+    """An MlflowClient whose tracking and registry both use ``uri``."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def version_by_alias(client, name: str, alias: str):
+    """The model version holding ``alias``, or None (no such alias or model yet).
+
+    An unreachable server raises: taking it for "no champion" would promote blindly.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if tracking.is_transient(exc):
+            raise
+        return None
+
+
+def alias_versions(uri: str, name: str, aliases: Sequence[str]) -> dict[str, dict | None]:
+    """For each alias: its version, data version and metric tags and run id (None if unset)."""
+    client = connect(uri)
+    found: dict[str, dict | None] = {}
+    for alias in aliases:
+        version = version_by_alias(client, name, alias)
+        found[alias] = (
+            None
+            if version is None
+            else {
+                "version": str(version.version),
+                "data_version": version.tags.get("data_version"),
+                "metrics": tag_numbers(version.tags, METRIC_PREFIX),
+                "run_id": version.run_id,
+            }
+        )
+    return found
+
+
+def log_model_version(
+    params, outputs, model, example, metadata: dict[str, Any], requirements: list[str]
+) -> tuple[str, str]:
+    """Log ``model`` (tensorflow flavour, with a signature and the input ``example``) to the
+    training run and register it as a new version; return (version, run id)."""
+    import mlflow
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    prediction = {k: np.asarray(v) for k, v in model.predict(example, verbose=0).items()}
+    with tracking.resume_run(params, outputs, stage="register") as run:
+        info = mlflow.tensorflow.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, prediction),
+            input_example=example,
+            pip_requirements=requirements,
+            metadata=metadata,
+            registered_model_name=params.register_.model_name,
+        )
+    return str(info.registered_model_version), run.info.run_id
+
+
+class ModelNotLoaded(UserError):
+    """A model URI that names no loadable model (no such model, version or alias)."""
+
+
+def load_version(uri: str) -> tuple[Any, dict[str, Any]]:
+    """The Keras model at ``uri`` (``models:/name@alias``, ``models:/name/version``...) and
+    the metadata it was logged with. An unreachable server raises as it is (retry it);
+    anything else that stops the load is a ModelNotLoaded naming the first line of why."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    try:
+        metadata = mlflow.models.get_model_info(uri).metadata or {}
+        return mlflow.tensorflow.load_model(uri), metadata
+    except (MlflowException, OSError) as exc:
+        if tracking.is_transient(exc):
+            raise
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        raise ModelNotLoaded(f"cannot load model {uri}: {reason}") from None
+
+
+def version_of_run(client, name: str, run_id: str, model_md5: str) -> str | None:
+    """The version already registered from ``run_id`` for this model file, or None.
+
+    A version of the run without the md5 tag counts too: it was registered, but the
+    answer (or the tagging) was lost, as when the server fails mid-call.
+    """
+    for version in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+        if version.tags.get(MODEL_MD5_TAG, model_md5) == model_md5:
+            return str(version.version)
+    return None
+
+
+def get_version(client, name: str, version: str):
+    """A model version; a clear UserError if it does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException:
+        raise UserError(f"model {name!r} has no version {version!r}") from None
+
+
+def tag_numbers(tags: dict[str, str], prefix: str) -> dict[str, float]:
+    """Numeric tags under ``prefix`` (e.g. metric.corloc → corloc), as floats."""
+    numbers = {}
+    for key, value in tags.items():
+        if key.startswith(prefix):
+            try:
+                numbers[key[len(prefix) :]] = float(value)
+            except ValueError:
+                continue
+    return numbers
+
+
+def set_tags(client, name: str, version: str, tags: dict[str, Any]) -> None:
+    """Set several tags on one model version."""
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, str(value))
+
+
+def set_alias(client, name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version`` (moving it from the version that held it)."""
+    client.set_registered_model_alias(name, alias, str(version))
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+def user() -> str:
+    """Who is acting, for the records."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return os.environ.get("USER", "unknown")
+
+
+def make_champion(
+    client, name: str, version: str, tags: dict[str, Any], record_previous: bool = True
+) -> str | None:
+    """Make ``version`` the champion; return the version it replaced (or None).
+
+    Tags first (with ``previous_champion`` unless ``record_previous`` is off, as for a
+    rollback), then the alias: if anything fails, the old champion stays.
+    """
+    before = version_by_alias(client, name, CHAMPION)
+    previous = str(before.version) if before is not None else None
+    extra = dict(tags)
+    if record_previous and previous is not None and previous != str(version):
+        extra[PREVIOUS_TAG] = previous
+    set_tags(client, name, version, extra)
+    set_alias(client, name, CHAMPION, version)
+    return previous
+
+
+def promote(client, name: str, version: str, reason: str = "") -> dict[str, Any]:
+    """Make ``version`` the champion by hand, whatever the gate said; return the record."""
+    target = get_version(client, name, version)
+    why = f"manual promotion by {user()}" + (f": {reason}" if reason else "")
+    tags = {"promoted_at": now(), "promoted_by": user(), "promotion_reason": why}
+    number = str(target.version)
+    before = make_champion(client, name, number, tags)
+    return action_record("promote", name, number, before, number, [why])
+
+
+def rollback(client, name: str, reason: str = "") -> dict[str, Any]:
+    """Give the champion alias back to the version the current champion replaced."""
+    current = version_by_alias(client, name, CHAMPION)
+    if current is None:
+        raise UserError(f"model {name!r} has no @{CHAMPION} to roll back")
+    number, previous = str(current.version), current.tags.get(PREVIOUS_TAG)
+    if not previous:
+        raise UserError(
+            f"{name} v{number} is @{CHAMPION} but records no previous champion",
+            hint="choose a version by hand: `snackloc promote VERSION`",
+        )
+    target = str(get_version(client, name, previous).version)
+    why = f"rollback by {user()} from v{number}" + (f": {reason}" if reason else "")
+    set_tags(client, name, number, {"rolled_back_at": now(), "rolled_back_by": user()})
+    tags = {"promoted_at": now(), "promoted_by": user(), "promotion_reason": why}
+    make_champion(client, name, target, tags, record_previous=False)
+    return action_record("rollback", name, target, number, target, [why])
+
+
+def action_record(
+    action: str,
+    name: str,
+    version: str,
+    champion_before: str | None,
+    champion_after: str | None,
+    reasons: list[str],
+) -> dict[str, Any]:
+    """The JSON record of one registry action (same keys for every action)."""
+    return {
+        "action": action,
+        "time": now(),
+        "user": user(),
+        "model_name": name,
+        "version": str(version),
+        "champion_before": champion_before,
+        "champion_after": champion_after,
+        "reasons": reasons,
+    }
+
+
+def append_history(path: Path, record: dict[str, Any]) -> None:
+    """Add one record to the JSON-lines history (append-only, one line per action)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, default=str) + "\n")

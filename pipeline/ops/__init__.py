@@ -1,0 +1,1 @@
+"""Commands around the pipeline: predict, local servers, the run lock, multi-worker launcher."""

@@ -1,0 +1,217 @@
+"""Stage "evaluate": score the trained model on the held-out splits (metrics.py definitions).
+
+Writes, under outputs/evaluate/:
+- metrics.json: headline metrics of each split and of the trivial baseline on it
+  (``test``, ``test_baseline``, ``val``, ``val_baseline``) — the DVC metrics file;
+- predictions.csv: one row per image and split, with target, prediction and IoU;
+- per_class.csv: accuracy, mean IoU, IoU≥0.5 rate and CorLoc per split and class;
+- splits.json: images and a data fingerprint per split (the promotion gate compares them);
+- plots/: confusion matrix, IoU histogram, per-class bars, training curves and galleries of
+  the best, worst and random predictions of the primary split (``evaluate.split``);
+- summary.md: a markdown summary (also a Prefect artifact).
+
+Everything is also attached to the training run in MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core.config import EvaluateParams, Params
+from pipeline.core.errors import UserError
+from pipeline.core.files import read_json, write_csv, write_json, write_text
+from pipeline.core.paths import Outputs
+from pipeline.data.boxes import clip_and_order
+from pipeline.data.contract import BOX_COLUMNS, read_clean_annotations
+from pipeline.evaluation import metrics as m
+from pipeline.integrations import tracking
+from pipeline.model.loader import SnackDataset, sample_table
+from pipeline.model.model import input_size, load_model
+
+log = logging.getLogger(__name__)
+
+
+def splits_to_score(params: EvaluateParams) -> list[str]:
+    """The primary split first, then the extra ones (without repeats)."""
+    return list(dict.fromkeys([params.split, *params.extra_splits]))
+
+
+def load_split(
+    params: Params, outputs: Outputs, split: str, classes: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A split's deduplicated annotation rows and its samples (one per image)."""
+    rows = read_clean_annotations(outputs.deduped(split))
+    samples = sample_table({split: rows}, classes, params.data.root, "image")
+    if samples.empty:
+        raise UserError(f"no {split} images left to evaluate after validate and dedup")
+    return rows, samples
+
+
+def fingerprint(samples: pd.DataFrame) -> str:
+    """A hash of the evaluated images' targets and bytes: equal means "the same test set"."""
+    digest = hashlib.sha256()
+    columns = ["folder", "image_id", "class_name", *BOX_COLUMNS]
+    digest.update(samples[columns].to_csv(index=False, float_format="%.6f").encode())
+    for path in samples.path:
+        digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def predict(model, samples: pd.DataFrame, size: int, batch_size: int):
+    """Class probabilities and raw boxes for every sample, in order."""
+    data = SnackDataset(samples, image_size=size, batch_size=batch_size, workers=2)
+    out = model.predict(data, verbose=0)
+    return np.asarray(out["class"], dtype="float64"), np.asarray(out["box"], dtype="float64")
+
+
+def evaluate_model(
+    model,
+    samples: pd.DataFrame,
+    rows: pd.DataFrame,
+    classes: list[str],
+    image_size: int,
+    batch_size: int,
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Headline metrics and the prediction table of one model on one split."""
+    probs, boxes = predict(model, samples, image_size, batch_size)
+    same = m.best_iou_same_class(samples, rows, probs.argmax(axis=1), boxes, classes)
+    labels, targets = samples.label.to_numpy(), samples[BOX_COLUMNS].to_numpy()
+    scores = m.score(labels, targets, probs, clip_and_order(boxes), same)
+    return scores, m.prediction_table(samples, classes, probs, boxes, same)
+
+
+def score_splits(
+    params: Params, outputs: Outputs, model, classes: list[str]
+) -> tuple[dict[str, dict], dict[str, dict], pd.DataFrame]:
+    """Metrics and baseline of every configured split, their fingerprints, all predictions."""
+    train_rows = read_clean_annotations(outputs.deduped("train"))
+    train = sample_table({"train": train_rows}, classes, params.data.root, params.train.target)
+    size, batch = input_size(model), params.evaluate.batch_size
+    results, splits, tables = {}, {}, []
+    for split in splits_to_score(params.evaluate):
+        rows, samples = load_split(params, outputs, split, classes)
+        results[split], predictions = evaluate_model(model, samples, rows, classes, size, batch)
+        results[f"{split}_baseline"] = m.baseline(train, samples, rows, classes)
+        splits[split] = {"images": len(samples), "fingerprint": fingerprint(samples)}
+        tables.append(predictions)
+    return results, splits, pd.concat(tables, ignore_index=True)
+
+
+def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, Any]:
+    """Evaluate every configured split; write metrics, tables, plots and the summary."""
+    from pipeline.evaluation import plots
+
+    classes = read_json(outputs.classes)["classes"]
+    model = load_model(outputs.model)
+    results, splits, predictions = score_splits(params, outputs, model, classes)
+    per_class = m.per_class_table(predictions, classes)
+
+    primary = params.evaluate.split
+    history = pd.read_csv(outputs.history) if outputs.history.is_file() else None
+    plot_files = plots.evaluation_plots(
+        predictions[predictions.split == primary].reset_index(drop=True),
+        per_class[per_class.split == primary],
+        classes,
+        history,
+        params.data.root,
+        outputs.plots_dir,
+        params.evaluate.gallery_images,
+    )
+    run_id = read_json(outputs.mlflow_run)["run_id"]
+    markdown = summary_markdown(results, per_class, primary, plot_files, run_id)
+    write_csv(outputs.predictions, predictions)
+    write_csv(outputs.per_class, per_class)
+    write_json(outputs.eval_splits, splits)
+    write_text(outputs.eval_summary, markdown)
+    write_json(outputs.eval_metrics, results)
+    log_to_mlflow(params, outputs, results, plot_files)
+    for line in baseline_warnings(results):
+        log.warning("%s", line)
+    scores, base = results[primary], results[f"{primary}_baseline"]
+    log.info(
+        "%s: accuracy %.3f, mean IoU %.3f, CorLoc %.3f (baseline %.3f / %.3f / %.3f)",
+        primary,
+        *(scores[k] for k in ("accuracy", "mean_iou", "corloc")),
+        *(base[k] for k in ("accuracy", "mean_iou", "corloc")),
+    )
+    return {**results, "markdown": markdown}
+
+
+def log_to_mlflow(params: Params, outputs: Outputs, results: dict, plot_files) -> None:
+    """Attach metrics, tables, summary and plots to the training run."""
+    metrics = {
+        f"{group}_{k}": float(v) for group, values in results.items() for k, v in values.items()
+    }
+    tables = (
+        outputs.predictions,
+        outputs.per_class,
+        outputs.eval_metrics,
+        outputs.eval_splits,
+        outputs.eval_summary,
+    )
+    files = [(path, "evaluation") for path in tables]
+    files += [(path, "evaluation/plots") for path in plot_files]
+    tracking.log_to_training_run(params, outputs, "evaluate", metrics, files)
+
+
+def baseline_warnings(results: dict) -> list[str]:
+    """One line per split on which the model scores below the trivial baseline."""
+    lines = []
+    for split in (k for k in results if not k.endswith("_baseline")):
+        scores, base = results[split], results[f"{split}_baseline"]
+        worse = m.below_baseline(scores, base)
+        if worse:
+            figures = ", ".join(f"{k} {scores[k]:.3f} < {base[k]:.3f}" for k in worse)
+            lines.append(f"BELOW THE TRIVIAL BASELINE on {split}: {figures}")
+    return lines
+
+
+def _metrics_rows(results: dict) -> list[str]:
+    """Markdown table rows: one per metric, a model and a baseline column per split."""
+    splits = [k for k in results if not k.endswith("_baseline")]
+    header = ["metric"] + [f"{s} {kind}" for s in splits for kind in ("model", "baseline")]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for name in ("images", *m.HEADLINE):
+        cells = [name]
+        for s in splits:
+            for key in (s, f"{s}_baseline"):
+                value = results[key][name]
+                cells.append(str(int(value)) if name == "images" else f"{value:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def summary_markdown(
+    results: dict, per_class: pd.DataFrame, primary: str, plot_files, run_id: str
+) -> str:
+    """A short human summary: headline metrics, weakest and strongest classes, plots."""
+    table = per_class[(per_class.split == primary) & (per_class.images > 0)]
+    ranked = table.sort_values(["corloc", "accuracy"], kind="stable")
+    warnings = baseline_warnings(results)
+    lines = ["# snackloc evaluation", ""]
+    if warnings:
+        # First thing a reader sees: this model is worse than guessing the mean box.
+        lines += [f"> **Warning: {w}.**" for w in warnings]
+        lines += [
+            "> It learnt less than always answering the majority class and the mean training",
+            "> box. The registry gate refuses a model below the baseline on its gate metric",
+            "> (register.gate.beat_baseline).",
+            "",
+        ]
+    lines += [*_metrics_rows(results), ""]
+    lines += [f"MLflow run `{run_id}`, artifacts `evaluation/plots/`:", ""]
+    lines += [f"- {Path(p).name}" for p in plot_files]
+    lines += ["", f"## Classes on {primary} (weakest first, by CorLoc)", ""]
+    lines += ["| class | images | accuracy | mean IoU | CorLoc |", "|---|---|---|---|---|"]
+    for row in ranked.itertuples():
+        lines.append(
+            f"| {row.class_name} | {row.images} | {row.accuracy:.3f} "
+            f"| {row.mean_iou:.3f} | {row.corloc:.3f} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,241 @@
+"""Stage "register": log the trained model to MLflow, register a version and run the gate.
+
+The version carries a signature, an input example, the class list and image size (model
+metadata), lineage tags (git commit, data version, params hash), its metrics on the
+evaluation split, and the gate's decision with its reasons. It always gets the alias
+``challenger``; it gets ``champion`` only when pipeline/evaluation/gate.py says so. A model file is
+registered once per training run (tag ``model_md5``): when the stage reruns for the same
+model (new gate params, a retry after a lost answer), that version is reused and decided
+again; if it is already the champion, it stays.
+
+Comparing with the champion on the same test split: each version is tagged with the
+fingerprint of the split it was scored on (pipeline/stages/evaluate.py). When the champion's
+fingerprint matches, its tagged metrics are compared. When it does not (the test data
+changed, or ``evaluate.split`` did), the champion is re-scored here on the current split, so
+both numbers come from the same images; if that is impossible (it predicts other classes or
+cannot be loaded), the candidate is not promoted and the reason says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.core.config import Params
+from pipeline.core.files import read_json, write_json
+from pipeline.core.paths import Outputs
+from pipeline.evaluation import gate
+from pipeline.integrations import registry, tracking
+from pipeline.model.model import input_size, load_model
+
+log = logging.getLogger(__name__)
+
+CHALLENGER = gate.CHALLENGER
+CHAMPION = gate.CHAMPION
+
+
+def pip_requirements() -> list[str]:
+    """Exact versions for serving; inferring them is slow and lists both TF builds."""
+    return [f"{name}=={version(name)}" for name in ("tensorflow", "keras", "mlflow", "numpy")]
+
+
+def input_example(size: int) -> np.ndarray:
+    """A small deterministic image batch (one mid-grey image with a gradient)."""
+    ramp = np.linspace(0, 255, size, dtype="float32")
+    image = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], np.float32(128)), -1)
+    return image[None].astype("float32")
+
+
+def lineage_tags(params: Params, metrics: dict[str, Any], fingerprint: str) -> dict[str, str]:
+    """Tags that say where a version came from and how good it was."""
+    split = params.evaluate.split
+    dump = params.model_dump(mode="json", by_alias=True)
+    tags = {
+        "git_commit": tracking.git_commit(),
+        "data_version": tracking.data_version(),
+        "params_hash": tracking.params_hash(dump),
+        "eval_split": split,
+        "eval_fingerprint": fingerprint,
+    }
+    prefix = registry.METRIC_PREFIX
+    tags.update({f"{prefix}{k}": f"{v:.6g}" for k, v in metrics.get(split, {}).items()})
+    return tags
+
+
+def decision_tags(decision: gate.Decision) -> dict[str, str]:
+    """The gate's verdict as version tags."""
+    return {
+        "gate.decision": decision.alias,
+        "gate.metric": decision.metric,
+        "gate.reasons": "; ".join(decision.reasons),
+        "gate.champion_version": decision.champion_version or "none",
+    }
+
+
+def model_md5(path: Path) -> str:
+    """The md5 of the model file (as DVC records it in dvc.lock)."""
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "md5").hexdigest()
+
+
+def log_and_register(client, model, params: Params, outputs: Outputs, classes: list[str], md5: str):
+    """Log the model (tensorflow flavor) to the training run and register a new version.
+
+    A model already registered from the same run and file is not registered again (the
+    stage rerun for new gate params, or a retry after a lost answer): its version is reused.
+    """
+    name = params.register_.model_name
+    run_id = read_json(outputs.mlflow_run)["run_id"]
+    existing = registry.version_of_run(client, name, run_id, md5)
+    if existing is not None:
+        log.info("%s v%s already holds this model (run %s): reused", name, existing, run_id)
+        registry.set_tags(client, name, existing, {registry.MODEL_MD5_TAG: md5})
+        return existing, run_id
+    size = input_size(model)
+    number, run_id = registry.log_model_version(
+        params,
+        outputs,
+        model,
+        input_example(size),
+        metadata={"classes": classes, "image_size": size},
+        requirements=pip_requirements(),
+    )
+    registry.set_tags(client, name, number, {registry.MODEL_MD5_TAG: md5})
+    return number, run_id
+
+
+def rescore(params: Params, outputs: Outputs, name: str, number: str, classes: list[str]):
+    """The champion's metrics on the current evaluation split (None, why) if impossible."""
+    from pipeline.stages import evaluate
+
+    try:
+        model, meta = registry.load_version(f"models:/{name}/{number}")
+        if meta.get("classes") != classes:
+            return None, "it predicts a different class list"
+        rows, samples = evaluate.load_split(params, outputs, params.evaluate.split, classes)
+        size, batch = input_size(model), params.evaluate.batch_size
+        metrics, _ = evaluate.evaluate_model(model, samples, rows, classes, size, batch)
+    except Exception as exc:  # any failure means "not comparable", never a crash of the stage
+        if tracking.is_transient(exc):
+            raise  # the server is away: retried by run(), not a verdict on the champion
+        log.warning("could not re-score champion v%s: %s", number, exc)
+        return None, f"re-scoring failed: {exc}"
+    return metrics, "re-scored on the current split"
+
+
+def champion_for_gate(
+    client, params: Params, outputs: Outputs, classes: list[str], fingerprint: str
+) -> gate.Champion | None:
+    """The current champion with metrics comparable to the candidate's (see module doc)."""
+    name = params.register_.model_name
+    current = registry.version_by_alias(client, name, CHAMPION)
+    if current is None:
+        return None
+    same_split = current.tags.get("eval_split") == params.evaluate.split
+    if same_split and current.tags.get("eval_fingerprint") == fingerprint:
+        metrics = registry.tag_numbers(current.tags, registry.METRIC_PREFIX)
+        return gate.Champion(str(current.version), metrics, "same test split")
+    metrics, note = rescore(params, outputs, name, str(current.version), classes)
+    return gate.Champion(str(current.version), metrics, f"other test data; {note}")
+
+
+def apply_decision(client, name: str, number: str, tags: dict, decision: gate.Decision) -> None:
+    """Tags first, aliases last: a failure before the end leaves the old champion in place."""
+    registry.set_tags(client, name, number, tags)
+    registry.set_alias(client, name, CHALLENGER, number)
+    if decision.promote and decision.champion_version != number:
+        promoted = {"promoted_at": registry.now(), "promoted_by": "gate"}
+        registry.make_champion(client, name, number, promoted)
+
+
+def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, Any]:
+    """Register the model, decide champion vs challenger, write the registry record."""
+    model = load_model(outputs.model)
+    classes = read_json(outputs.classes)["classes"]
+    metrics = read_json(outputs.eval_metrics)
+    split = params.evaluate.split
+    fingerprint = read_json(outputs.eval_splits)[split]["fingerprint"]
+    name = params.register_.model_name
+
+    # Each step is retried with backoff while the tracking server is unreachable, then the
+    # stage fails with one clear message; the aliases move last, so @champion is unchanged.
+    md5 = model_md5(outputs.model)
+    client = registry.connect(tracking.tracking_uri())
+    number, run_id = tracking.retrying(
+        "log and register the model",
+        lambda: log_and_register(client, model, params, outputs, classes, md5),
+    )
+    champion = tracking.retrying(
+        "read the champion",
+        lambda: champion_for_gate(client, params, outputs, classes, fingerprint),
+    )
+    if champion is not None and champion.version == number:
+        decision = gate.already_champion(number, metrics[split], params.register_.gate)
+    else:
+        decision = gate.decide(
+            metrics[split], metrics.get(f"{split}_baseline"), champion, params.register_.gate
+        )
+    tags = {**lineage_tags(params, metrics, fingerprint), **decision_tags(decision)}
+    tracking.retrying(
+        f"tag v{number} and move the aliases",
+        lambda: apply_decision(client, name, number, tags, decision),
+    )
+
+    before = champion.version if champion else None
+    record = registry.action_record(
+        "register", name, number, before, number if decision.promote else before, decision.reasons
+    )
+    record |= {
+        "aliases": [CHALLENGER, CHAMPION] if decision.promote else [CHALLENGER],
+        "model_uri": f"models:/{name}/{number}",
+        "run_id": run_id,
+        "tracking_uri": tracking.tracking_uri(),
+        "decision": decision.as_dict(),
+        "tags": tags,
+    }
+    write_json(outputs.registry_record, record)
+    registry.append_history(outputs.registry_history, record)
+    log.info("registered %s v%s as @%s: %s", name, number, decision.alias, decision.reasons)
+    return record
+
+
+def _keep(record: dict[str, Any], uri: str, outputs: Outputs) -> dict[str, Any]:
+    """Add the store to a manual action's record and append it to the history."""
+    record["tracking_uri"] = uri
+    registry.append_history(outputs.registry_history, record)
+    log.info(
+        "%s: %s v%s is @%s",
+        record["action"],
+        record["model_name"],
+        record["champion_after"],
+        CHAMPION,
+    )
+    return record
+
+
+def promote(params: Params, outputs: Outputs, version: str, reason: str = "") -> dict[str, Any]:
+    """`snackloc promote VERSION`: make a version the champion by hand."""
+    uri = tracking.tracking_uri()
+    name = params.register_.model_name
+    record = tracking.retrying(
+        f"make v{version} @{CHAMPION}",
+        lambda: registry.promote(registry.connect(uri), name, version, reason),
+    )
+    return _keep(record, uri, outputs)
+
+
+def rollback(params: Params, outputs: Outputs, reason: str = "") -> dict[str, Any]:
+    """`snackloc rollback`: give @champion back to the previous champion."""
+    uri = tracking.tracking_uri()
+    name = params.register_.model_name
+    # One try only: a rollback whose answer was lost but which took effect would, if
+    # repeated, roll back one version further.
+    record = tracking.retrying(
+        "roll back", lambda: registry.rollback(registry.connect(uri), name, reason), attempts=1
+    )
+    return _keep(record, uri, outputs)
