@@ -23,6 +23,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -163,6 +164,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, dict] | None:
     data = prepare(name, args, work)
     if data is None:
         return None
+    work.mkdir(parents=True, exist_ok=True)
     stages_log = work / "stages.log"
     shared = Outputs(work / "outputs")
     first = work / "params-prepare.yaml"
@@ -172,7 +174,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, dict] | None:
                  log=stages_log)  # fmt: skip
     results = {"trivial baseline": baseline_scores(first, shared)}
     for recipe in (r for r in RECIPES if name == "photos" or r not in PHOTOS_ONLY):
-        folder = work / recipe.replace(", ", "_").replace(" ", "-")
+        folder = work / re.sub(r"[^a-z0-9]+", "-", recipe).strip("-")
         shutil.rmtree(folder, ignore_errors=True)
         outputs = folder / "outputs"
         for stage in ("validate", "dedup"):
@@ -225,15 +227,17 @@ def main() -> None:
     args.workdir = args.workdir.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{args.workdir / 'mlflow.db'}")
-    report = []
     for name in args.datasets:
         results = run_dataset(name, args)
         if results is None:
             continue
-        report.append(table(name, results))
-        print("\n" + report[-1] + "\n", flush=True)
         (args.workdir / f"{name}.json").write_text(json.dumps(results, indent=1))
-    (args.workdir / "results.md").write_text("\n\n".join(report) + "\n")
+        (args.workdir / f"{name}.md").write_text(table(name, results) + "\n")
+        print("\n" + table(name, results) + "\n", flush=True)
+    # Every dataset measured so far in this workdir (a run may have done only one).
+    tables = [args.workdir / f"{n}.md" for n in ("photos", "synthetic")]
+    report = "\n".join(t.read_text() for t in tables if t.is_file())
+    (args.workdir / "results.md").write_text(report)
     print(f"tables: {args.workdir / 'results.md'}")
 
 

@@ -191,14 +191,18 @@ def test_heads_on_cached_features_equal_the_whole_model():
     assert heads_model(model).get_layer("box_conv") is model.get_layer("box_conv")
 
 
-def test_mixed_precision_keeps_float32_outputs():
+@pytest.mark.parametrize("head", ["pooled", "grid"])
+def test_mixed_precision_keeps_float32_outputs(head):
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = build_model(3, TINY)
+        model = build_model(3, TINY.model_copy(update={"box_head": head, "image_size": 64}))
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert model.get_layer("box_conv").compute_dtype == "float16"
     assert {tensor.dtype for tensor in model.outputs} == {"float32"}
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    boxes = model.predict(pixels, verbose=0)["box"]
+    assert np.isfinite(boxes).all() and (boxes[:, 0] <= boxes[:, 1]).all()
 
 
 # Starting from a backbone saved in a file (the book starts from its own classifier).
