@@ -379,7 +379,8 @@ def log_inputs(
     }
     params = tracking.flatten({k: dump[k] for k in ("data", "model", "train")})
     params |= {"classes": classes, "train_samples": train, "val_samples": val}
-    tracker.log_inputs(params, tags)
+    dataset = tracking.data_input(Path(dump["data"]["root"]), tags["data_version"])
+    tracker.log_inputs(params, tags, name=tracking.run_name(dump), dataset=dataset)
 
 
 def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, Any]:
