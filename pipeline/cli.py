@@ -244,6 +244,12 @@ def predict(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
 ) -> None:
     """Predict class, probability and box of images; write each with its box drawn."""
+    missing = [path for path in images if not path.is_file()]
+    if len(missing) == len(images):  # said at once, before the model and TensorFlow load
+        first = missing[0]
+        why = "is a folder: pass its images (folder/*.jpg)" if first.is_dir() else "no such file"
+        more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
+        fail(f"{first}: {why}{more}")
     from pipeline.ops import predict as predicting
 
     raise typer.Exit(predicting.main(images, model, classes, out, json_output))
