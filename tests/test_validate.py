@@ -453,7 +453,7 @@ def test_values_written_in_another_column_order_are_caught(tmp_path):
     write_csv_rows(
         root, "train", [ann(f"t{i}", box=("0.1", "0.2", "0.9", "0.8")) for i in range(3)]
     )
-    with pytest.raises(UserError, match=r"inverted_box \(3\)"):
+    with pytest.raises(UserError, match=r"3 of 3 boxes are valid read as .*Pascal VOC"):
         validate.run(make_params(root, max_bad_fraction=0.5), Outputs(tmp_path), progress=False)
 
 
