@@ -3,10 +3,16 @@ fix (not a later training error), and a source in another format says what it ho
 
 from __future__ import annotations
 
+import json
+
+import pytest
+from helpers_data import ann, make_dataset, make_params, write_validated
 from helpers_env import BIN
 from helpers_project import sh
 from test_interop import SPEC, write_voc
 
+from pipeline.core.errors import UserError
+from pipeline.core.paths import Outputs
 from pipeline.data.formats.importing import split_warnings
 
 
@@ -45,3 +51,21 @@ def test_tiny_splits_warn_only_in_a_large_import():
         "val has 3 images (train needs it): a share of 0.02 of 203 images: raise it in "
         "--split-ratios"
     )
+
+
+def test_training_without_val_images_names_the_missing_split(tmp_path):
+    from pipeline.stages import train
+
+    root = make_dataset(tmp_path / "data", {"train": [ann(f"t{i}") for i in range(3)]})
+    outputs = Outputs(tmp_path / "outputs")
+    write_validated(outputs.root, {"train": [ann(f"t{i}") for i in range(3)]})
+    outputs.dedup_dir.mkdir(parents=True)
+    for split in ("train", "val"):
+        outputs.deduped(split).write_bytes(outputs.validated(split).read_bytes())
+    outputs.classes.write_text(json.dumps({"classes": ["cake", "apple"]}))
+    with pytest.raises(UserError) as failure:
+        train.load_samples(make_params(root, classes=["cake", "apple"]), outputs)
+    assert "no val images: " in failure.value.message and "annotations-val.csv has no rows" in (
+        failure.value.message
+    )
+    assert failure.value.hint.startswith("make a val split: `snackloc data import SRC --resplit`")
