@@ -21,7 +21,6 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
-export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: help install run data test test-slow test-scale lint format ui bench audit clean
 

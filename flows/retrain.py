@@ -30,12 +30,17 @@ stages under ``dvc repro`` take their own ``.snackloc/run.lock``, and DVC locks 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import json
+import logging
+import math
 import os
 import shutil
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runner import Runner
+from prefect.states import Completed, State
 
 from pipeline.core.errors import UserError
 from pipeline.data.contract import SPLITS, annotations_path
@@ -237,7 +244,10 @@ def commit_lineage(project: str, message: str) -> str | None:
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else ("—" if value is None else str(value))
+    """A metric for the summary table: counts (images) as integers, rates to 4 places."""
+    if isinstance(value, float):
+        return f"{value:.0f}" if value.is_integer() else f"{value:.4f}"
+    return "—" if value is None else str(value)
 
 
 def _v(version: Any) -> str:
@@ -313,17 +323,40 @@ def summary_markdown(
 # ---------------------------------------------------------------- the flow
 
 
+# The name of a retraining's final state, by outcome: `prefect deployment run --watch`, the
+# flow run list and its page show it ("Flow run finished successfully in 'Promoted'.").
+OUTCOMES = {"no-change": "No change", "promoted": "Promoted", "kept": "Kept", "busy": "Busy"}
+
+
+def outcome_state(result: dict[str, Any]) -> State:
+    """The flow run's final state: Completed, named by the outcome, with a one-line message;
+    its result is ``result`` (what calling the flow returns)."""
+    status = result["status"]
+    if status == "busy":
+        message = "another retraining is running: this trigger did nothing"
+    elif status == "no-change":
+        message = f"data {result['data_version']} already judged: nothing to retrain"
+    else:
+        after = "is @champion" if status == "promoted" else "stays @challenger"
+        message = (
+            f"v{result['version']} {after}; @champion {_v(result['champion_before'])} -> "
+            f"{_v(result['champion_after'])}"
+        )
+    return Completed(name=OUTCOMES[status], message=message, data=result)
+
+
 @flow(name="snackloc-retrain", log_prints=True)
 def retrain(
     project: str = ".",
     source: str = "none",
     inbox: str | None = None,
     commit: bool = False,
-) -> dict[str, Any]:
+) -> State:
     """Retrain when the data changed; the gate decides whether the new model is champion.
 
-    Returns a dict with ``status``: ``busy`` (another retraining holds the lock),
-    ``no-change``, ``promoted`` or ``kept``.
+    The run ends in a Completed state named by the outcome (``OUTCOMES``): "Busy" (another
+    retraining holds the lock), "No change", "Promoted" or "Kept". Calling the flow returns
+    its result, a dict whose ``status`` is ``busy``, ``no-change``, ``promoted`` or ``kept``.
     """
     from pipeline.ops.runlock import run_lock
 
@@ -333,7 +366,7 @@ def retrain(
     root = Path(project).resolve()
     try:
         with run_lock("retrain", path=root / LOCK_NAME):
-            return _retrain_locked(str(root), source, inbox, commit)
+            return outcome_state(_retrain_locked(str(root), source, inbox, commit))
     except UserError as exc:
         if "in progress" not in str(exc):
             raise
@@ -343,7 +376,7 @@ def retrain(
             key=ARTIFACT_KEY,
             description="snackloc retrain summary",
         )
-        return {"status": "busy"}
+        return outcome_state({"status": "busy"})
 
 
 def _retrain_locked(project: str, source: str, inbox: str | None, commit: bool) -> dict:
@@ -384,6 +417,59 @@ def _retrain_locked(project: str, source: str, inbox: str | None, commit: bool) 
         "reasons": change["reasons"],
         "commit": commit_id,
     }
+
+
+# ---------------------------------------------------------------- serving on a schedule
+
+
+class _Runner(Runner):
+    """Prefect's runner, stopped the same way by SIGTERM as by Ctrl+C.
+
+    Prefect 3.8.8's own SIGTERM handler calls the runner's async ``stop`` from a signal
+    handler without awaiting it ("coroutine 'Runner.astop' was never awaited"), so the
+    runner never stops its flow runs, and exits. Here the handler schedules that coroutine
+    on the runner's loop: the runner cancels its flow runs (their processes end), then
+    stops polling and returns.
+    """
+
+    def handle_sigterm(self, *args: Any, **kwargs: Any) -> None:
+        self._logger.info("SIGTERM received: stopping the flow runs, then the runner")
+        loop = asyncio.get_running_loop()
+        loop.call_soon_threadsafe(lambda: loop.create_task(self.astop()))
+
+
+class _QueuedOnce(logging.Filter):
+    """The runner logs "N scheduled runs skipped (at capacity)" at every poll (~10 s) while a
+    trigger waits for the running retraining: let it through when N changes, or once in
+    ``every`` seconds."""
+
+    def __init__(self, every: float = 600.0) -> None:
+        super().__init__()
+        self.every, self.last, self.when = every, None, -math.inf
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "skipped (at capacity)" not in str(record.msg):
+            return True
+        now = time.monotonic()
+        if record.args == self.last and now - self.when < self.every:
+            return False
+        self.last, self.when = record.args, now
+        return True
+
+
+def serve(name: str, cron: str, parameters: dict[str, Any]) -> None:
+    """Serve ``retrain`` as deployment ``name`` on a ``cron`` schedule until SIGTERM or
+    Ctrl+C (the schedule stays active on the server).
+
+    One retraining at a time in this runner: a trigger that arrives while one runs waits
+    for it (``limit=1``, quietly). A deployment concurrency limit would do the same on the
+    server, but then the runner logs every poll of the queued run as an aborted submission.
+    """
+    logging.getLogger("prefect.runner").addFilter(_QueuedOnce())
+    runner = _Runner(name=name, pause_on_shutdown=False, limit=1)
+    runner.add_flow(retrain, name=name, cron=cron, parameters=parameters)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(runner.start())
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.logging.handlers import PrefectConsoleHandler
 from prefect.states import Failed
 
 from pipeline.core.config import Params
@@ -34,6 +35,32 @@ class _NoEmptyTraceback(logging.Filter):
         if record.exc_info and record.exc_info[0] is None:
             record.exc_info = None
         return True
+
+
+class _ReportedOnce(logging.Filter):
+    """A stage's user error is printed once, as the command's `error:` line. Prefect repeats
+    its message in console lines of its own (the failed task's state, twice, and the flow
+    run's final state): those stay in the run's logs on the server, off the terminal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not any(message in text for message in self.messages)
+
+
+REPORTED_ONCE = _ReportedOnce()
+
+
+def report_once(message: str) -> None:
+    """Keep Prefect's console lines from repeating ``message`` (its first line, as far as a
+    state's repr shows it); the command that runs the flow prints it."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and REPORTED_ONCE not in handler.filters:
+            handler.addFilter(REPORTED_ONCE)
+    REPORTED_ONCE.messages.append(message.splitlines()[0][:60])
 
 
 logging.getLogger("prefect.task_runs").addFilter(_NoEmptyTraceback())
@@ -60,12 +87,14 @@ def stage_task(
     """One stage's plain function; its summary becomes a Prefect artifact.
 
     A user mistake (bad data, a missing input, a refused write) ends the task as Failed with
-    the stage's own message and no traceback; anything else is raised as it is.
+    the stage's own message and no traceback, printed once by `snackloc pipeline` (the
+    run's logs on the server keep Prefect's lines about it); anything else is raised as it
+    is.
     """
     try:
         result = run_stage(stage, params, Outputs(Path(outputs_root)), progress=progress)
     except UserError as exc:
-        get_run_logger().error("%s failed: %s", stage, exc)
+        report_once(str(exc))
         return Failed(message=str(exc))
     create_markdown_artifact(
         result.get("markdown") or summary_markdown(stage, result),

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -197,35 +195,37 @@ def ui(
         str,
         typer.Option(help="Interface; keep 127.0.0.1 unless an authenticating proxy is in front."),
     ] = "127.0.0.1",
+    params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Open the MLflow UI over the project's tracking store."""
+    """Open the MLflow UI over the project's tracking store (until Ctrl+C or SIGTERM)."""
     from pipeline.integrations import tracking
     from pipeline.ops import servers
 
     uri = tracking.tracking_uri()
+    experiment = _experiment_name(params)
     if uri.startswith(("http://", "https://", "databricks")):
         # A tracking server serves its own UI; `mlflow ui` only opens stores.
-        typer.echo(f"MLFLOW_TRACKING_URI is a tracking server: open {servers.hide_password(uri)}")
+        url = tracking.experiment_url(servers.hide_password(uri), experiment, uri)
+        typer.echo(f"MLFLOW_TRACKING_URI is a tracking server: open {url}")
         raise typer.Exit(0)
-    typer.echo(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl+C to stop)")
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
-    if uri.startswith("sqlite"):
-        command += ["--default-artifact-root", tracking.local_artifacts_uri()]
-    try:
-        raise typer.Exit(subprocess.call(command))
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+    server = servers.mlflow_ui(Path.cwd(), host, port, uri)
+
+    def ready(running: list) -> None:
+        typer.echo(
+            f"MLflow UI for {uri}: the training runs of experiment {experiment!r} are at\n"
+            f"  {tracking.experiment_url(server.url, experiment, uri)}\n"
+            f"(log {server.log}; Ctrl+C stops it)"
+        )
+
+    typer.echo(f"starting the MLflow UI on {server.url} ...")
+    raise typer.Exit(servers.serve([server], ready))
+
+
+def _experiment_name(params: Path) -> str:
+    """The MLflow experiment of the params file (the default one if there is no file)."""
+    from pipeline.core.config import MlflowParams, load_params
+
+    return load_params(params).mlflow.experiment if params.is_file() else MlflowParams().experiment
 
 
 @app.command()
@@ -244,6 +244,12 @@ def predict(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
 ) -> None:
     """Predict class, probability and box of images; write each with its box drawn."""
+    missing = [path for path in images if not path.is_file()]
+    if len(missing) == len(images):  # said at once, before the model and TensorFlow load
+        first = missing[0]
+        why = "is a folder: pass its images (folder/*.jpg)" if first.is_dir() else "no such file"
+        more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
+        fail(f"{first}: {why}{more}")
     from pipeline.ops import predict as predicting
 
     raise typer.Exit(predicting.main(images, model, classes, out, json_output))
@@ -306,33 +312,21 @@ def schedule(
             "(start one with `prefect server start --host 127.0.0.1`, then export "
             "PREFECT_API_URL=http://127.0.0.1:4200/api; see docs/scheduling.md)"
         )
-    from flows.retrain import SOURCES, retrain
+    from flows import retrain
 
-    if source not in SOURCES:
-        fail(f"unknown --source {source!r}; expected one of {', '.join(SOURCES)}")
+    if source not in retrain.SOURCES:
+        fail(f"unknown --source {source!r}; expected one of {', '.join(retrain.SOURCES)}")
     parameters = {
         "project": str(Path.cwd().resolve()),
         "source": source,
         "inbox": str(inbox.resolve()) if inbox else None,
         "commit": commit,
     }
-    typer.echo(f"serving {name} on {os.environ['PREFECT_API_URL']} with cron {cron!r}")
-
-    def _stop(signum, frame):  # SIGTERM (service managers, `kill`) stops like Ctrl+C
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        # SIGTERM and Ctrl+C stop the runner; the schedule stays active on the server.
-        retrain.serve(
-            name=name,
-            cron=cron,
-            parameters=parameters,
-            global_limit=1,
-            pause_on_shutdown=False,
-        )
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+    typer.echo(
+        f"serving {name} on {os.environ['PREFECT_API_URL']} with cron {cron!r} "
+        "(Ctrl+C or SIGTERM stops it; the schedule stays active on the server)"
+    )
+    retrain.serve(name, cron, parameters)
 
 
 @app.command()
@@ -387,10 +381,13 @@ def server(
 
     def ready(running: list) -> None:
         pids = ", ".join(f"{r.server.name} {r.process.pid}" for r in running)
+        experiment = _experiment_name(Path("params.yaml"))
+        runs = tracking.experiment_url(mlflow.url, experiment, mlflow.url)
         typer.echo(
             f"Prefect  {prefect.url}  (database {servers.prefect_database()})\n"
             f"MLflow   {mlflow.url}  (store {servers.hide_password(store)}, "
             f"artifacts {servers.hide_password(artifacts)})\n"
+            f"runs     {runs}\n"
             f"logs     {prefect.log.parent}  (pids: {pids})\n\n"
             "In another shell, to use them:\n"
             f"  export PREFECT_API_URL={prefect.url}/api\n"
@@ -403,8 +400,13 @@ def server(
 
 
 def main() -> None:
-    """Console-script entry point: user errors become one red line, not a traceback."""
+    """Console-script entry point: user errors become one red line, not a traceback;
+    SIGTERM stops a command as Ctrl+C does (status 130), its child processes with it
+    (pipeline/ops/children.py)."""
+    from pipeline.ops import children
+
     env.configure()
+    children.stop_on_sigterm()
     try:
         app()
     except UserError as exc:

@@ -115,6 +115,25 @@ def test_second_repro_is_a_noop_and_a_param_reruns_only_its_stages(project):
     assert (root / "outputs/train/model.keras").stat().st_mtime_ns == model_mtime
 
 
+def test_a_typo_in_dvc_exp_run_costs_no_training(project):
+    """`dvc exp run -S +train.epoch=3`: DVC deletes the train outputs before the stage refuses
+    the key; with the typo undone, `dvc repro` restores them instead of training again."""
+    root, env, _ = project
+    sh("dvc", "repro", cwd=root, env=env)
+    outputs = root / "outputs" / "train"
+    before = {name: (outputs / name).read_bytes() for name in ("metrics.json", "history.csv")}
+    params = (root / "params.yaml").read_text()
+    typo = sh("dvc", "exp", "run", "-S", "+train.epoch=3", cwd=root, env=env, check=False)
+    assert typo.returncode != 0 and "train.epoch" in typo.stdout + typo.stderr
+
+    (root / "params.yaml").write_text(params)
+    restored = sh("dvc", "repro", cwd=root, env=env)
+    assert "Running stage 'train'" not in restored.stdout, restored.stdout
+    for name, content in before.items():
+        assert (outputs / name).read_bytes() == content, name
+    assert (outputs / "model.keras").is_file() and (outputs / "mlflow_run.json").is_file()
+
+
 def _digests(folder):
     return {
         path.relative_to(folder).as_posix(): hashlib.md5(path.read_bytes()).hexdigest()

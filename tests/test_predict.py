@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from helpers_data import noise_image, write_image
@@ -12,6 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.core import env
 from pipeline.core.errors import UserError
 from pipeline.evaluation.drawing import to_pixels
 from pipeline.ops import predict
@@ -113,3 +117,40 @@ def test_wrong_class_list_and_missing_registry_model_are_clear_errors(tiny, tmp_
 
 def test_pixel_boxes_follow_the_contract_order():
     assert to_pixels([0.1, 0.5, 0.25, 1.0], 200, 100) == [20, 100, 25, 100]
+
+
+def snackloc_predict(*args: str, cwd) -> subprocess.CompletedProcess:
+    """`snackloc predict` in a new process, as a user runs it (the environment of a shell:
+    no TF_CPP_MIN_LOG_LEVEL set by anyone else), reporting whether TensorFlow was loaded."""
+    code = (
+        "import sys; from pipeline.cli import main\n"
+        "try:\n    main()\n"
+        "finally:\n    print('tensorflow loaded:', 'tensorflow' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run(
+        [sys.executable, "-c", code, "predict", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_missing_images_are_said_before_the_model_loads(tmp_path):
+    done = snackloc_predict("missing.jpg", "gone.jpg", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: missing.jpg: no such file (and 1 more missing)"
+    assert "tensorflow loaded: False" in done.stdout
+    (tmp_path / "photos").mkdir()
+    done = snackloc_predict("photos", cwd=tmp_path)
+    assert "error: photos: is a folder: pass its images (folder/*.jpg)" in done.stderr
+
+
+@pytest.mark.skipif(env.NVIDIA_DRIVER.exists(), reason="the host has an NVIDIA driver")
+def test_no_cuda_lines_on_a_host_without_a_gpu(tiny, tmp_path):
+    model, classes = tiny
+    image = write_image(tmp_path / "a.jpg", noise_image("a", (60, 40)))
+    done = snackloc_predict(
+        str(image), "--model", str(model), "--classes", str(classes), cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert "tensorflow loaded: True" in done.stdout
+    assert "cuInit" not in done.stderr and "CUDA error" not in done.stderr

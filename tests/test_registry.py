@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -51,7 +52,7 @@ def mlflow_server(tmp_path_factory):
     try:
         model_files = save_tiny_model(home / "model", CLASSES)
         wait_healthy(f"{url}/health", process)
-        yield url, model_files
+        yield url, model_files, home / "server.log"
     finally:
         stop(process)
         log.close()
@@ -60,7 +61,7 @@ def mlflow_server(tmp_path_factory):
 @pytest.fixture
 def project(mlflow_server, tmp_path, monkeypatch):
     """Params, stage outputs (tiny model, classes, training run) and a client of the server."""
-    url, (model, classes) = mlflow_server
+    url, (model, classes), _ = mlflow_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     params = Params(model=TINY_MODEL, register=RegisterParams(model_name=NAME))
     outputs = Outputs(tmp_path / "outputs")
@@ -149,6 +150,26 @@ def test_register_gate_promote_rollback_round_trip(project, tmp_path):
     assert predictor.classes == CLASSES and predictor.image_size == TINY_MODEL.image_size
     (result,) = predict.predict_images(predictor, [write_image(tmp_path / "x.jpg")])
     assert result.error is None and result.class_name in CLASSES
+
+
+def test_registering_answers_no_bad_request(mlflow_server, project):
+    """A first registration (no model, no champion) and a second one (both exist) make no
+    request the server answers 4xx: its log is a reader's, not a list of expected errors."""
+    params, outputs, client = project
+    log = mlflow_server[2]
+    before = len(log.read_text().splitlines())
+    evaluated(outputs, corloc=0.30)
+    params = params.model_copy(update={"register_": RegisterParams(model_name="fresh")})
+    register.run(params, outputs)
+    new_training_run(client, params, outputs)
+    register.run(params, outputs)
+    requests = log.read_text().splitlines()[before:]
+    assert any("model-versions/create" in line for line in requests)
+    assert not [line for line in requests if re.search(r'" 4\d\d ', line)]
+    source = client.get_model_version("fresh", "2").source
+    logged = client.get_logged_model(source.removeprefix("models:/"))
+    links = json.loads(logged.tags["mlflow.modelVersions"])  # the logged model's page links it
+    assert [(link["name"], str(link["version"])) for link in links] == [("fresh", "2")]
 
 
 def ensure_champion(params: Params, outputs: Outputs, client) -> str:

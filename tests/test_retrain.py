@@ -195,26 +195,44 @@ def test_a_second_trigger_while_one_runs_exits_cleanly(project, first_run, under
 
 @slow
 def test_a_run_of_the_served_deployment_triggered_through_the_api(project, first_run, under_server):
+    """Two triggers at once: the second waits for the first (quietly: no log line per poll),
+    both end in a state named by their outcome, and SIGTERM leaves no process behind."""
+    from helpers_processes import Command
     from prefect.deployments import run_deployment
 
     root, env, _ = project
-    serving = subprocess.Popen(
+    serving = Command(
         ["snackloc", "schedule", "--cron", "0 3 * * *", "--source", "none", "--name", "e2e"],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        root,
+        env,
     )
     try:
-        wait_for_deployment("snackloc-retrain/e2e", serving)
-        run = run_deployment("snackloc-retrain/e2e", timeout=180)
-        assert run.state.is_completed(), run.state
+        wait_for_deployment("snackloc-retrain/e2e", serving.process)
+        queued = [run_deployment("snackloc-retrain/e2e", timeout=0) for _ in range(2)]
+        finished = [wait_for_flow_run(run.id, timeout=300) for run in queued]
+        assert [run.state.name for run in finished] == ["No change", "No change"], finished
+        assert "already judged" in finished[0].state.message
         assert "# snackloc retrain: no change" in latest_artifact("snackloc-retrain")
     finally:
-        serving.send_signal(signal.SIGTERM)
-        serving.communicate(timeout=30)
-    assert serving.returncode == 0
+        left = serving.stop_and_check(signal.SIGTERM)
+    assert serving.process.returncode == 0, serving.output
+    assert not left, left
+    assert "Aborted submission" not in serving.output
+    assert "never awaited" not in serving.output and "Traceback" not in serving.output
+
+
+def wait_for_flow_run(run_id, timeout: float):
+    """The flow run once it reached a final state."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            run = client.read_flow_run(run_id)
+            if run.state is not None and run.state.is_final():
+                return run
+            time.sleep(1)
+    raise AssertionError(f"flow run {run_id} not finished in {timeout} s")
 
 
 def test_merge_inbox_appends_rows_and_copies_new_images(tmp_path):
@@ -326,6 +344,9 @@ def test_schedule_serves_the_cron_deployment_and_stops_on_sigterm(prefect_server
         assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
         assert deployment.parameters["project"] == str(tmp_path.resolve())
         assert deployment.parameters["source"] == "none"
+        # one retraining at a time is the runner's limit: a concurrency limit of the
+        # deployment makes the runner log every poll of a queued run ("Aborted submission")
+        assert deployment.global_concurrency_limit is None
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -334,6 +355,7 @@ def test_schedule_serves_the_cron_deployment_and_stops_on_sigterm(prefect_server
             server.kill()
             raise
     assert server.returncode == 0, output
+    assert "never awaited" not in output and "Traceback" not in output, output
     with (
         temporary_settings(updates={PREFECT_API_URL: prefect_server}),
         get_client(sync_client=True) as client,
@@ -457,3 +479,57 @@ def test_adding_worse_data_keeps_the_champion(better_data_run):
     assert new.tags["gate.decision"] == "challenger"
     assert str(registry.version_by_alias(client, "snackloc", "challenger").version) == "3"
     assert "# snackloc retrain: v3 kept as @challenger" in summary
+
+
+def test_the_outcome_of_a_retraining_is_its_run_state(tmp_path, under_server):
+    """`prefect deployment run --watch` prints the final state's name, and the flow run list
+    shows it: a retraining's outcome is that name, not only a log line or an artifact."""
+    from flows.retrain import LOCK_NAME, OUTCOMES, outcome_state, retrain
+
+    (tmp_path / LOCK_NAME).parent.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from filelock import FileLock; lock = FileLock(sys.argv[1]); "
+            "lock.acquire(timeout=0); print('held', flush=True); sys.stdin.readline()",
+            str(tmp_path / LOCK_NAME),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        state = retrain(str(tmp_path), source="none", return_state=True)
+    finally:
+        holder.communicate("\n", timeout=10)
+    assert state.is_completed() and state.name == "Busy", state
+    assert state.result() == {"status": "busy"}  # calling the flow returns this
+    assert "another retraining is running" in state.message
+
+    promoted = {"status": "promoted", "version": "3", "champion_before": "2"}
+    state = outcome_state({**promoted, "champion_after": "3"})
+    assert (state.name, state.message) == ("Promoted", "v3 is @champion; @champion v2 -> v3")
+    kept = outcome_state({**promoted, "status": "kept", "champion_after": "2"})
+    assert (kept.name, kept.message) == ("Kept", "v3 stays @challenger; @champion v2 -> v2")
+    unchanged = outcome_state({"status": "no-change", "data_version": "ab12"})
+    assert unchanged.name == "No change" and "ab12 already judged" in unchanged.message
+    assert set(OUTCOMES.values()) == {"Busy", "Promoted", "Kept", "No change"}
+
+
+def test_the_summary_shows_counts_as_integers():
+    from flows.retrain import summary_markdown
+
+    record = {
+        "version": "2",
+        "champion_before": "1",
+        "champion_after": "2",
+        "decision": {"metric": "corloc"},
+        "tags": {"metric.images": "292", "metric.corloc": "0.8125"},
+    }
+    change = {"data_version": "ab12", "reasons": ["new data"]}
+    before = {"champion": {"version": "1", "metrics": {"images": 290.0, "corloc": 0.75}}}
+    text = summary_markdown(change, {"source": "inbox"}, before, record, None)
+    assert "| images | 292 | 290 |" in text
+    assert "| corloc | 0.8125 | 0.7500 |" in text

@@ -279,10 +279,11 @@ def test_ui_serves_the_project_store(tmp_path):
         text=True,
         start_new_session=True,
     )
+    lines = read_lines(ui)
     try:
         wait_healthy(f"http://127.0.0.1:{port}/health", ui)
+        wait_for_line(lines, "MLflow UI for sqlite:///", ui, timeout=120)
         assert (tmp_path / "mlflow.db").is_file()  # the project store, beside the project
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)
-    assert "MLflow UI for sqlite:///" in ui.stdout.read()

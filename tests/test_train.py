@@ -278,3 +278,12 @@ def test_the_stage_resumes_in_the_same_mlflow_run(tmp_path, monkeypatch):
     steps = [m.step for m in client.get_metric_history(run_id, "val_class_accuracy")]
     assert steps == [0, 1]  # one MLflow run holds both epochs
     assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
+    # The runs list names the run by what it trained and shows its data: the data folder as
+    # the run's dataset input, its digest the DVC hash (logged once across the resume).
+    run = client.get_run(run_id)
+    assert run.info.run_name == "mobilenet 0.25 32px 2 epochs"
+    inputs = run.inputs.dataset_inputs
+    assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("data", "untracked")]
+    assert [(t.key, t.value) for t in inputs[0].tags] == [("mlflow.data.context", "train")]
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

@@ -24,8 +24,15 @@ DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
     "GX_ANALYTICS_ENABLED": "false",
     "DVC_NO_ANALYTICS": "1",
-    "TF_CPP_MIN_LOG_LEVEL": "2",
 }
+NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")
+
+
+def tensorflow_log_level() -> str:
+    """TensorFlow's C++ log threshold: warnings hidden (2); on a host with no NVIDIA driver
+    its errors too (3), since the only ones it prints there are about CUDA it cannot find
+    ("failed call to cuInit"), and a real failure reaches Python as an exception anyway."""
+    return "2" if NVIDIA_DRIVER.exists() else "3"
 
 
 def configure(project_root: Path | None = None) -> None:
@@ -35,3 +42,4 @@ def configure(project_root: Path | None = None) -> None:
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(root / ".prefect" / "results"))
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", tensorflow_log_level())

@@ -2,7 +2,9 @@
 temporary name beside its target and renamed over it, a folder swapped in whole.
 
 Stages talk through these files (the DVC outs), so a reader sees either the previous
-version or the new one, never a mix.
+version or the new one, never a mix. Every file and folder gets the permissions any new file
+would (0666 / 0777 less the umask), though the temporary names it is written under are
+created private.
 """
 
 from __future__ import annotations
@@ -21,6 +23,19 @@ import pandas as pd
 from pipeline.core.errors import UserError
 
 
+def umask() -> int:
+    """The process's umask (read, not changed: /proc on Linux; else set and set back)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it over ``target`` on success.
@@ -36,6 +51,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        tmp.chmod(0o666 & ~umask())  # mkstemp makes it 0600: a teammate could not read it
         yield tmp
         os.replace(tmp, target)
     except OSError as exc:
@@ -102,7 +118,7 @@ def replaced_dir(target: Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        tmp.chmod(0o755)
+        tmp.chmod(0o777 & ~umask())  # mkdtemp makes it 0700
         yield tmp
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         shutil.rmtree(old, ignore_errors=True)

@@ -8,6 +8,7 @@ EXIF orientation is applied; every reader here applies it.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -85,11 +86,52 @@ def read_raw_annotations(path: Path) -> pd.DataFrame:
     frame.columns = [str(col).strip() for col in frame.columns]
     missing = [col for col in ANNOTATION_COLUMNS if col not in frame.columns]
     if missing:
-        raise UserError(
-            f"{path}: missing column(s) {', '.join(missing)}",
-            hint=f"expected the header {','.join(ANNOTATION_COLUMNS)}",
-        )
+        what, hint = header_problem(list(frame.columns), missing)
+        raise UserError(f"{path}: {what}", hint=hint)
     return frame
+
+
+# Header names other tools write for the contract's columns (compared without case and "_").
+COLUMN_ALIASES = {
+    "image_id": ("imageid", "image", "filename", "file", "imagename", "id"),
+    "x_min": ("xmin", "left", "x1"),
+    "x_max": ("xmax", "right", "x2"),
+    "y_min": ("ymin", "top", "y1"),
+    "y_max": ("ymax", "bottom", "y2"),
+    "class_name": ("class", "classname", "label", "labelname", "category", "name"),
+}
+HEADER = ",".join(ANNOTATION_COLUMNS)
+
+
+def header_problem(columns: list[str], missing: list[str]) -> tuple[str, str]:
+    """(what the header looks like, how to fix it) for a header missing contract columns."""
+    if len(columns) == 1:
+        for sep in (";", "\t", "|", " "):
+            if sep in columns[0]:
+                shown = "tabs" if sep == "\t" else repr(sep)
+                return f"the file looks separated by {shown}, not by commas", (
+                    "save it comma-separated"
+                )
+    if any(re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)", col) for col in columns):
+        return f"the first line is a row of data, not the header ({','.join(columns)})", (
+            f"add the header line {HEADER}"
+        )
+    plain = {re.sub(r"[\s_]", "", col).lower(): col for col in columns}
+    renames = {
+        col: next((plain[alias] for alias in COLUMN_ALIASES.get(col, ()) if alias in plain), None)
+        for col in missing
+    }
+    found = [f"{theirs} to {ours}" for ours, theirs in renames.items() if theirs]
+    what = f"missing column(s) {', '.join(missing)} (the header is {','.join(columns)})"
+    if not found:
+        return what, f"expected the header {HEADER}"
+    rest = [ours for ours, theirs in renames.items() if not theirs]
+    return what, (
+        f"rename {', '.join(found)}"
+        + (f" and add {', '.join(rest)}" if rest else "")
+        + " (boxes normalized to [0, 1]; `snackloc data import` converts VOC, COCO, YOLO, "
+        "CVAT, LabelMe and Open Images files)"
+    )
 
 
 def read_clean_annotations(path: Path) -> pd.DataFrame:

@@ -44,14 +44,17 @@ def version_by_alias(client, name: str, alias: str):
 
     An unreachable server raises: taking it for "no champion" would promote blindly.
     """
-    from mlflow.exceptions import MlflowException
+    # Looked up in the registered model's alias map: asking the server for an alias that
+    # does not exist (the champion of a first registration) answers 400 Bad Request.
+    registered = registered_model(client, name)
+    version = registered.aliases.get(alias) if registered else None
+    return None if version is None else client.get_model_version(name, str(version))
 
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        if tracking.is_transient(exc):
-            raise
-        return None
+
+def registered_model(client, name: str):
+    """The registered model ``name``, or None: a search, which answers 200 either way."""
+    found = client.search_registered_models(filter_string=f"name = '{name}'", max_results=1)
+    return found[0] if found else None
 
 
 def alias_versions(uri: str, name: str, aliases: Sequence[str]) -> dict[str, dict | None]:
@@ -91,9 +94,25 @@ def log_model_version(
             input_example=example,
             pip_requirements=requirements,
             metadata=metadata,
-            registered_model_name=params.register_.model_name,
         )
-    return str(info.registered_model_version), run.info.run_id
+    client = connect(tracking.tracking_uri())
+    version = create_version(client, params.register_.model_name, info, run.info.run_id)
+    return version, run.info.run_id
+
+
+def create_version(client, name: str, info, run_id: str) -> str:
+    """Register the logged model ``info`` as a new version of ``name``; return the version.
+
+    What ``registered_model_name=`` would do, without its create-and-catch of the registered
+    model, which the server logs as a 400 Bad Request on every registration but the first.
+    """
+    if registered_model(client, name) is None:
+        client.create_registered_model(name)
+    # With model_id, the store also links the logged model's page to this version.
+    version = client.create_model_version(
+        name, source=info.model_uri, run_id=run_id, model_id=info.model_id
+    )
+    return str(version.version)
 
 
 class ModelNotLoaded(UserError):

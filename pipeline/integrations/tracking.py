@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +26,14 @@ T = TypeVar("T")
 
 DEFAULT_STORE = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
+# MLflow 3's experiment type: a model-training experiment, not a GenAI one (traces, judges).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+# The MLflow UI (3.x) shows every experiment in its GenAI view unless the page is asked for
+# the model-training view: this query does, on the experiment's list of runs.
+TRAINING_VIEW = "runs?workflowType=machine_learning"
+# Files the pipeline itself rewrites (DVC's lock and pointers): not code changes.
+DVC_WRITTEN = (":(top,exclude,glob)**/dvc.lock", ":(top,exclude,glob)**/*.dvc")
 
 
 def local_store_uri(project: Path | None = None) -> str:
@@ -49,17 +58,67 @@ def store_exists(project: Path | None = None) -> bool:
 
 
 def setup_experiment(name: str) -> str:
-    """Point MLflow at the store and return the id of experiment ``name`` (created if new)."""
+    """Point MLflow at the store and return the id of experiment ``name`` (created if new),
+    typed as a model-training experiment."""
     import mlflow
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+            mlflow.MlflowClient(uri).set_experiment_tag(
+                experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING
+            )
         return experiment.experiment_id
     # A local store keeps artifacts beside it; a server decides its own artifact root.
     location = local_artifacts_uri() if uri.startswith("sqlite") else None
-    return mlflow.create_experiment(name, artifact_location=location)
+    return mlflow.create_experiment(
+        name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+    )
+
+
+def experiment_url(ui_url: str, name: str, uri: str | None = None) -> str:
+    """Where the MLflow UI at ``ui_url`` shows experiment ``name``'s training runs (its list
+    of experiments when the store holds no such experiment yet, or cannot be reached)."""
+    import mlflow
+
+    try:
+        experiment = mlflow.MlflowClient(uri or tracking_uri()).get_experiment_by_name(name)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        experiment = None
+    base = ui_url.rstrip("/")
+    if experiment is None:
+        return f"{base}/#/experiments?workflowType=machine_learning"
+    return f"{base}/#/experiments/{experiment.experiment_id}/{TRAINING_VIEW}"
+
+
+def run_name(dump: dict[str, Any]) -> str:
+    """A training run's name in the runs list: what was trained, how long, on which data
+    (from the params as dumped by ``Params.model_dump``)."""
+    model, train = dump["model"], dump["train"]
+    weights = "" if model["weights"] == "none" else f" {Path(str(model['weights'])).stem}"
+    return (
+        f"{model['backbone']} {model['alpha']:g} {model['image_size']}px{weights} "
+        f"{train['epochs']} epochs"
+    )
+
+
+def data_input(root: Path, version: str) -> Any:
+    """The data folder as an MLflow dataset input of a run (the UI's Dataset column): named
+    after the folder, its digest the DVC hash of data.dvc, used for training."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": it is a folder
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(Path(root).resolve()))
+    dataset = MetaDataset(source, name=Path(root).name, digest=version[:36])
+    return DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, "train")])
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -81,13 +140,17 @@ def params_hash(params_dump: dict[str, Any]) -> str:
 
 
 def git_commit() -> str:
-    """The current git commit (with a '-dirty' suffix for uncommitted changes), or 'unknown'."""
+    """The current git commit (with a '-dirty' suffix for uncommitted changes), or 'unknown'.
+
+    Changes to dvc.lock and .dvc files do not count: the pipeline writes them itself while
+    it runs (the data version is a tag of its own).
+    """
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", *DVC_WRITTEN],
             capture_output=True,
             text=True,
             check=True,
@@ -278,6 +341,8 @@ class TrainingRun:
         self.retry_interval = RETRY_INTERVAL if retry_interval is None else retry_interval
         self.params: dict[str, str] = {}
         self.tags: dict[str, str] = {}
+        self.name: str | None = None  # pending until sent, like params and tags
+        self.dataset: Any = None
         self.online = True
         self._opened = False  # the run exists (created or reopened) in this process
         self._last_failure = -math.inf
@@ -290,10 +355,19 @@ class TrainingRun:
         self.remember(self.run_id)
         return self.run_id
 
-    def log_inputs(self, params: dict[str, Any], tags: dict[str, Any]) -> None:
-        """Params and tags of the run (sent now if possible, else at ``finish``)."""
+    def log_inputs(
+        self,
+        params: dict[str, Any],
+        tags: dict[str, Any],
+        name: str | None = None,
+        dataset: Any = None,
+    ) -> None:
+        """Params and tags of the run, its ``name`` and its input ``dataset`` (a
+        ``DatasetInput``, see ``data_input``): sent now if possible, else at ``finish``."""
         self.params.update({k: str(v) for k, v in params.items()})
         self.tags.update({k: str(v) for k, v in tags.items()})
+        self.name = name or self.name
+        self.dataset = dataset or self.dataset
         self._attempt("log params and tags", lambda: None)
 
     def log_epoch(self, step: int, metrics: dict[str, float]) -> None:
@@ -387,6 +461,12 @@ class TrainingRun:
             tags = [RunTag(k, v) for k, v in self.tags.items()]
             self._client.log_batch(self.run_id, params=params, tags=tags)
             self.params, self.tags = {}, {}
+        if self.name:
+            self._client.update_run(self.run_id, name=self.name)
+            self.name = None
+        if self.dataset is not None:
+            self._client.log_inputs(self.run_id, datasets=[self.dataset])
+            self.dataset = None
 
     def _log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.core.errors import UserError
+from pipeline.ops import children
 from pipeline.ops.servers import log_tail
 
 HOST = "127.0.0.1"
@@ -68,41 +69,34 @@ def launch(
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     base = dict(os.environ if env is None else env)
-    processes: list[subprocess.Popen] = []
     logs = []
-    try:
-        for index, config in enumerate(tf_configs(free_ports(workers))):
-            output = None
-            if index:
-                output = (log_dir / f"worker-{index}.log").open("w")
-                logs.append(output)
-            processes.append(
-                subprocess.Popen(
-                    list(command),
-                    env={**base, "TF_CONFIG": config},
-                    cwd=cwd,
-                    stdout=output,
-                    stderr=subprocess.STDOUT if output else None,
+    # Each worker in a process group of its own: the first failure, the timeout, Ctrl+C or
+    # SIGTERM stops every worker (pipeline/ops/children.py).
+    with children.stopped_at_exit([]) as processes:
+        try:
+            for index, config in enumerate(tf_configs(free_ports(workers))):
+                output = None
+                if index:
+                    output = (log_dir / f"worker-{index}.log").open("w")
+                    logs.append(output)
+                processes.append(
+                    children.spawn(
+                        command,
+                        env={**base, "TF_CONFIG": config},
+                        cwd=cwd,
+                        stdout=output,
+                        stderr=subprocess.STDOUT if output else None,
+                    )
                 )
-            )
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while any(p.poll() is None for p in processes):
-            failed = any(p.returncode not in (None, 0) for p in processes)
-            if failed or (deadline is not None and time.monotonic() > deadline):
-                break
-            time.sleep(0.5)
-    finally:
-        for process in processes:  # failed, timed out or interrupted: stop the rest
-            if process.poll() is None:
-                process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for output in logs:
-            output.close()
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while any(p.poll() is None for p in processes):
+                failed = any(p.returncode not in (None, 0) for p in processes)
+                if failed or (deadline is not None and time.monotonic() > deadline):
+                    break
+                time.sleep(0.5)
+        finally:
+            for output in logs:
+                output.close()
     return [p.returncode for p in processes]
 
 
@@ -130,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.core import env
 
     env.configure()
+    children.stop_on_sigterm()  # SIGTERM stops the workers too, as Ctrl+C does
     try:
         if args.worker:
             run_worker(args.params, args.outputs)
@@ -138,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl+C or SIGTERM: the workers are stopped already
+        return 130
 
 
 def start(workers: int, params_file: Path, outputs: Path, log_dir: Path | None) -> int:

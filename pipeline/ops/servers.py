@@ -10,14 +10,12 @@ Both listen on 127.0.0.1 by default and keep their state in the project:
   backend store URI / artifacts destination is given (PostgreSQL, S3: see docs/scheduling.md).
 
 Each server runs in its own process group (its workers included), so stopping it can never
-leave a worker behind; stopping means SIGTERM to the group, a bounded wait, then SIGKILL.
-Their output goes to log files under ``.snackloc/logs/``.
+leave a worker behind; stopping means SIGTERM to the group, a bounded wait, then SIGKILL
+(pipeline/ops/children.py). Their output goes to log files under ``.snackloc/logs/``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import re
 import signal
@@ -33,10 +31,11 @@ from pathlib import Path
 
 from pipeline.core.errors import UserError
 from pipeline.integrations import tracking
+from pipeline.ops import children
 
 LOG_DIR = Path(".snackloc") / "logs"
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-STOP_TIMEOUT = 20.0  # seconds between SIGTERM and SIGKILL
+STOP_TIMEOUT = children.STOP_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -139,6 +138,18 @@ def mlflow_server(
     return Server("MLflow", command, host, port, url, f"{url}/health", env, log)
 
 
+def mlflow_ui(project: Path, host: str, port: int, store_uri: str) -> Server:
+    """`mlflow ui` on ``host:port`` over a store (the project's sqlite store by default),
+    artifacts read from the project's folder beside it."""
+    url = f"http://{client_host(host)}:{port}"
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store_uri]
+    command += ["--host", host, "--port", str(port)]
+    if store_uri.startswith("sqlite"):
+        command += ["--default-artifact-root", tracking.local_artifacts_uri(project)]
+    log = project / LOG_DIR / "mlflow-ui.log"
+    return Server("MLflow UI", command, host, port, url, f"{url}/health", dict(os.environ), log)
+
+
 def check_port_free(host: str, port: int) -> None:
     """Refuse a port another program listens on: its health check would answer for ours."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -155,30 +166,11 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-# Loaded in the parent: the child runs only the call, between fork and exec.
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if `snackloc server` dies without cleaning up (kill -9)."""
-    os.setsid()  # its own process group, which stop() signals as a whole
-    if _LIBC is not None:
-        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def start(server: Server) -> Running:
     """Start a server in its own process group, its output appended to its log file."""
     server.log.parent.mkdir(parents=True, exist_ok=True)
     with server.log.open("ab") as log:
-        process = subprocess.Popen(
-            server.command,
-            env=server.env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,  # runs before any thread exists here
-        )
+        process = children.spawn(server.command, env=server.env, stdout=log, stderr=log)
     return Running(server, process)
 
 
@@ -237,25 +229,8 @@ def stop(running: list[Running], timeout: float = STOP_TIMEOUT) -> dict[str, int
 
     Returns each server's exit status (negative: the signal that ended it).
     """
-    for item in running:
-        _signal_group(item.process, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    codes = {}
-    for item in running:
-        try:
-            codes[item.server.name] = item.process.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _signal_group(item.process, signal.SIGKILL)
-            codes[item.server.name] = item.process.wait()
-        # workers that outlived their parent (it exited on SIGTERM without waiting for them)
-        _signal_group(item.process, signal.SIGKILL)
-    return codes
-
-
-def _signal_group(process: subprocess.Popen, signum: int) -> None:
-    # The group id is the leader's pid (setsid); an error means the group is gone already.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signum)
+    codes = children.stop([item.process for item in running], timeout)
+    return {item.server.name: code for item, code in zip(running, codes, strict=True)}
 
 
 def serve(

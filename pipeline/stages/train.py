@@ -35,7 +35,7 @@ from pipeline.core.config import Params, TrainParams
 from pipeline.core.errors import UserError
 from pipeline.core.files import atomic_path, read_json, write_csv, write_json
 from pipeline.core.paths import Outputs
-from pipeline.data.contract import read_clean_annotations
+from pipeline.data.contract import annotations_path, read_clean_annotations, read_raw_annotations
 from pipeline.integrations import tracking
 from pipeline.model import backbones, hardware
 from pipeline.model.augment import AugmentSettings
@@ -164,12 +164,27 @@ def load_samples(params: Params, outputs: Outputs) -> tuple[list[str], pd.DataFr
             frac=params.train.subset, random_state=params.train.seed
         ).sort_index()
     val_samples = sample_table({"val": val}, classes, root, "image")
-    if train_samples.empty or val_samples.empty:
-        raise UserError(
-            "no training or validation samples left after validate and dedup",
-            hint=f"check {outputs.quarantine} and {outputs.duplicates}",
-        )
+    for split, samples in (("train", train_samples), ("val", val_samples)):
+        if samples.empty:
+            raise no_images_error(split, root, outputs)
     return classes, train_samples, val_samples
+
+
+def no_images_error(split: str, root: Path, outputs: Outputs) -> UserError:
+    """Training without train or val images: a split the data lacks, or one validation emptied."""
+    source = annotations_path(root, split)
+    if read_raw_annotations(source).empty:  # e.g. an import from a source without val images
+        return UserError(
+            f"no {split} images: {source} has no rows, and training needs train and val images",
+            hint=f"make a {split} split: `snackloc data import SRC --resplit` splits all images "
+            f"by --split-ratios; or move some images to {Path(root) / split}/<folder>/ with their "
+            f"rows in {source.name}",
+        )
+    return UserError(
+        f"no {split} images left after validate and dedup: every row of {source} was "
+        "quarantined or a duplicate",
+        hint=f"check {outputs.quarantine} and {outputs.duplicates}",
+    )
 
 
 def make_datasets(params: Params, train_samples, val_samples, progress: bool):
@@ -379,7 +394,8 @@ def log_inputs(
     }
     params = tracking.flatten({k: dump[k] for k in ("data", "model", "train")})
     params |= {"classes": classes, "train_samples": train, "val_samples": val}
-    tracker.log_inputs(params, tags)
+    dataset = tracking.data_input(Path(dump["data"]["root"]), tags["data_version"])
+    tracker.log_inputs(params, tags, name=tracking.run_name(dump), dataset=dataset)
 
 
 def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, Any]:

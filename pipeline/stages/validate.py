@@ -51,7 +51,7 @@ from pipeline.data.contract import (
     read_raw_annotations,
     safe_image_path,
 )
-from pipeline.data.quality import contact_sheet, expectations
+from pipeline.data.quality import contact_sheet, diagnose, expectations
 from pipeline.data.quality.imagecheck import (
     IMAGE_CHECKS,
     ImageFacts,
@@ -563,6 +563,9 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
         class_error = exc
     if classes is not None:
         findings.add_gx(runner.run("classes", expectations.class_rules(classes), tables))
+        clean_train = clean_frame(tables["train"], findings.bad_rows("train"))["class_name"]
+        if unused := diagnose.unused_classes(classes, list(clean_train), params.data.classes):
+            log.warning(unused)
     docs = (
         runner.build_docs(docs_dir(outputs))
         if limits.data_docs
@@ -581,6 +584,13 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
     write_json(outputs.validate_report, report)
     log_summary(report)
 
+    # Name a whole file's one mistake (pixels, column order...), not what it caused.
+    cause = diagnose.whole_file(root, tables, findings.rows, classes, params.data.classes)
+    failing = class_error is not None or report["bad_fraction"] > limits.max_bad_fraction
+    if cause is not None and failing:
+        raise UserError(f"{cause.message}. The rows are in {outputs.quarantine}", cause.hint)
+    if cause is not None:
+        log.warning("%s (quarantined; hint: %s)", cause.message, cause.hint)
     if class_error is not None:
         raise class_error
     write_json(outputs.classes, {"classes": classes})

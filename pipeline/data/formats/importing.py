@@ -73,6 +73,9 @@ OUTSIDE_RULES: tuple[str, ...] = ("clip", "skip")
 IMPORT_REPORT = OWN_REPORTS[0]
 JPEG_FORMATS = frozenset({"JPEG", "MPO"})  # MPO: the multi-picture JPEG of phone cameras
 EPS = 1e-6  # coordinates this close beyond the border are float noise, snapped silently
+TINY_SPLIT = 10  # fewer images than this in a split make its numbers noise...
+TINY_FROM = 100  # ... worth a warning once the import has this many images to spread
+NEEDED_FOR = {"train": "nothing to train on", "val": "train needs it", "test": "evaluate needs it"}
 
 
 @dataclass(frozen=True)
@@ -505,9 +508,33 @@ def import_report(
         "outside": options.outside,
         "jpeg_quality": options.jpeg_quality,
         "classes": list(options.classes) if options.classes else None,
+        "warnings": split_warnings(written.images, split_from, options.ratios),
         "problem_counts": dict(sorted(Counter(p.kind for p in problems).items())),
         "problems": [asdict(problem) for problem in problems],
     }
+
+
+def split_warnings(
+    images: dict[str, int], split_from: str, ratios: tuple[float, float, float]
+) -> list[str]:
+    """One line per split left empty (or tiny in a large import), with how to fix it."""
+    total, found = sum(images.values()), []
+    for split, ratio in zip(SPLITS, ratios, strict=True):
+        count = images[split]
+        if count and (count >= TINY_SPLIT or total < TINY_FROM):
+            continue
+        if split_from == "source":
+            fix = (
+                f"the source's own split was kept, and it has {count or 'no'} {split} images: "
+                f"pass --resplit to split all {total} images by --split-ratios, or give the "
+                f"source a {split}/ folder"
+            )
+        elif ratio == 0:
+            fix = f"--split-ratios gives {split} a share of 0: give it one, e.g. 0.8,0.1,0.1"
+        else:
+            fix = f"a share of {ratio:g} of {total} images: raise it in --split-ratios"
+        found.append(f"{split} has {count} images ({NEEDED_FOR[split]}): {fix}")
+    return found
 
 
 # --------------------------------------------------------------------------------------
@@ -531,6 +558,7 @@ def import_summary(report: dict[str, Any]) -> str:
         f"split: {how}; folder: class of the {report['folder_from']} box; "
         f"{report['jpeg_copied']} JPEGs copied, {report['converted_to_jpeg']} converted to JPEG",
     ]
+    lines += [f"warning: {line}" for line in report.get("warnings", [])]
     problems = problem_records(report)
     if problems:
         report_path = Path(report["out"]) / IMPORT_REPORT

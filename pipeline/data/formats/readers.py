@@ -425,11 +425,22 @@ def read_source(src: Path, fmt: str, classes: list[str] | None = None) -> Source
         ctx.label_names = openimages_label_names(files)
         files = [path for path in files if not is_class_descriptions(path)]
     if not files:
-        raise UserError(f"{src}: no {spec.suffix} annotation file found", hint=f"format {fmt}")
+        raise UserError(f"{src}: no {spec.suffix} annotation file found", found_instead(src, fmt))
     entries = []
     for path in files:
         entries += _read_file(path, spec, ctx)
     return SourceRead(ctx.root, entries, ctx, names)
+
+
+def found_instead(src: Path, fmt: str) -> str:
+    """What a source without ``fmt``'s annotation files holds, and the formats that read it."""
+    files = [p for p in src.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    held = []
+    for suffix, count in Counter(p.suffix.lower() or p.name for p in files).most_common(4):
+        readers = [name for name, spec in FORMATS.items() if spec.suffix == suffix]
+        held.append(f"{count} {suffix}" + (f" (--format {'|'.join(readers)})" if readers else ""))
+    expected = f"--format {fmt} reads {FORMATS[fmt].suffix} files"
+    return f"{expected}; {src} holds {', '.join(held) or 'no file'}"
 
 
 def _yolo_names_or_fail(root: Path) -> list[str]:

@@ -1,0 +1,116 @@
+"""Child processes and the signals that stop them: the one place that starts, signals and
+reaps what a snackloc command runs (servers, the MLflow UI, training workers).
+
+- ``stop_on_sigterm`` makes SIGTERM stop a command the way Ctrl+C does: it raises
+  ``Terminated`` (a KeyboardInterrupt), so every ``finally``, context manager and atexit
+  handler runs: a run lock is released, Prefect stops its temporary server, and children
+  are stopped as below. ``snackloc`` (pipeline/cli.py) installs it for every command.
+- ``spawn`` starts a child in a process group of its own (its own children included, such
+  as the uvicorn workers of `mlflow ui`), which gets SIGTERM if snackloc dies without
+  cleaning up (``kill -9``): the kernel's parent-death signal.
+- ``stop`` ends those groups: SIGTERM to the whole group, a bounded wait, then SIGKILL to
+  what is left, so that no worker outlives its parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+STOP_TIMEOUT = 20.0  # seconds between SIGTERM and SIGKILL
+
+# Loaded in the parent: the child runs only the call, between fork and exec.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+PR_SET_PDEATHSIG = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl+C would raise KeyboardInterrupt (``stop_on_sigterm``)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM raises ``Terminated`` in the main thread, as Ctrl+C raises
+    KeyboardInterrupt (call from the main thread)."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _own_group_dying_with_parent() -> None:
+    """In the child, before exec: a process group of its own, and SIGTERM when the thread
+    that started it dies (snackloc's main thread: ``spawn`` is called from there)."""
+    os.setsid()
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(
+    command: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    stdout: IO[Any] | int | None = None,
+    stderr: IO[Any] | int | None = None,
+) -> subprocess.Popen:
+    """Start ``command`` in a process group of its own that dies with this process.
+
+    Call it from the main thread before other threads exist (the parent-death signal
+    follows the thread that started the child, and ``preexec_fn`` is unsafe once threads
+    run). Standard input is closed; output goes where ``stdout``/``stderr`` say.
+    """
+    return subprocess.Popen(
+        list(command),
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        preexec_fn=_own_group_dying_with_parent,
+    )
+
+
+def signal_group(process: subprocess.Popen, signum: int) -> None:
+    """Send ``signum`` to the process group ``spawn`` gave ``process`` (gone: nothing)."""
+    # The group id is the leader's pid (setsid); an error means the group is gone already.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)
+
+
+def stop(processes: Sequence[subprocess.Popen], timeout: float = STOP_TIMEOUT) -> list[int]:
+    """SIGTERM every process group, wait up to ``timeout`` in all, SIGKILL what is left.
+
+    Returns each process's exit status (negative: the signal that ended it).
+    """
+    for process in processes:
+        signal_group(process, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    codes = []
+    for process in processes:
+        try:
+            codes.append(process.wait(max(0.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            signal_group(process, signal.SIGKILL)
+            codes.append(process.wait())
+        # workers that outlived their parent (it exited on SIGTERM without waiting for them)
+        signal_group(process, signal.SIGKILL)
+    return codes
+
+
+@contextlib.contextmanager
+def stopped_at_exit(processes: list[subprocess.Popen]) -> Iterator[list[subprocess.Popen]]:
+    """Yield ``processes`` (add to it while inside); on leaving, however it is left (an
+    error, Ctrl+C, SIGTERM with ``stop_on_sigterm``), stop every group still there."""
+    try:
+        yield processes
+    finally:
+        stop(processes)
