@@ -158,6 +158,13 @@ def baseline_scores(params_file: Path, outputs: Outputs) -> dict[str, float]:
     return {**metrics.baseline(train, evaluated, all_rows, classes), "train_seconds": 0.0}
 
 
+def finished(folder: Path, params_text: str) -> bool:
+    """Whether ``folder`` holds an evaluated run of exactly these params."""
+    params_file = folder / "params.yaml"
+    evaluated = folder / "outputs" / "evaluate" / "metrics.json"
+    return evaluated.is_file() and params_file.is_file() and params_file.read_text() == params_text
+
+
 def run_dataset(name: str, args: argparse.Namespace) -> dict[str, dict] | None:
     """Every recipe on one dataset; their scores by recipe name."""
     work = args.workdir / name
@@ -175,14 +182,19 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, dict] | None:
     results = {"trivial baseline": baseline_scores(first, shared)}
     for recipe in (r for r in RECIPES if name == "photos" or r not in PHOTOS_ONLY):
         folder = work / re.sub(r"[^a-z0-9]+", "-", recipe).strip("-")
-        shutil.rmtree(folder, ignore_errors=True)
         outputs = folder / "outputs"
-        for stage in ("validate", "dedup"):
-            shutil.copytree(shared.root / stage, outputs / stage)
         params_file = folder / "params.yaml"
         params = recipe_params(recipe, data, args.pretrained, args.epochs)
         params["mlflow"] = {"experiment": f"bench-{name}"}
-        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        text = yaml.safe_dump(params, sort_keys=False)
+        if args.resume and finished(folder, text):
+            results[recipe] = scores(outputs, data)
+            print(f"{name}: {recipe} kept from an earlier run with the same params", flush=True)
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        for stage in ("validate", "dedup"):
+            shutil.copytree(shared.root / stage, outputs / stage)
+        params_file.write_text(text)
         started = time.perf_counter()
         for stage in ("train", "evaluate"):
             snackloc(stage, "-q", "-p", str(params_file), "--outputs", str(outputs), cwd=folder,
@@ -221,6 +233,10 @@ def main() -> None:
     parser.add_argument("--synthetic", type=Path, default=ROOT / "data")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".snackloc" / "bench-recipes")
     parser.add_argument("--epochs", type=int, default=None, help="epochs of the trained recipes")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="keep recipes this workdir already trained and evaluated with the same params",
+    )  # fmt: skip
     args = parser.parse_args()
     if not args.pretrained.is_file():
         sys.exit(f"{args.pretrained}: pretrained weights not found (see --pretrained)")
