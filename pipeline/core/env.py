@@ -13,6 +13,9 @@ DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "PREFECT_LOGGING_EXTRA_LOGGERS": "pipeline",
+    # The stages' loggers reach Prefect's API inside a flow run; outside one (a stage run
+    # plainly in a process that also imported Prefect) they log locally, without a warning.
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     # The job-runner pool of `mlflow server/ui` slows its start and stop; nothing here uses it.
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
