@@ -40,6 +40,28 @@ def slow(test):
 GATE = {"metric": "mean_iou", "margin": 0.05, "beat_baseline": False, "floors": {}}
 
 
+@contextlib.contextmanager
+def lock_held_elsewhere(path: Path):
+    """The retraining lock at ``path`` held by another process for the block's duration."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from filelock import FileLock; lock = FileLock(sys.argv[1]); "
+            "lock.acquire(timeout=0); print('held', flush=True); sys.stdin.readline()",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.communicate("\n", timeout=10)
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, prefect_server):
     root = tmp_path_factory.mktemp("retrain-project")
@@ -170,26 +192,10 @@ def test_a_second_trigger_while_one_runs_exits_cleanly(project, first_run, under
     from flows.retrain import LOCK_NAME, retrain
 
     root, _, _ = project
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from filelock import FileLock; "
-            "lock = FileLock(sys.argv[1]); lock.acquire(timeout=0); print('held', flush=True); "
-            "sys.stdin.readline()",
-            str(root / LOCK_NAME),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(root / LOCK_NAME):
         result = retrain(str(root), source="none")
         assert result == {"status": "busy"}
         assert "skipped" in latest_artifact("snackloc-retrain")
-    finally:
-        holder.communicate("\n", timeout=10)
     assert retrain(str(root), source="none")["status"] == "no-change"  # lock released
 
 
@@ -487,23 +493,8 @@ def test_the_outcome_of_a_retraining_is_its_run_state(tmp_path, under_server):
     from flows.retrain import LOCK_NAME, OUTCOMES, outcome_state, retrain
 
     (tmp_path / LOCK_NAME).parent.mkdir()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from filelock import FileLock; lock = FileLock(sys.argv[1]); "
-            "lock.acquire(timeout=0); print('held', flush=True); sys.stdin.readline()",
-            str(tmp_path / LOCK_NAME),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(tmp_path / LOCK_NAME):
         state = retrain(str(tmp_path), source="none", return_state=True)
-    finally:
-        holder.communicate("\n", timeout=10)
     assert state.is_completed() and state.name == "Busy", state
     assert state.result() == {"status": "busy"}  # calling the flow returns this
     assert "another retraining is running" in state.message
