@@ -26,7 +26,14 @@ def test_project_params_load_and_match_the_documented_defaults():
 def test_misspelled_key_is_named(tmp_path):
     with pytest.raises(UserError) as err:
         load_params(write(tmp_path, {"train": {"epoch": 3}}))
-    assert "train.epoch: unknown key" in str(err.value)
+    assert "train.epoch: unknown key (did you mean train.epochs?)" in str(err.value)
+    with pytest.raises(UserError) as err:  # nested, and under an alias (register_)
+        load_params(write(tmp_path, {"register": {"gate": {"margn": 0.1}}, "modle": {}}))
+    assert "register.gate.margn: unknown key (did you mean register.gate.margin?)" in str(err.value)
+    assert "modle: unknown key (did you mean model?)" in str(err.value)
+    with pytest.raises(UserError) as err:  # nothing close: no guess
+        load_params(write(tmp_path, {"train": {"zzz": 1}}))
+    assert "train.zzz: unknown key (misspelled?)" in str(err.value)
 
 
 def test_out_of_range_value_is_named_with_its_value(tmp_path):

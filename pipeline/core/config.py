@@ -6,6 +6,7 @@ misspelled key or an out-of-range value fails early with a message naming the ke
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -304,13 +305,30 @@ MOVED_KEYS = {
 }
 
 
+def _keys_under(parents: list[str]) -> list[str]:
+    """The keys params.yaml may hold under the dotted section ``parents`` ([] = top level)."""
+    model: object = Params
+    for part in parents:
+        fields = (
+            model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
+        )
+        field = next((f for n, f in fields.items() if (f.alias or n) == part), None)
+        model = field.annotation if field else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return []
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
 def _describe(error: dict) -> str:
     """One line per pydantic error: dotted key, message and the offending value."""
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden" and key in MOVED_KEYS:
         return f"  {key}: now {MOVED_KEYS[key]}"
     if error["type"] == "extra_forbidden":
-        return f"  {key}: unknown key (misspelled?)"
+        *parents, name = (str(part) for part in error["loc"])
+        close = difflib.get_close_matches(name, _keys_under(parents), n=1)
+        guess = f"did you mean {'.'.join([*parents, close[0]])}?" if close else "misspelled?"
+        return f"  {key}: unknown key ({guess})"
     return f"  {key}: {error['msg']} (got {error.get('input')!r})"
 
 
