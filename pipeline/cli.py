@@ -250,7 +250,8 @@ def predict(
         why = "is a folder: pass its images (folder/*.jpg)" if first.is_dir() else "no such file"
         more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
         fail(f"{first}: {why}{more}")
-    from pipeline.ops import predict as predicting
+    with env.quiet_native_startup():
+        from pipeline.ops import predict as predicting
 
     raise typer.Exit(predicting.main(images, model, classes, out, json_output))
 

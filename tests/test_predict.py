@@ -154,3 +154,17 @@ def test_no_cuda_lines_on_a_host_without_a_gpu(tiny, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "tensorflow loaded: True" in done.stdout
     assert "cuInit" not in done.stderr and "CUDA error" not in done.stderr
+    # TensorFlow's load-time notices (printed before any log level applies) are held back.
+    assert "absl::InitializeLog" not in done.stderr and "cudart_stub" not in done.stderr
+
+
+def test_native_startup_notices_are_held_back_and_the_rest_passed_on(capfd):
+    with env.quiet_native_startup():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are\n")
+        os.write(2, b"I0000 00:00:1796530688.564422    2238 port.cc:153] oneDNN custom ops\n")
+        os.write(2, b"W0000 00:00:1796530688.564724    2238 cudart_stub.cc:31] no cuda\n")
+        os.write(2, b"a real error from C++\n")
+        print("a Python warning", file=sys.stderr)
+    # (pytest holds sys.stderr apart from fd 2, so only the set of lines is comparable here)
+    lines = sorted(capfd.readouterr().err.splitlines())
+    assert lines == ["a Python warning", "a real error from C++"]

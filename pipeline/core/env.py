@@ -6,7 +6,12 @@ Values already set in the environment win, so a team can point at real servers
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 DEFAULTS = {
@@ -46,3 +51,32 @@ def configure(project_root: Path | None = None) -> None:
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", tensorflow_log_level())
+
+
+# What TensorFlow's C++ runtime prints to stderr while it loads, before any log setting
+# applies (absl logging is not initialised yet): notices about CUDA, oneDNN and CPU features.
+STARTUP_NOTICES = re.compile(
+    r"^WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|^[IW]\d{4} [\d:. ]+\d+ (cudart_stub|cuda_\w+|port|cpu_feature_guard)\.cc:\d+\]"
+)
+
+
+@contextlib.contextmanager
+def quiet_native_startup() -> Iterator[None]:
+    """Hold back the start-up notices of native libraries loaded inside the block (the
+    process's file descriptor 2, where C++ code writes); everything else it wrote to stderr
+    is passed on, in order, when the block ends."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.writelines(line for line in lines if not STARTUP_NOTICES.search(line))
+            sys.stderr.flush()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from pipeline.core import env
 from pipeline.core.errors import UserError
 
 if TYPE_CHECKING:  # the CLI imports this module for `snackloc --help`: keep it light
@@ -66,7 +67,8 @@ def run_stage(name: str, params: Params, outputs: Outputs, progress: bool = True
     naming the file: the earlier outputs are intact, as every output is written to a
     temporary name and renamed over the old one.
     """
-    run = import_module(get(name).module).run
+    with env.quiet_native_startup():  # the stage's modules may load TensorFlow
+        run = import_module(get(name).module).run
     try:
         return run(params, outputs, progress=progress)
     except OSError as exc:
