@@ -12,33 +12,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 from helpers_env import BIN, ROOT, free_port, wait_healthy
+from helpers_processes import Command
 
 from pipeline.ops import servers
-
-
-def read_lines(process: subprocess.Popen) -> list[str]:
-    """Collect the process's output lines in the background (readline would block)."""
-    lines: list[str] = []
-
-    def pump() -> None:
-        for line in process.stdout:
-            lines.append(line.rstrip("\n"))
-
-    threading.Thread(target=pump, daemon=True).start()
-    return lines
-
-
-def wait_for_line(lines: list[str], text: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not any(text in line for line in lines):
-        assert process.poll() is None, "\n".join(lines)
-        assert time.monotonic() < deadline, f"no {text!r} after {timeout} s:\n" + "\n".join(lines)
-        time.sleep(0.2)
 
 
 def group_alive(pgid: int) -> bool:
@@ -56,7 +36,7 @@ def test_server_runs_prefect_and_mlflow_in_the_project_and_stops_both_on_sigterm
     prefect_port, mlflow_port = free_port(), free_port()
     # no PREFECT_HOME from the test session: the project's own .prefect/ (pipeline/core/env.py)
     env = {k: v for k, v in os.environ.items() if k not in {"PREFECT_HOME", "PREFECT_API_URL"}}
-    process = subprocess.Popen(
+    command = Command(
         [
             str(BIN / "snackloc"),
             "server",
@@ -67,14 +47,11 @@ def test_server_runs_prefect_and_mlflow_in_the_project_and_stops_both_on_sigterm
         ],
         cwd=tmp_path,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
     )
-    lines = read_lines(process)
+    process, lines = command.process, command.lines
     pids: list[int] = []
     try:
-        wait_for_line(lines, "Ctrl+C stops both", process, timeout=240)
+        command.wait_for("Ctrl+C stops both", timeout=240)
         prefect_url, mlflow_url = (
             f"http://127.0.0.1:{prefect_port}",
             f"http://127.0.0.1:{mlflow_port}",
@@ -270,19 +247,11 @@ def test_ui_with_a_tracking_server_points_there_and_starts_nothing(tmp_path):
 def test_ui_serves_the_project_store(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    ui = subprocess.Popen(
-        [str(BIN / "snackloc"), "ui", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines = read_lines(ui)
+    command = Command([str(BIN / "snackloc"), "ui", "--port", str(port)], cwd=tmp_path, env=env)
+    ui = command.process
     try:
         wait_healthy(f"http://127.0.0.1:{port}/health", ui)
-        wait_for_line(lines, "MLflow UI for sqlite:///", ui, timeout=120)
+        command.wait_for("MLflow UI for sqlite:///", timeout=120)
         assert (tmp_path / "mlflow.db").is_file()  # the project store, beside the project
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
