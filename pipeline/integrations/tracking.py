@@ -30,8 +30,8 @@ DEFAULT_ARTIFACTS = "mlartifacts"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 # The MLflow UI (3.x) shows every experiment in its GenAI view unless the page is asked for
-# the model-training view: this query does, on the experiment's list of runs.
-TRAINING_VIEW = "runs?workflowType=machine_learning"
+# the model-training view: this query does.
+TRAINING_VIEW = "workflowType=machine_learning"
 # Files the pipeline itself rewrites (DVC's lock and pointers): not code changes.
 DVC_WRITTEN = (":(top,exclude,glob)**/dvc.lock", ":(top,exclude,glob)**/*.dvc")
 
@@ -91,8 +91,8 @@ def experiment_url(ui_url: str, name: str, uri: str | None = None) -> str:
         experiment = None
     base = ui_url.rstrip("/")
     if experiment is None:
-        return f"{base}/#/experiments?workflowType=machine_learning"
-    return f"{base}/#/experiments/{experiment.experiment_id}/{TRAINING_VIEW}"
+        return f"{base}/#/experiments?{TRAINING_VIEW}"
+    return f"{base}/#/experiments/{experiment.experiment_id}/runs?{TRAINING_VIEW}"
 
 
 def run_name(dump: dict[str, Any]) -> str:
