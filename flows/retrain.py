@@ -40,6 +40,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -423,19 +424,35 @@ def _retrain_locked(project: str, source: str, inbox: str | None, commit: bool) 
 
 
 class _Runner(Runner):
-    """Prefect's runner, stopped the same way by SIGTERM as by Ctrl+C.
+    """Prefect's runner, stopped by SIGTERM from its own loop.
 
-    Prefect 3.8.8's own SIGTERM handler calls the runner's async ``stop`` from a signal
-    handler without awaiting it ("coroutine 'Runner.astop' was never awaited"), so the
-    runner never stops its flow runs, and exits. Here the handler schedules that coroutine
-    on the runner's loop: the runner cancels its flow runs (their processes end), then
-    stops polling and returns.
+    Prefect 3.8.8's SIGTERM handler calls the runner's async ``stop`` from the signal
+    handler without awaiting it, so the flow runs are never stopped. Here the handler only
+    sets ``stop_requested`` (the same event that ``children.defer_sigterm`` set before the
+    runner installed its handler); ``serve`` sees it and awaits ``astop``: the runner
+    cancels its flow runs (their processes end), then stops polling and returns.
     """
 
+    def __init__(self, *args: Any, stop_requested: threading.Event, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stop_requested = stop_requested
+
     def handle_sigterm(self, *args: Any, **kwargs: Any) -> None:
-        self._logger.info("SIGTERM received: stopping the flow runs, then the runner")
-        loop = asyncio.get_running_loop()
-        loop.call_soon_threadsafe(lambda: loop.create_task(self.astop()))
+        self.stop_requested.set()
+
+
+async def _run_until_stopped(runner: _Runner, poll: float = 0.2) -> None:
+    """Run ``runner`` until it returns or a stop is requested, then stop it."""
+    if runner.stop_requested.is_set():  # before anything was served
+        return
+    started = asyncio.ensure_future(runner.start())
+    while not started.done():
+        if runner.stop_requested.is_set() and runner.started:
+            runner._logger.info("SIGTERM received: stopping the flow runs, then the runner")
+            await runner.astop()
+            break
+        await asyncio.wait({started}, timeout=poll)
+    await started
 
 
 class _QueuedOnce(logging.Filter):
@@ -457,19 +474,22 @@ class _QueuedOnce(logging.Filter):
         return True
 
 
-def serve(name: str, cron: str, parameters: dict[str, Any]) -> None:
-    """Serve ``retrain`` as deployment ``name`` on a ``cron`` schedule until SIGTERM or
-    Ctrl+C (the schedule stays active on the server).
+def serve(
+    name: str, cron: str, parameters: dict[str, Any], stop_requested: threading.Event
+) -> None:
+    """Serve ``retrain`` as deployment ``name`` on a ``cron`` schedule until
+    ``stop_requested`` is set (SIGTERM through ``children.defer_sigterm``) or Ctrl+C; the
+    schedule stays active on the server.
 
     One retraining at a time in this runner: a trigger that arrives while one runs waits
     for it (``limit=1``, quietly). A deployment concurrency limit would do the same on the
     server, but then the runner logs every poll of the queued run as an aborted submission.
     """
     logging.getLogger("prefect.runner").addFilter(_QueuedOnce())
-    runner = _Runner(name=name, pause_on_shutdown=False, limit=1)
+    runner = _Runner(name=name, pause_on_shutdown=False, limit=1, stop_requested=stop_requested)
     runner.add_flow(retrain, name=name, cron=cron, parameters=parameters)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(runner.start())
+        asyncio.run(_run_until_stopped(runner))
 
 
 if __name__ == "__main__":

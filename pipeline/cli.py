@@ -307,6 +307,9 @@ def schedule(
     name: Annotated[str, typer.Option(help="Deployment name.")] = "snackloc-retrain",
 ) -> None:
     """Serve the retraining flow on a cron schedule (needs a Prefect server; docs/scheduling.md)."""
+    from pipeline.ops import children
+
+    stop_requested = children.defer_sigterm()  # before the slow imports: no signal is lost
     if not os.environ.get("PREFECT_API_URL"):
         fail(
             "PREFECT_API_URL is not set: schedules need a real Prefect server "
@@ -327,7 +330,7 @@ def schedule(
         f"serving {name} on {os.environ['PREFECT_API_URL']} with cron {cron!r} "
         "(Ctrl+C or SIGTERM stops it; the schedule stays active on the server)"
     )
-    retrain.serve(name, cron, parameters)
+    retrain.serve(name, cron, parameters, stop_requested)
 
 
 @app.command()

@@ -370,6 +370,37 @@ def test_schedule_serves_the_cron_deployment_and_stops_on_sigterm(prefect_server
     assert not again.paused  # pause_on_shutdown=False: the schedule outlives the runner
 
 
+@pytest.mark.parametrize("delay", [0.05, 1.5])
+def test_schedule_stops_on_a_sigterm_sent_while_it_starts(prefect_server, tmp_path, delay):
+    """A SIGTERM that arrives before Prefect's runner handles signals is not lost: the
+    schedule still stops, within seconds, and leaves no child behind."""
+    import psutil
+    from helpers_env import BIN
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    server = subprocess.Popen(
+        [str(BIN / "snackloc"), "schedule", "--source", "none"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    first = server.stdout.readline()
+    assert first.startswith("serving"), first
+    time.sleep(delay)
+    children = psutil.Process(server.pid).children(recursive=True)
+    server.send_signal(signal.SIGTERM)
+    try:
+        output, _ = server.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        raise
+    assert server.returncode == 0, first + output
+    assert "Traceback" not in output, output
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
 # ---------------------------------------------------------------- the gate decides
 # Both data changes are large on purpose, so each decision is far from a tie (GATE above):
 # - "better data": three times as many correctly labelled training images as v1 had; v1,

@@ -5,6 +5,10 @@ reaps what a snackloc command runs (servers, the MLflow UI, training workers).
   ``Terminated`` (a KeyboardInterrupt), so every ``finally``, context manager and atexit
   handler runs: a run lock is released, Prefect stops its temporary server, and children
   are stopped as below. ``snackloc`` (pipeline/cli.py) installs it for every command.
+- ``defer_sigterm`` is for a command with an event loop of its own (``snackloc schedule``):
+  SIGTERM only sets an event that the loop checks, so a signal that arrives at any instant
+  is acted on. An exception raised from a signal handler lands in whatever code runs then,
+  and Python swallows it inside a weakref callback or ``__del__``: the signal would be lost.
 - ``spawn`` starts a child in a process group of its own (its own children included, such
   as the uvicorn workers of `mlflow ui`), which gets SIGTERM if snackloc dies without
   cleaning up (``kill -9``): the kernel's parent-death signal.
@@ -20,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -44,6 +49,14 @@ def stop_on_sigterm() -> None:
     """From now on SIGTERM raises ``Terminated`` in the main thread, as Ctrl+C raises
     KeyboardInterrupt (call from the main thread)."""
     signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def defer_sigterm() -> threading.Event:
+    """From now on SIGTERM only sets the returned event (call from the main thread); the
+    caller's loop checks it and stops in its own time."""
+    received = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: received.set())
+    return received
 
 
 def _own_group_dying_with_parent() -> None:
