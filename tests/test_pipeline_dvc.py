@@ -13,6 +13,7 @@ import pytest
 import yaml
 from helpers_project import make_project, sh
 
+from pipeline.integrations import tracking
 from pipeline.stages import NAMES as STAGES
 
 
@@ -91,7 +92,7 @@ def test_mlflow_run_and_registered_version(project):
     assert len(client.get_metric_history(run.info.run_id, "val_class_accuracy")) == 2
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation/plots")}
     assert "evaluation/plots/confusion_matrix.png" in artifacts
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    tracking.use_store(f"sqlite:///{root / 'mlflow.db'}")
     info = mlflow.models.get_model_info("models:/snackloc@challenger")
     assert info.signature is not None and info.signature.inputs.to_dict()[0]["tensor-spec"]
 

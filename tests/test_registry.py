@@ -285,3 +285,18 @@ def test_mlflow_models_serve_answers_a_request(project, tmp_path):
         log.close()
     assert np.asarray(predictions["class"]).shape == (1, len(CLASSES))
     assert np.asarray(predictions["box"]).shape == (1, 4)
+
+
+def test_connecting_to_one_store_leaves_the_next_project_its_own(tmp_path, monkeypatch):
+    """MLflow exports the URI it is pointed at; a second project in the same process (and
+    its stage subprocesses) must still get its own store, not the first one's."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # the first project: here
+    tracking.setup_experiment("first")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    second = tmp_path / "second"
+    assert tracking.tracking_uri(second) == tracking.local_store_uri(second)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # the user's own choice
+    registry.connect(tracking.local_store_uri(tmp_path))
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:9"

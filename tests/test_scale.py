@@ -31,6 +31,7 @@ import yaml
 from helpers_env import BIN, ROOT
 from helpers_project import make_project, sh, tiny_params
 
+from pipeline.integrations import tracking
 from pipeline.stages import NAMES as STAGES
 
 # Minutes: two tiny `dvc repro` runs and the servers' start on 2 (shared) cores.
@@ -345,7 +346,7 @@ def test_artifacts_and_the_model_are_in_the_s3_bucket(project, scale_env, tmp_pa
         Path(fetched).read_bytes()
         == (root / "outputs/evaluate/plots/confusion_matrix.png").read_bytes()
     )
-    mlflow.set_tracking_uri(scale_env["MLFLOW_TRACKING_URI"])
+    tracking.use_store(scale_env["MLFLOW_TRACKING_URI"])
     info = mlflow.models.get_model_info(f"models:/{MODEL}@champion")
     assert info.signature is not None
 

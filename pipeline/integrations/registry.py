@@ -35,7 +35,7 @@ def connect(uri: str):
     """An MlflowClient whose tracking and registry both use ``uri``."""
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
+    tracking.use_store(uri)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -126,7 +126,7 @@ def load_version(uri: str) -> tuple[Any, dict[str, Any]]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    tracking.use_store(tracking.tracking_uri())
     try:
         metadata = mlflow.models.get_model_info(uri).metadata or {}
         return mlflow.tensorflow.load_model(uri), metadata

@@ -51,6 +51,24 @@ def tracking_uri(project: Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or local_store_uri(project)
 
 
+def use_store(uri: str) -> None:
+    """Point MLflow's fluent API at ``uri`` for this process only.
+
+    ``mlflow.set_tracking_uri`` also writes MLFLOW_TRACKING_URI into the environment, where
+    ``tracking_uri`` would take it for the user's choice: every later project in this
+    process (a scheduler retraining two projects, a test suite) and every stage subprocess
+    would then use the first project's store. The variable is put back as it was.
+    """
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def store_exists(project: Path | None = None) -> bool:
     """Whether there can be runs to read: a tracking URI is set or the local store exists."""
     local = Path(project or ".") / DEFAULT_STORE
@@ -63,7 +81,7 @@ def setup_experiment(name: str) -> str:
     import mlflow
 
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
+    use_store(uri)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
