@@ -104,8 +104,9 @@ def timed(label: str, results: list, func, *args):
 
 def tabular(raw: dict[str, pd.DataFrame]) -> tuple[int, expectations.SuiteRunner]:
     """What validate.run does with the tables (no images): the bad row count, the runner."""
-    runner = expectations.SuiteRunner()  # a fresh context: suite names are unique per context
     tables = {split: expectations.table_frame(frame) for split, frame in raw.items()}
+    # a fresh context: suite names are unique per context
+    runner = expectations.SuiteRunner(expectations.run_identity(tables, "bench"))
     findings = validate.Findings()
     findings.add_gx(
         runner.run("annotations", expectations.annotation_rules(ValidateParams()), tables)
