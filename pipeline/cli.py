@@ -16,7 +16,7 @@ import typer
 
 from pipeline.core import env
 from pipeline.core.errors import UserError
-from pipeline.stages import STAGES, Stage, run_stage
+from pipeline.stages import NAMES, STAGES, Stage, run_stage
 
 app = typer.Typer(
     name="snackloc",
@@ -406,9 +406,13 @@ def server(
 def main() -> None:
     """Console-script entry point: user errors become one red line, not a traceback;
     SIGTERM stops a command as Ctrl+C does (status 130), its child processes with it
-    (pipeline/ops/children.py)."""
+    (pipeline/ops/children.py). The process first restarts with tcmalloc and, for the
+    stages, a fixed hash seed (pipeline/core/startup.py)."""
+    from pipeline.core import startup
     from pipeline.ops import children
 
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    startup.restart(command, reproducible={*NAMES, "pipeline"})
     env.configure()
     children.stop_on_sigterm()
     try:

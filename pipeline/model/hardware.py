@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
+from pipeline.core import startup
 from pipeline.core.config import TrainParams
 from pipeline.core.errors import UserError
 
@@ -195,6 +196,7 @@ class Setup:
             "hardware.workers": str(self.workers),
             "hardware.precision": keras.mixed_precision.global_policy().name,
             "hardware.jit_compile": str(self.jit_compile),
+            "hardware.allocator": startup.allocator(),
         }
 
 
