@@ -179,3 +179,32 @@ def test_a_prefect_run_shows_every_stage_as_a_task_running_the_same_code(
     assert all(task.state.is_completed() for task in tasks)
     for stage in ("validate", "dedup"):  # no training involved: byte-identical outputs
         assert _digests(copy / "outputs" / stage) == _digests(root / "outputs" / stage), stage
+
+
+def _out_hashes(lock: dict, stages: tuple[str, ...]) -> dict[str, str]:
+    """Every output hash dvc.lock records for ``stages`` (folders: their .dir hash)."""
+    return {out["path"]: out["md5"] for stage in stages for out in lock["stages"][stage]["outs"]}
+
+
+def test_data_stages_write_the_same_bytes_in_another_copy_of_the_project(
+    project, tmp_path, prefect_server
+):
+    """validate and dedup are pure functions of the data and params: a second copy of the
+    project (another folder, another process, another hash salt) records the same hashes,
+    Data Docs included."""
+    root, _, _ = project
+    env = make_project(tmp_path, prefect_server)
+    sh("dvc", "repro", "validate", "dedup", cwd=tmp_path, env=env)
+    first = yaml.safe_load((root / "dvc.lock").read_text())
+    second = yaml.safe_load((tmp_path / "dvc.lock").read_text())
+    stages = ("validate", "dedup")
+    assert _out_hashes(second, stages) == _out_hashes(first, stages)
+    assert "outputs/validate/data_docs" in _out_hashes(first, stages)
+
+
+def test_evaluate_again_with_the_same_model_writes_the_same_bytes(project):
+    root, env, _ = project
+    recorded = _out_hashes(yaml.safe_load((root / "dvc.lock").read_text()), ("evaluate",))
+    sh("dvc", "repro", "--force", "--single-item", "evaluate", cwd=root, env=env)
+    again = _out_hashes(yaml.safe_load((root / "dvc.lock").read_text()), ("evaluate",))
+    assert again == recorded
