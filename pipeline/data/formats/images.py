@@ -80,11 +80,11 @@ class ImageIndex:
         bases = [*entry.hints, entry.origin.parent, self.root]
         direct = [Path(posix)] if posix.is_absolute() else [base / posix for base in bases]
         inside = [path for path in direct if self._lexically_inside(path)]
-        if not inside:
-            return None, OUTSIDE, f"refused {name!r}: the path leaves the source folder"
         for candidate in inside:
             if candidate.is_file():
                 return self._checked(candidate, name)
+        if len(inside) < len(direct):  # read from some folder, the name climbs out of the source
+            return None, OUTSIDE, f"refused {name!r}: the path leaves the source folder"
         return self._from_index(posix, name, entry, bases)
 
     def _from_index(
