@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.core.errors import UserError
 from pipeline.data.formats.base import head_text, sniff_json
-from pipeline.data.formats.readers import ALL_SUFFIXES, FORMATS, format_files
+from pipeline.data.formats.readers import ALL_SUFFIXES, FORMATS, annotation_files, format_files
 
 SAMPLE = 200  # files per format looked at: enough to decide, cheap on large sources
 SHOWN = 3  # files described when nothing fits
@@ -26,8 +26,9 @@ SHOWN = 3  # files described when nothing fits
 def recognized(src: Path) -> Counter[str]:
     """How many of each format's files (a sample) its sniffer recognizes."""
     counts: Counter[str] = Counter()
+    found = annotation_files(src, ALL_SUFFIXES)
     for name, spec in FORMATS.items():
-        for path in format_files(src, name)[:SAMPLE]:
+        for path in format_files(src, name, found)[:SAMPLE]:
             try:
                 counts[name] += bool(spec.sniff(path))
             except (OSError, ValueError):

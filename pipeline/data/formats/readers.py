@@ -100,9 +100,16 @@ def annotation_files(src: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return found
 
 
-def format_files(src: Path, fmt: str) -> list[Path]:
-    """The files of ``src`` that format ``fmt`` reads (names files and tables left out)."""
-    files = annotation_files(src, FORMATS[fmt].suffixes)
+def format_files(src: Path, fmt: str, found: list[Path] | None = None) -> list[Path]:
+    """The files of ``src`` that format ``fmt`` reads (names files and tables left out).
+
+    ``found``: the source's files already listed (``--format auto`` walks the folder once).
+    """
+    suffixes = FORMATS[fmt].suffixes
+    if found is None or src.is_file():
+        files = annotation_files(src, suffixes)
+    else:
+        files = [path for path in found if path.name.lower().endswith(suffixes)]
     if fmt == "yolo":
         files = [path for path in files if path.name not in YOLO_NAMES_FILES]
     if fmt == "openimages":

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -102,8 +103,13 @@ def sniff_rectlabel(path: Path) -> bool:
     if any(node.find("occluded") is not None or shape_of(node) != "rectangle" for node in objects):
         return True
     folder = image_folder(path.parent)
-    return (
-        folder is not None
-        and folder.is_dir()
-        and any(child.suffix.lower() in IMAGE_SUFFIXES for child in folder.iterdir())
-    )
+    return folder is not None and holds_images(folder)
+
+
+@functools.lru_cache(maxsize=64)
+def holds_images(folder: Path) -> bool:
+    """Whether ``folder`` directly holds an image file (asked once per folder)."""
+    try:
+        return any(child.suffix.lower() in IMAGE_SUFFIXES for child in folder.iterdir())
+    except OSError:
+        return False
