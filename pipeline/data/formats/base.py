@@ -144,8 +144,10 @@ def describe(exc: BaseException) -> str:
     """A one-line reason for a parse error."""
     if isinstance(exc, KeyError):
         return f"missing field {exc.args[0]!r}" if exc.args else "missing field"
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+    text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON: {text}"
+    return f"not valid XML: {text}" if isinstance(exc, ET.ParseError) else text
 
 
 def box_item(image: str, index: int) -> str:
