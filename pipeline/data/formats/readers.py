@@ -176,7 +176,7 @@ def found_instead(src: Path, fmt: str) -> str:
         readers = [name for name, spec in FORMATS.items() if suffix in spec.suffixes]
         held.append(f"{count} {suffix}" + (f" (--format {'|'.join(readers)})" if readers else ""))
     expected = f"--format {fmt} reads {'/'.join(FORMATS[fmt].suffixes)} files"
-    return f"{expected}; {src} holds {', '.join(held) or 'no file'}"
+    return f"{expected}; {src} holds {', '.join(held) or 'no file'}; --format auto detects it"
 
 
 def is_blank(path: Path) -> bool:
