@@ -130,8 +130,14 @@ def data_import(
         Path, typer.Argument(help="Annotation file or folder (images beside/under it).")
     ],
     format_: Annotated[
-        str, typer.Option("--format", "-f", help="voc | coco | yolo | cvat | labelme | openimages")
-    ],
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="auto (detected from the content) | voc | rectlabel | coco | yolo | cvat | "
+            "labelme | openimages | createml | sloth | labelbox | sia (Simple Image Annotator)",
+        ),
+    ] = "auto",
     out: Annotated[Path, typer.Option(help="Folder to write the snacks layout into.")] = Path(
         "data"
     ),
@@ -155,6 +161,13 @@ def data_import(
         str, typer.Option(help="Boxes crossing the image border: `clip` or `skip` (reported).")
     ] = "clip",
     jpeg_quality: Annotated[int, typer.Option(help="Quality of non-JPEG images converted.")] = 95,
+    label_key: Annotated[
+        str, typer.Option(help="Sloth: the annotation key that holds the label.")
+    ] = "class",
+    name_attr: Annotated[
+        str,
+        typer.Option(help="RectLabel `name-attr` names: `keep` whole, or the `first` part."),
+    ] = "keep",
     force: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
     """Import annotations from a labeling tool into the snacks layout (docs/import.md)."""
@@ -169,6 +182,8 @@ def data_import(
         folder_from=folder_from,
         outside=outside,
         jpeg_quality=jpeg_quality,
+        label_key=label_key,
+        name_attr=name_attr,
     )
     report = importing.import_dataset(src, out, options, overwrite=force)
     typer.echo(importing.import_summary(report))
@@ -176,12 +191,12 @@ def data_import(
 
 @data_app.command("export")
 def data_export(
-    format_: Annotated[str, typer.Option("--format", "-f", help="coco | voc | yolo")],
+    format_: Annotated[str, typer.Option("--format", "-f", help="coco | voc | yolo | createml")],
     out: Annotated[Path, typer.Option(help="Folder to write the export into.")],
     data: Annotated[Path, typer.Option(help="The snacks dataset to export.")] = Path("data"),
     force: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
-    """Export the snacks dataset as COCO, Pascal VOC or YOLO (images copied beside)."""
+    """Export the snacks dataset as COCO, Pascal VOC, YOLO or Create ML (images copied beside)."""
     from pipeline.data.formats import exporting
 
     report = exporting.export_dataset(data, out, format_, overwrite=force)

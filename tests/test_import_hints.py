@@ -39,8 +39,8 @@ def test_another_format_says_what_the_source_holds(tmp_path):
     assert done.returncode == 2
     assert "no .json annotation file found" in done.stderr
     assert (
-        "hint: --format coco reads .json files; src holds 3 .jpg, 3 .xml (--format voc|cvat)"
-        in (done.stderr)
+        "hint: --format coco reads .json files; src holds 3 .jpg, 3 .xml "
+        "(--format voc|rectlabel|cvat); --format auto detects it" in done.stderr
     )
 
 

@@ -21,7 +21,8 @@ from pipeline.core.errors import UserError
 from pipeline.core.paths import Outputs
 from pipeline.data.contract import ANNOTATION_COLUMNS, SPLITS, annotations_path, image_path
 from pipeline.data.formats import exporting, importing
-from pipeline.data.formats.readers import Entry, ImageIndex, split_of
+from pipeline.data.formats.base import Entry, split_of
+from pipeline.data.formats.images import ImageIndex
 from pipeline.stages import validate
 
 CLASSES = ["apple", "banana", "cake"]

@@ -1,6 +1,7 @@
-"""Export the snacks dataset as COCO, Pascal VOC or YOLO (`snackloc data export`).
+"""Export the snacks dataset as COCO, Pascal VOC, YOLO or Create ML (`snackloc data export`).
 
-``export_dataset`` writes one set per split with globox's writers, images copied beside.
+``export_dataset`` writes one set per split with globox's writers (Create ML: createml.py),
+images copied beside.
 Rows are read as the validate stage reads them (``expectations.table_frame``: the same cells
 count as numbers); a row whose box is not numeric, not inside [0, 1] or has no width or
 height, or whose class is empty, is reported and skipped, as is a missing or unreadable
@@ -9,6 +10,7 @@ image. Nothing is fatal but an unusable dataset as a whole.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -29,16 +31,13 @@ from pipeline.data.contract import (
     read_raw_annotations,
     safe_image_path,
 )
-from pipeline.data.formats.readers import (
-    OWN_REPORTS,
-    ReadContext,
-    format_problems,
-    problem_records,
-    read_header,
-)
+from pipeline.data.formats.base import OWN_REPORTS, ReadContext
+from pipeline.data.formats.createml import CREATEML_FILE, createml_records
+from pipeline.data.formats.images import read_header
+from pipeline.data.formats.report import format_problems, problem_records
 from pipeline.data.quality.expectations import table_frame, value_column
 
-EXPORT_FORMATS: tuple[str, ...] = ("coco", "voc", "yolo")
+EXPORT_FORMATS: tuple[str, ...] = ("coco", "voc", "yolo", "createml")
 EXPORT_REPORT = OWN_REPORTS[1]
 
 
@@ -149,6 +148,14 @@ def export_yolo(out: Path, split: str, items: list[Exported], labels: list[str])
     _annotation_set(items).save_yolo_darknet(out / "labels" / split, label_to_id=label_to_id)
 
 
+def export_createml(out: Path, split: str, items: list[Exported], labels: list[str]) -> None:
+    """``<split>/annotations.json`` beside the split's images, as Create ML wants them."""
+    copy_images(items, out / split)
+    records = createml_records([item.annotation for item in items])
+    text = json.dumps(records, indent=1, ensure_ascii=False)
+    (out / split / CREATEML_FILE).write_text(text + "\n", encoding="utf-8")
+
+
 def write_yolo_names(out: Path, labels: list[str], splits: Iterable[str]) -> None:
     """``data.yaml`` (Ultralytics) and ``classes.txt`` (Darknet): class i = labels[i]."""
     config: dict[str, Any] = {split: f"images/{split}" for split in splits}
@@ -162,11 +169,12 @@ EXPORTERS: dict[str, Callable[[Path, str, list[Exported], list[str]], None]] = {
     "coco": export_coco,
     "voc": export_voc,
     "yolo": export_yolo,
+    "createml": export_createml,
 }
 
 
 def export_dataset(data: Path, out: Path, fmt: str, *, overwrite: bool = False) -> dict:
-    """Write the snacks dataset at ``data`` as COCO, Pascal VOC or YOLO under ``out``.
+    """Write the snacks dataset at ``data`` as COCO, Pascal VOC, YOLO or Create ML at ``out``.
 
     One set per split present, images copied beside; classes are numbered in sorted name
     order. Unusable rows and images are reported, not fatal. Returns the report (also

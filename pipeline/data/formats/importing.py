@@ -50,26 +50,16 @@ from pipeline.data.contract import (
     image_path,
     open_image_rgb,
 )
-from pipeline.data.formats.readers import (
-    FORMATS,
-    OWN_REPORTS,
-    UNIT,
-    Entry,
-    ImageHeader,
-    ImageIndex,
-    Problem,
-    ReadContext,
-    SourceRead,
-    format_problems,
-    problem_records,
-    read_class_list,
-    read_header,
-    read_source,
-)
+from pipeline.data.formats.base import OWN_REPORTS, UNIT, Entry, Problem, ReadContext
+from pipeline.data.formats.images import ImageHeader, ImageIndex, read_header
+from pipeline.data.formats.readers import AUTO, FORMATS, SourceRead, format_name, read_source
+from pipeline.data.formats.report import format_problems, problem_records
+from pipeline.data.formats.yolo import read_class_list
 
-IMPORT_FORMATS: tuple[str, ...] = tuple(FORMATS)
+IMPORT_FORMATS: tuple[str, ...] = (AUTO, *FORMATS)
 FOLDER_RULES: tuple[str, ...] = ("largest", "first")
 OUTSIDE_RULES: tuple[str, ...] = ("clip", "skip")
+NAME_ATTR_RULES: tuple[str, ...] = ("keep", "first")
 IMPORT_REPORT = OWN_REPORTS[0]
 JPEG_FORMATS = frozenset({"JPEG", "MPO"})  # MPO: the multi-picture JPEG of phone cameras
 EPS = 1e-6  # coordinates this close beyond the border are float noise, snapped silently
@@ -82,7 +72,7 @@ NEEDED_FOR = {"train": "nothing to train on", "val": "train needs it", "test": "
 class ImportOptions:
     """How to import: the CLI options of ``snackloc data import``."""
 
-    fmt: str
+    fmt: str = AUTO  # a name of readers.FORMATS, or auto: detected from the content
     classes: tuple[str, ...] | None = None  # keep only these (YOLO: index i = classes[i])
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test
     seed: int = 0
@@ -90,10 +80,15 @@ class ImportOptions:
     folder_from: str = "largest"  # largest | first
     outside: str = "clip"  # clip | skip
     jpeg_quality: int = 95
+    label_key: str = "class"  # Sloth: the annotation key that holds the label
+    name_attr: str = "keep"  # RectLabel "name-attr" names: keep them whole, or `first` part
 
     def __post_init__(self) -> None:
-        if self.fmt not in IMPORT_FORMATS:
-            raise UserError(f"unknown format {self.fmt!r}", hint=f"use {'|'.join(FORMATS)}")
+        object.__setattr__(self, "fmt", format_name(self.fmt))
+        if self.name_attr not in NAME_ATTR_RULES:
+            raise UserError(f"--name-attr {self.name_attr!r}: use {'|'.join(NAME_ATTR_RULES)}")
+        if not self.label_key.strip():
+            raise UserError("--label-key: give the annotation key that holds the label")
         if self.folder_from not in FOLDER_RULES:
             raise UserError(f"--folder-from {self.folder_from!r}: use {'|'.join(FOLDER_RULES)}")
         if self.outside not in OUTSIDE_RULES:
@@ -465,7 +460,13 @@ def import_dataset(
     if not src.exists():
         raise UserError(f"{src}: not found")
     check_replaceable(out, overwrite, source=src if src.is_dir() else src.parent)
-    source = read_source(src, options.fmt, list(options.classes) if options.classes else None)
+    source = read_source(
+        src,
+        options.fmt,
+        list(options.classes) if options.classes else None,
+        label_key=options.label_key,
+        name_first=options.name_attr == "first",
+    )
     ctx = source.context
     images = collect_images(source, options, exclude=out)
     if not images:
@@ -479,6 +480,7 @@ def import_dataset(
         if not any(written.rows.values()):
             raise UserError(f"{src}: no image could be imported\n{format_problems(ctx.problems)}")
         report = import_report(src, out, options, split_from, written, ctx.problems)
+        report.update(format=source.fmt, format_detected=options.fmt == AUTO)
         write_json(tmp / IMPORT_REPORT, report)
     return report
 
