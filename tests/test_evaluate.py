@@ -181,21 +181,28 @@ def test_plots_and_summary_are_written(tmp_path):
     targets, preds = table[BOX].to_numpy(), table[[f"pred_{c}" for c in BOX]].to_numpy()
     scores = m.score(np.array([2, 1]), targets, one_hot([2, 0]), preds, np.array([1.0, 0.0]))
     results = {"test": scores, "test_baseline": scores}
-    text = evaluate.summary_markdown(results, per_class, "test", files, "run123")
+    text = evaluate.summary_markdown(results, per_class, "test", files, "run123", {})
     assert "| corloc | 0.500 | 0.500 |" in text and "run123" in text
     assert "gallery_worst.png" in text and "| banana | 1 |" in text
-    assert "BASELINE" not in text  # equal to the baseline is not below it
+    assert "BASELINE" not in text  # no margin asked of it
 
 
 def test_a_model_below_the_baseline_is_reported_first_in_the_summary():
     model = {name: 0.5 for name in m.HEADLINE} | {"images": 40, "mean_iou": 0.39, "corloc": 0.09}
     base = {name: 0.5 for name in m.HEADLINE} | {"images": 40, "mean_iou": 0.46, "corloc": 0.18}
-    assert m.below_baseline(model, base) == ["mean_iou", "corloc"]
-    assert m.below_baseline(base, base) == []
-    results = {"test": model, "test_baseline": base, "val": base, "val_baseline": base}
+    margins = {"mean_iou": 0.05, "corloc": 0.0}
+    assert m.short_of_baseline(model, base, margins) == ["mean_iou", "corloc"]
+    assert m.short_of_baseline(base, base, margins) == ["mean_iou", "corloc"]  # a tie is not above
+    better = base | {"mean_iou": 0.52, "corloc": 0.19}
+    assert m.short_of_baseline(better, base, margins) == []
+    assert m.short_of_baseline(better | {"mean_iou": 0.49}, base, margins) == ["mean_iou"]
+    results = {"test": model, "test_baseline": base, "val": better, "val_baseline": base}
     per_class = pd.DataFrame(columns=["split", "class_name", "images", "accuracy", "corloc"])
-    text = evaluate.summary_markdown(results, per_class, "test", [], "run123")
-    warning = "BELOW THE TRIVIAL BASELINE on test: mean_iou 0.390 < 0.460, corloc 0.090 < 0.180"
+    text = evaluate.summary_markdown(results, per_class, "test", [], "run123", margins)
+    warning = (
+        "NOT ABOVE THE TRIVIAL BASELINE on test: mean_iou 0.390 vs 0.460 (needs +0.05 and more "
+        "than 0), corloc 0.090 vs 0.180 (needs +0 and more than 0)"
+    )
     assert warning in text.split("| metric")[0]  # above the metrics table
     assert "on val" not in text
 

@@ -59,8 +59,22 @@ def test_must_beat_the_baseline():
     assert decide(metrics(0.03), BASELINE, None, gate).promote
     decision = decide(metrics(0.02), BASELINE, None, gate)
     assert not decision.promote
-    assert "does not beat the baseline corloc (0.0200 vs 0.0200)" in decision.reasons
+    assert "does not beat the baseline corloc (0.0200 vs 0.0200, margin 0)" in decision.reasons
     assert not decide(metrics(0.5), None, None, gate).promote  # no baseline to compare
+
+
+def test_a_model_inside_the_baseline_margin_stays_a_challenger_and_says_why():
+    gate = GateParams(floors={}, beat_baseline=True)
+    margins = {"mean_iou": 0.05, "corloc": 0.0}
+    base = {"mean_iou": 0.577, "corloc": 0.655}
+    inside = decide({"mean_iou": 0.60, "corloc": 0.70}, base, None, gate, margins)
+    assert not inside.promote and inside.alias == "challenger"
+    assert "does not beat the baseline mean_iou (0.6000 vs 0.5770, margin 0.05)" in inside.reasons
+    assert "beats the baseline corloc (0.7000 vs 0.6550, margin 0)" in inside.reasons
+    clear = decide({"mean_iou": 0.70, "corloc": 0.70}, base, None, gate, margins)
+    assert clear.promote
+    tie = decide({"mean_iou": 0.70, "corloc": 0.655}, base, None, gate, margins)
+    assert not tie.promote  # CorLoc equal to the mean box's is not above it
 
 
 def test_champion_without_comparable_metrics_is_kept():

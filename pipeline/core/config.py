@@ -239,6 +239,11 @@ class TrainParams(Section):
         return self
 
 
+GateMetric = Literal[
+    "accuracy", "top3_accuracy", "mean_iou", "median_iou", "iou50_rate", "iou75_rate", "corloc"
+]
+
+
 class EvaluateParams(Section):
     # The primary split: plots, gallery, registry tags and the promotion gate use it.
     split: Literal["val", "test"] = "test"
@@ -247,11 +252,10 @@ class EvaluateParams(Section):
     batch_size: PositiveInt = 64
     # Images in each of the best / worst / random prediction galleries.
     gallery_images: Annotated[int, Field(ge=1, le=64)] = 8
-
-
-GateMetric = Literal[
-    "accuracy", "top3_accuracy", "mean_iou", "median_iou", "iou50_rate", "iou75_rate", "corloc"
-]
+    # How far above the trivial baseline (majority class, mean training box) a model must
+    # score to count as better than it: more than 0 and at least this much, per metric.
+    # Short of it, evaluate warns and the registry gate refuses @champion.
+    baseline_margin: dict[GateMetric, Fraction] = {"mean_iou": 0.05, "corloc": 0.0}
 
 
 class GateParams(Section):

@@ -4,7 +4,9 @@ A pure function of numbers, so every rule is testable without a registry. The ca
 becomes ``champion`` only when all of these hold (params ``register.gate``):
 
 1. it reaches every absolute floor (e.g. accuracy >= 0.25);
-2. it beats the trivial baseline on the gate metric (``beat_baseline``);
+2. it clears the trivial baseline (``beat_baseline``): by more than 0 on the gate metric,
+   and by ``evaluate.baseline_margin`` on each metric listed there (mean IoU at least
+   0.05 above the mean box by default): a model at the baseline is no model;
 3. it beats the current champion on the gate metric by at least ``margin`` (and by more
    than 0: a tie keeps the champion), both scored on the same test split. With no champion
    yet, this check passes; with a champion whose metrics are not comparable, it fails.
@@ -18,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pipeline.core.config import GateParams
+from pipeline.evaluation.metrics import clears
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -77,13 +80,30 @@ def _check_floors(candidate: Mapping[str, float], floors: Mapping[str, float]) -
     return checks
 
 
-def _check_baseline(metric: str, value: float, baseline: Mapping[str, float] | None) -> tuple:
-    """(passed, reason) for beating the trivial baseline."""
-    if baseline is None or metric not in baseline:
-        return False, f"no baseline {metric} to compare with"
-    reference = baseline[metric]
-    verdict = "beats" if value > reference else "does not beat"
-    return value > reference, f"{verdict} the baseline {metric} ({value:.4f} vs {reference:.4f})"
+def _check_baseline(
+    metric: str,
+    candidate: Mapping[str, float],
+    baseline: Mapping[str, float] | None,
+    margins: Mapping[str, float],
+) -> list[tuple]:
+    """(passed, reason) for clearing the trivial baseline on each margin metric and the
+    gate metric."""
+    wanted = {metric: 0.0, **margins}
+    if baseline is None or any(name not in baseline for name in wanted):
+        return [(False, f"no baseline {metric} to compare with")]
+    checks = []
+    for name, margin in wanted.items():
+        value, reference = candidate.get(name), baseline[name]
+        if value is None:
+            checks.append((False, f"baseline check {name}: metric missing"))
+            continue
+        passed = clears(value, reference, margin)
+        verdict = "beats" if passed else "does not beat"
+        checks.append(
+            (passed, f"{verdict} the baseline {name} ({value:.4f} vs {reference:.4f}, "
+             f"margin {margin:g})")
+        )  # fmt: skip
+    return checks
 
 
 def _check_champion(metric: str, value: float, champion: Champion | None, margin: float):
@@ -96,7 +116,7 @@ def _check_champion(metric: str, value: float, champion: Champion | None, margin
         return False, reason, None
     reference = float(champion.metrics[metric])
     delta = value - reference
-    passed = delta > 0 and delta >= margin
+    passed = clears(value, reference, margin)
     verdict = "beats" if passed else "does not beat"
     reason = (
         f"{verdict} champion v{champion.version} on {metric}: {value:.4f} vs {reference:.4f} "
@@ -110,8 +130,10 @@ def decide(
     baseline: Mapping[str, float] | None,
     champion: Champion | None,
     gate: GateParams,
+    baseline_margin: Mapping[str, float] | None = None,
 ) -> Decision:
-    """Apply the gate's rules (module docstring) to the candidate's metrics."""
+    """Apply the gate's rules (module docstring) to the candidate's metrics;
+    ``baseline_margin`` is ``evaluate.baseline_margin``."""
     metric = gate.metric
     value = candidate.get(metric)
     if value is None:
@@ -120,7 +142,7 @@ def decide(
         return Decision(False, metric, None, None, version, [reason])
     checks = _check_floors(candidate, gate.floors)
     if gate.beat_baseline:
-        checks.append(_check_baseline(metric, value, baseline))
+        checks += _check_baseline(metric, candidate, baseline, baseline_margin or {})
     passed, reason, reference = _check_champion(metric, value, champion, gate.margin)
     checks.append((passed, reason))
     return Decision(

@@ -87,13 +87,24 @@ def baseline(
     return score(samples.label.to_numpy(), samples[BOX_COLUMNS].to_numpy(), probs, boxes, same)
 
 
-def below_baseline(scores: dict[str, float], base: dict[str, float]) -> list[str]:
-    """Headline metrics on which a model scores below the trivial baseline, in HEADLINE order.
+def clears(value: float, reference: float, margin: float) -> bool:
+    """Whether ``value`` beats ``reference`` by more than 0 and by at least ``margin``
+    (the rule for the baseline and for the champion alike)."""
+    delta = value - reference
+    return delta > 0 and delta >= margin
 
-    A model that cannot beat "always the majority class and the mean box" has learnt nothing
-    usable, whatever its absolute figures; ties (one class: accuracy 1.0 both) do not count.
+
+def short_of_baseline(
+    scores: dict[str, float], base: dict[str, float], margins: dict[str, float]
+) -> list[str]:
+    """Metrics of ``margins`` on which a model does not clear the trivial baseline.
+
+    A model that cannot clearly beat "always the majority class and the mean box" has learnt
+    nothing usable, whatever its absolute figures; a tie does not count as beating it.
     """
-    return [name for name in HEADLINE if scores[name] < base[name]]
+    return [
+        name for name, margin in margins.items() if not clears(scores[name], base[name], margin)
+    ]
 
 
 def prediction_table(

@@ -178,7 +178,11 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
         decision = gate.already_champion(number, metrics[split], params.register_.gate)
     else:
         decision = gate.decide(
-            metrics[split], metrics.get(f"{split}_baseline"), champion, params.register_.gate
+            metrics[split],
+            metrics.get(f"{split}_baseline"),
+            champion,
+            params.register_.gate,
+            params.evaluate.baseline_margin,
         )
     tags = {**lineage_tags(params, metrics, fingerprint), **decision_tags(decision)}
     tracking.retrying(
