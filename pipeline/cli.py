@@ -228,32 +228,58 @@ def _experiment_name(params: Path) -> str:
     return load_params(params).mlflow.experiment if params.is_file() else MlflowParams().experiment
 
 
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="MLflow model URI or a .keras file.")]
+ClassesOpt = Annotated[
+    Path | None,
+    typer.Option(help="Class list JSON for a .keras model [outputs/validate/classes.json]."),
+]
+
+
 @app.command()
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="Image files (any size, mode, format).")],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="MLflow model URI or a .keras file.")
-    ] = "models:/snackloc@champion",
-    classes: Annotated[
+    images: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Images (any size, mode, format), folders of images, quoted globs "
+            '("photos/**/*.jpg") or annotation CSVs (annotations-test.csv).',
+            show_default=False,
+        ),
+    ],
+    model: ModelOpt = "models:/snackloc@champion",
+    classes: ClassesOpt = None,
+    output: Annotated[
         Path | None,
-        typer.Option(help="Class list JSON for a .keras model [outputs/validate/classes.json]."),
+        typer.Option("--output", "-o", help="Write the results to this .csv or .json file."),
     ] = None,
-    out: Annotated[Path, typer.Option(help="Folder for the images with their box drawn.")] = Path(
-        "outputs/predict"
-    ),
+    out: Annotated[
+        Path | None, typer.Option(help="Also write each image with its box drawn here.")
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, max=1024, help="Images per batch.")] = 32,
+    top_k: Annotated[int, typer.Option(min=1, help="How many classes to list per image.")] = 3,
+    data_root: Annotated[
+        Path | None,
+        typer.Option(help="Image root of annotation CSVs [the CSV's folder, else data/]."),
+    ] = None,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Predict class, probability and box of images; write each with its box drawn."""
-    missing = [path for path in images if not path.is_file()]
-    if len(missing) == len(images):  # said at once, before the model and TensorFlow load
-        first = missing[0]
-        why = "is a folder: pass its images (folder/*.jpg)" if first.is_dir() else "no such file"
+    """Predict class, probability and box of images: one model load, batches of images.
+
+    A file that cannot be read is reported and skipped (exit status 1); the rest still run.
+    """
+    from pipeline.ops.inputs import collect_images
+
+    paths = collect_images(images, data_root)
+    missing = [path for path in paths if not path.is_file()]
+    if len(missing) == len(paths):  # said at once, before the model and TensorFlow load
+        first = missing[0] if missing else images[0]
         more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
-        fail(f"{first}: {why}{more}")
+        fail(f"{first}: {'no image in this folder' if first.is_dir() else 'no such file'}{more}")
     with env.quiet_native_startup():
         from pipeline.ops import predict as predicting
 
-    raise typer.Exit(predicting.main(images, model, classes, out, json_output))
+    options = predicting.Options(out, output, json_output, batch_size, top_k, not quiet)
+    raise typer.Exit(predicting.main(paths, model, classes, options))
 
 
 def _echo_record(record: dict) -> None:
