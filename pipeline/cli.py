@@ -231,7 +231,9 @@ def _experiment_name(params: Path) -> str:
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="MLflow model URI or a .keras file.")]
 ClassesOpt = Annotated[
     Path | None,
-    typer.Option(help="Class list JSON for a .keras model [outputs/validate/classes.json]."),
+    typer.Option(
+        help="Class list JSON for a .keras model (default: outputs/validate/classes.json)."
+    ),
 ]
 
 
@@ -259,7 +261,7 @@ def predict(
     top_k: Annotated[int, typer.Option(min=1, help="How many classes to list per image.")] = 3,
     data_root: Annotated[
         Path | None,
-        typer.Option(help="Image root of annotation CSVs [the CSV's folder, else data/]."),
+        typer.Option(help="Image root of annotation CSVs (default: the CSV's folder, else data/)."),
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -280,6 +282,59 @@ def predict(
 
     options = predicting.Options(out, output, json_output, batch_size, top_k, not quiet)
     raise typer.Exit(predicting.main(paths, model, classes, options))
+
+
+@app.command()
+def serve(
+    model: ModelOpt = "models:/snackloc@champion",
+    classes: ClassesOpt = None,
+    host: Annotated[
+        str, typer.Option(help="Interface; no authentication: keep 127.0.0.1 or use a proxy.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_batch: Annotated[
+        int, typer.Option(min=1, max=1024, help="Most images per model call.")
+    ] = 32,
+    max_wait_ms: Annotated[
+        float, typer.Option(min=0, help="How long a batch waits for more images (ms).")
+    ] = 5.0,
+    decode_threads: Annotated[int, typer.Option(min=1, help="Threads decoding images.")] = 2,
+    max_body_mb: Annotated[float, typer.Option(min=0.01, help="Largest request body (MB).")] = 20,
+) -> None:
+    """Serve the model over HTTP with dynamic batching, until Ctrl+C or SIGTERM.
+
+    POST images (raw JPEG/PNG bytes, multipart, base64 or pixel arrays in JSON) to
+    /predict; GET /health, /ready and /metrics. See docs/serving.md.
+    """
+    from pipeline.ops import servers
+
+    try:
+        servers.check_port_free(host, port)  # said before the model loads
+    except UserError as exc:
+        fail(f"{exc.message}; pick another --port")
+    if not servers.is_local(host):
+        typer.secho(
+            f"warning: binding to {host}: the server has no authentication",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    with env.quiet_native_startup():
+        from pipeline.ops import predict as predicting
+        from pipeline.ops import serve as serving
+
+    predictor = predicting.load_predictor(model, classes)
+    settings = serving.ServeSettings(max_batch, max_wait_ms, decode_threads, max_body_mb)
+    url = f"http://{servers.client_host(host)}:{port}"
+
+    def ready() -> None:
+        typer.echo(
+            f"serving {predictor.source} ({len(predictor.classes)} classes, "
+            f"{predictor.image_size} px) on {url}\n"
+            f"  curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' {url}/predict\n"
+            "Ctrl+C stops it."
+        )
+
+    raise typer.Exit(serving.run(serving.create_app(predictor, settings), host, port, ready))
 
 
 def _echo_record(record: dict) -> None:
