@@ -337,6 +337,60 @@ def serve(
     raise typer.Exit(serving.run(serving.create_app(predictor, settings), host, port, ready))
 
 
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .tflite file to write.")],
+    model: ModelOpt = "models:/snackloc@champion",
+    classes: ClassesOpt = None,
+    format_: Annotated[str, typer.Option("--format", "-f", help="tflite (LiteRT).")] = "tflite",
+    quantize: Annotated[
+        str, typer.Option("--quantize", help="float32 | float16 | int8.")
+    ] = "float32",
+    check: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Images, folders or annotation CSVs to compare the export with Keras on "
+            "(default: outputs/dedup/annotations-test.csv).",
+        ),
+    ] = None,
+    tolerance: Annotated[
+        float | None,
+        typer.Option(help="Largest |Δ| allowed (default: 1e-3 float32, 1e-2 float16, 0.1 int8)."),
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Image root of annotation CSVs (default: data/).")
+    ] = None,
+) -> None:
+    """Export the model for phones (TensorFlow Lite) and check it against Keras.
+
+    Exit status 1 when the exported model's outputs differ by more than the tolerance.
+    A registered model's export is also logged to its training run (under exports/).
+    """
+    from pipeline.ops.inputs import collect_images
+
+    if format_ != "tflite":
+        fail(f"unknown --format {format_!r}; this version exports tflite")
+    if quantize not in {"float32", "float16", "int8"}:
+        fail(f"unknown --quantize {quantize!r}; expected float32, float16 or int8")
+    default = Path("outputs/dedup/annotations-test.csv")
+    sources = check if check else ([default] if default.is_file() else [])
+    paths = collect_images(sources, data_root)
+    with env.quiet_native_startup():
+        from pipeline.ops import export as exporting
+        from pipeline.ops import predict as predicting
+
+    predictor = predicting.load_predictor(model, classes)
+    result = exporting.export_tflite(predictor, out, quantize, paths, tolerance)
+    typer.echo(exporting.summary(result))
+    if not Path(model).is_file():
+        from pipeline.integrations import registry
+
+        run_id = registry.log_export(model, [out, Path(f"{out}.check.json")])
+        if run_id:
+            typer.echo(f"logged to run {run_id} under exports/")
+    raise typer.Exit(0 if result.passed else 1)
+
+
 def _echo_record(record: dict) -> None:
     before, after = (
         f"v{v}" if v else "none" for v in (record["champion_before"], record["champion_after"])

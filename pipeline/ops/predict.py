@@ -168,7 +168,7 @@ def _decode(path: Path, size: int) -> Decoded:
         return exc
 
 
-def _decoded_chunks(
+def decoded_chunks(
     paths: list[Path], size: int, batch: int
 ) -> Iterator[tuple[list[Path], list[Decoded]]]:
     """Chunks of ``batch`` paths with their decoded images; the next chunk decodes on a
@@ -216,7 +216,7 @@ def predict_images(
     results, used = [], set()
     bar = tqdm(total=len(paths), unit="img", desc="predict", disable=None if progress else True)
     with bar:
-        for chunk, decoded in _decoded_chunks(paths, predictor.image_size, batch):
+        for chunk, decoded in decoded_chunks(paths, predictor.image_size, batch):
             loaded = []
             for path, item in zip(chunk, decoded, strict=True):
                 result = Result(image=str(path))
