@@ -41,8 +41,8 @@ def collect_images(args: list[Path], data_root: Path | None = None) -> list[Path
 
 
 def _expand(arg: Path, data_root: Path | None) -> list[Path]:
-    if arg.is_dir():
-        return folder_images(arg)
+    if arg.is_dir():  # an empty one stays: reported as "is a directory, not an image"
+        return folder_images(arg) or [arg]
     if arg.suffix.lower() == ".csv" and arg.is_file():
         return csv_images(arg, data_root)
     if not arg.exists() and GLOB_CHARS.search(str(arg)):

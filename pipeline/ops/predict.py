@@ -332,5 +332,9 @@ def main(
     else:
         Console().print(as_table(results, predictor.source))
     if options.out_dir is not None and any(r.drawn for r in results):
-        print(f"images with their box drawn: {options.out_dir}/", file=sys.stderr)
+        # not on stdout under --json, which must stay one JSON document
+        print(
+            f"images with their box drawn: {options.out_dir}/",
+            file=sys.stderr if options.json_output else sys.stdout,
+        )
     return 1 if failed else 0
