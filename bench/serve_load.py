@@ -1,23 +1,26 @@
-"""Load test: the registered model over HTTP (`mlflow models serve`) and in process.
+"""Load test: the model alone, in process, and behind `snackloc serve` / `mlflow models serve`.
 
 The same N requests (default 1,000), one image each, from C concurrent clients (default 8
-threads), against three paths, side by side:
+threads), against each path, side by side, with each path's throughput as a share of the
+model's own batched throughput measured in the same run:
 
-  (a) in process, ``predict_batch`` on the image already resized (what a Python caller
-      holding the model pays);
-  (b) in process, the `snackloc predict` path: JPEG file -> ``load_image_array`` (EXIF,
-      RGB, resize) -> ``predict_batch``;
-  (c) `mlflow models serve -m MODEL --env-manager local` on 127.0.0.1 (docs/serving.md):
-      a JSON body ``{"inputs": [image]}`` per request over a keep-alive connection per
-      client, the image already resized as in (a).
+  (0) the model alone: ``Predictor.infer`` on batches of 32 images already resized
+      (images/s; the ceiling of every path below);
+  (a) in process, ``predict_batch`` on one image already resized per call;
+  (b) in process, the `snackloc predict` path per call: JPEG file -> decode/resize -> model;
+  (c) `snackloc serve` on 127.0.0.1 (dynamic batching): the JPEG bytes as the request body;
+  (d) `mlflow models serve -m MODEL --env-manager local` (registered models only, unless
+      ``--no-mlflow``): a JSON body ``{"inputs": [image]}`` of the resized image.
 
 For each: latency p50 / p90 / p99 / max, throughput and the number of errors (an exception
 or an HTTP status other than 200). Ten warm-up requests per path are not counted. Images
-are real test images of the project (``outputs/dedup/annotations-test.csv``).
+are real test images of the project (``outputs/dedup/annotations-test.csv``) or, with
+``--synthetic``, generated 640×480 photo-like JPEGs.
 
-Usage (~2-4 min on 2 cores; needs a registered model, `dvc repro` or `snackloc register`):
-  .venv/bin/python bench/serve_load.py [--model models:/snackloc@champion]
-      [--requests 1000] [--clients 8] [--workers 1] [--json results.json]
+Usage (~2-4 min on 2 cores):
+  .venv/bin/python bench/serve_load.py [--model models:/snackloc@champion | model.keras
+      --classes classes.json | --untrained] [--requests 1000] [--clients 8] [--workers 1]
+      [--synthetic] [--no-mlflow] [--json results.json]
 """
 
 from __future__ import annotations
@@ -117,8 +120,11 @@ def free_port() -> int:
 class ModelServer:
     """`mlflow models serve` of ``model`` on 127.0.0.1 (local env manager), as a context."""
 
-    def __init__(self, model: str, workers: int, log_path: Path) -> None:
+    def __init__(
+        self, model: str, workers: int, log_path: Path, serve_args: list[str] | None = None
+    ) -> None:
         self.model, self.workers, self.log_path = model, workers, log_path
+        self.serve_args = serve_args  # `snackloc serve` with these arguments, not mlflow
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
@@ -129,6 +135,11 @@ class ModelServer:
             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(self.port),
             "-w", str(self.workers),
         ]  # fmt: skip
+        health = "ping"
+        if self.serve_args is not None:
+            command = [str(bin_dir / "snackloc"), "serve", "-m", self.model, *self.serve_args]
+            command += ["--port", str(self.port)]
+            health = "ready"
         # --env-manager local starts `uvicorn` from PATH: the virtualenv's bin must be on it.
         environ = {
             **os.environ,
@@ -144,11 +155,11 @@ class ModelServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: see {self.log_path}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ping", timeout=2):
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/{health}", timeout=2):
                     break
             except OSError:
                 if time.perf_counter() - started > 300:
-                    raise TimeoutError(f"no /ping answer in 300 s: see {self.log_path}") from None
+                    raise TimeoutError(f"no /{health} in 300 s: see {self.log_path}") from None
                 time.sleep(0.5)
         print(f"  server ready in {time.perf_counter() - started:.0f} s (port {self.port})")
         return self
@@ -162,8 +173,10 @@ class ModelServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
 
 
-def http_caller(port: int, bodies: list[bytes]) -> Callable[[int], None]:
-    """``call(i)``: POST body i (cyclic) to /invocations on this thread's connection."""
+def http_caller(
+    port: int, bodies: list[bytes], path: str = "/invocations", kind: str = "application/json"
+) -> Callable[[int], None]:
+    """``call(i)``: POST body i (cyclic) to ``path`` on this thread's connection."""
     local = threading.local()
 
     def call(i: int) -> None:
@@ -171,10 +184,7 @@ def http_caller(port: int, bodies: list[bytes]) -> Callable[[int], None]:
             local.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         try:
             local.connection.request(
-                "POST",
-                "/invocations",
-                body=bodies[i % len(bodies)],
-                headers={"Content-Type": "application/json"},
+                "POST", path, body=bodies[i % len(bodies)], headers={"Content-Type": kind}
             )
             response = local.connection.getresponse()
             payload = response.read()
@@ -184,10 +194,56 @@ def http_caller(port: int, bodies: list[bytes]) -> Callable[[int], None]:
             raise
         if response.status != 200:
             raise RuntimeError(f"HTTP {response.status}: {payload[:200]!r}")
-        if "box" not in json.loads(payload)["predictions"]:
+        if b"box" not in payload:
             raise RuntimeError("no box in the answer")
 
     return call
+
+
+def model_alone(predictor, arrays: list[np.ndarray], images: int, batch: int = 32) -> LoadResult:
+    """The model's own batched throughput: ``infer`` on batches of ``batch`` images."""
+    stack = np.stack([arrays[i % len(arrays)] for i in range(batch)])
+    predictor.infer(stack)  # warm-up
+    calls = max(1, images // batch)
+    latencies = np.zeros(calls)
+    started = time.perf_counter()
+    for i in range(calls):
+        begun = time.perf_counter()
+        predictor.infer(stack)
+        latencies[i] = time.perf_counter() - begun
+    seconds = time.perf_counter() - started
+    p50, p90, p99 = np.percentile(latencies * 1000, [50, 90, 99])
+    name = f"model alone, batches of {batch}"
+    return LoadResult(name, calls * batch, 1, 0, seconds, p50, p90, p99, latencies.max() * 1000)
+
+
+def synthetic_images(count: int, folder: Path) -> list[Path]:
+    """640×480 photo-like JPEGs (smooth random colour fields), written once."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"{i}.jpg"
+        if not path.is_file():
+            coarse = np.random.default_rng(i).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+            image = Image.fromarray(coarse).resize((640, 480), Image.Resampling.BICUBIC)
+            image.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def untrained_model(folder: Path) -> tuple[Path, Path]:
+    """The default architecture (params.yaml), untrained: same speed as a trained one."""
+    from pipeline.core.config import load_params
+    from pipeline.model.model import build_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model, classes = folder / "model.keras", folder / "classes.json"
+    names = [f"class{i}" for i in range(20)]
+    build_model(len(names), load_params(ROOT / "params.yaml").model).save(model)
+    classes.write_text(json.dumps({"classes": names}))
+    return model, classes
 
 
 def test_images(count: int) -> list[Path]:
@@ -206,6 +262,7 @@ def table(results: list[LoadResult]) -> str:
         ("requests / clients", lambda r: f"{r.requests} / {r.clients}"),
         ("errors", lambda r: str(r.errors)),
         ("throughput (req/s)", lambda r: f"{r.throughput:.1f}"),
+        ("share of the model alone", lambda r: f"{r.throughput / results[0].throughput:.0%}"),
         ("latency p50 (ms)", lambda r: f"{r.p50_ms:.1f}"),
         ("latency p90 (ms)", lambda r: f"{r.p90_ms:.1f}"),
         ("latency p99 (ms)", lambda r: f"{r.p99_ms:.1f}"),
@@ -219,28 +276,41 @@ def table(results: list[LoadResult]) -> str:
 
 
 def main() -> None:
-    """Run the three paths and print the table (and optionally write JSON)."""
+    """Run every path and print the table (and optionally write JSON)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models:/snackloc@champion")
+    parser.add_argument("--classes", help="class list JSON of a .keras model")
+    parser.add_argument("--untrained", action="store_true", help="the default architecture")
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1, help="`mlflow models serve -w`")
     parser.add_argument("--images", type=int, default=16, help="distinct test images used")
+    parser.add_argument("--synthetic", action="store_true", help="640×480 generated JPEGs")
+    parser.add_argument("--no-mlflow", action="store_true", help="skip `mlflow models serve`")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     env.configure(ROOT)
     os.chdir(ROOT)
-
-    predictor = load_predictor(args.model)
-    paths = test_images(args.images)
+    scratch = ROOT / "outputs" / "serve_load"
+    if args.untrained:
+        model, classes = untrained_model(scratch / "untrained")
+        args.model, args.classes = str(model), str(classes)
+    classes = Path(args.classes) if args.classes else None
+    predictor = load_predictor(args.model, classes)
+    paths = (
+        synthetic_images(args.images, scratch / "images")
+        if args.synthetic
+        else test_images(args.images)
+    )
     arrays = [load_image_array(path, predictor.image_size) for path in paths]
-    bodies = [json.dumps({"inputs": [a.astype("float32").tolist()]}).encode() for a in arrays]
+    jpegs = [path.read_bytes() for path in paths]
     print(
         f"{args.model}: {predictor.image_size} px, {len(predictor.classes)} classes; "
-        f"{len(paths)} test images, {len(bodies[0]) / 1e3:.0f} kB JSON per request"
+        f"{len(paths)} images, {np.mean([len(j) for j in jpegs]) / 1e3:.0f} kB JPEG each"
     )
     n, c = args.requests, args.clients
     results = [
+        model_alone(predictor, arrays, n),
         run_load(
             "in-process predict_batch",
             lambda i: predict_batch(predictor, [arrays[i % len(arrays)]]),
@@ -256,12 +326,21 @@ def main() -> None:
             c,
         ),
     ]
-    with ModelServer(args.model, args.workers, ROOT / "outputs" / "serve_load.log") as server:
-        results.append(
-            run_load(
-                f"mlflow models serve (-w {args.workers})", http_caller(server.port, bodies), n, c
+    serve_args = ["--classes", args.classes] if args.classes else []
+    with ModelServer(args.model, 1, scratch / "snackloc-serve.log", serve_args) as server:
+        call = http_caller(server.port, jpegs, "/predict", "image/jpeg")
+        results.append(run_load("snackloc serve (JPEG)", call, n, c))
+    if not args.no_mlflow and args.model.startswith("models:/"):
+        bodies = [json.dumps({"inputs": [a.astype("float32").tolist()]}).encode() for a in arrays]
+        with ModelServer(args.model, args.workers, scratch / "mlflow-serve.log") as server:
+            results.append(
+                run_load(
+                    f"mlflow models serve (-w {args.workers})",
+                    http_caller(server.port, bodies),
+                    n,
+                    c,
+                )
             )
-        )
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")

@@ -243,32 +243,167 @@ def _experiment_name(params: Path) -> str:
     return load_params(params).mlflow.experiment if params.is_file() else MlflowParams().experiment
 
 
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="MLflow model URI or a .keras file.")]
+ClassesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Class list JSON for a .keras model (default: outputs/validate/classes.json)."
+    ),
+]
+
+
 @app.command()
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="Image files (any size, mode, format).")],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="MLflow model URI or a .keras file.")
-    ] = "models:/snackloc@champion",
-    classes: Annotated[
+    images: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Images (any size, mode, format), folders of images, quoted globs "
+            '("photos/**/*.jpg") or annotation CSVs (annotations-test.csv).',
+            show_default=False,
+        ),
+    ],
+    model: ModelOpt = "models:/snackloc@champion",
+    classes: ClassesOpt = None,
+    output: Annotated[
         Path | None,
-        typer.Option(help="Class list JSON for a .keras model [outputs/validate/classes.json]."),
+        typer.Option("--output", "-o", help="Write the results to this .csv or .json file."),
     ] = None,
-    out: Annotated[Path, typer.Option(help="Folder for the images with their box drawn.")] = Path(
-        "outputs/predict"
-    ),
+    out: Annotated[
+        Path | None, typer.Option(help="Also write each image with its box drawn here.")
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, max=1024, help="Images per batch.")] = 32,
+    top_k: Annotated[int, typer.Option(min=1, help="How many classes to list per image.")] = 3,
+    data_root: Annotated[
+        Path | None,
+        typer.Option(help="Image root of annotation CSVs (default: the CSV's folder, else data/)."),
+    ] = None,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Predict class, probability and box of images; write each with its box drawn."""
-    missing = [path for path in images if not path.is_file()]
-    if len(missing) == len(images):  # said at once, before the model and TensorFlow load
-        first = missing[0]
-        why = "is a folder: pass its images (folder/*.jpg)" if first.is_dir() else "no such file"
+    """Predict class, probability and box of images: one model load, batches of images.
+
+    A file that cannot be read is reported and skipped (exit status 1); the rest still run.
+    """
+    from pipeline.ops.inputs import collect_images
+
+    paths = collect_images(images, data_root)
+    missing = [path for path in paths if not path.is_file()]
+    if len(missing) == len(paths):  # said at once, before the model and TensorFlow load
+        first = missing[0] if missing else images[0]
         more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
-        fail(f"{first}: {why}{more}")
+        fail(f"{first}: {'no image in this folder' if first.is_dir() else 'no such file'}{more}")
     with env.quiet_native_startup():
         from pipeline.ops import predict as predicting
 
-    raise typer.Exit(predicting.main(images, model, classes, out, json_output))
+    options = predicting.Options(out, output, json_output, batch_size, top_k, not quiet)
+    raise typer.Exit(predicting.main(paths, model, classes, options))
+
+
+@app.command()
+def serve(
+    model: ModelOpt = "models:/snackloc@champion",
+    classes: ClassesOpt = None,
+    host: Annotated[
+        str, typer.Option(help="Interface; no authentication: keep 127.0.0.1 or use a proxy.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_batch: Annotated[
+        int, typer.Option(min=1, max=1024, help="Most images per model call.")
+    ] = 32,
+    max_wait_ms: Annotated[
+        float, typer.Option(min=0, help="How long a batch waits for more images (ms).")
+    ] = 5.0,
+    decode_threads: Annotated[int, typer.Option(min=1, help="Threads decoding images.")] = 2,
+    max_body_mb: Annotated[float, typer.Option(min=0.01, help="Largest request body (MB).")] = 20,
+) -> None:
+    """Serve the model over HTTP with dynamic batching, until Ctrl+C or SIGTERM.
+
+    POST images (raw JPEG/PNG bytes, multipart, base64 or pixel arrays in JSON) to
+    /predict; GET /health, /ready and /metrics. See docs/serving.md.
+    """
+    from pipeline.ops import servers
+
+    try:
+        servers.check_port_free(host, port)  # said before the model loads
+    except UserError as exc:
+        fail(f"{exc.message}; pick another --port")
+    if not servers.is_local(host):
+        typer.secho(
+            f"warning: binding to {host}: the server has no authentication",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    with env.quiet_native_startup():
+        from pipeline.ops import predict as predicting
+        from pipeline.ops import serve as serving
+
+    predictor = predicting.load_predictor(model, classes)
+    settings = serving.ServeSettings(max_batch, max_wait_ms, decode_threads, max_body_mb)
+    url = f"http://{servers.client_host(host)}:{port}"
+
+    def ready() -> None:
+        typer.echo(
+            f"serving {predictor.source} ({len(predictor.classes)} classes, "
+            f"{predictor.image_size} px) on {url}\n"
+            f"  curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' {url}/predict\n"
+            "Ctrl+C stops it."
+        )
+
+    raise typer.Exit(serving.run(serving.create_app(predictor, settings), host, port, ready))
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .tflite file to write.")],
+    model: ModelOpt = "models:/snackloc@champion",
+    classes: ClassesOpt = None,
+    format_: Annotated[str, typer.Option("--format", "-f", help="tflite (LiteRT).")] = "tflite",
+    quantize: Annotated[
+        str, typer.Option("--quantize", help="float32 | float16 | int8.")
+    ] = "float32",
+    check: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Images, folders or annotation CSVs to compare the export with Keras on "
+            "(default: outputs/dedup/annotations-test.csv).",
+        ),
+    ] = None,
+    tolerance: Annotated[
+        float | None,
+        typer.Option(help="Largest |Δ| allowed (default: 1e-3 float32, 1e-2 float16, 0.1 int8)."),
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Image root of annotation CSVs (default: data/).")
+    ] = None,
+) -> None:
+    """Export the model for phones (TensorFlow Lite) and check it against Keras.
+
+    Exit status 1 when the exported model's outputs differ by more than the tolerance.
+    A registered model's export is also logged to its training run (under exports/).
+    """
+    from pipeline.ops.inputs import collect_images
+
+    if format_ != "tflite":
+        fail(f"unknown --format {format_!r}; this version exports tflite")
+    if quantize not in {"float32", "float16", "int8"}:
+        fail(f"unknown --quantize {quantize!r}; expected float32, float16 or int8")
+    default = Path("outputs/dedup/annotations-test.csv")
+    sources = check if check else ([default] if default.is_file() else [])
+    paths = collect_images(sources, data_root)
+    with env.quiet_native_startup():
+        from pipeline.ops import export as exporting
+        from pipeline.ops import predict as predicting
+
+    predictor = predicting.load_predictor(model, classes)
+    result = exporting.export_tflite(predictor, out, quantize, paths, tolerance)
+    typer.echo(exporting.summary(result))
+    if not Path(model).is_file():
+        from pipeline.integrations import registry
+
+        run_id = registry.log_export(model, [out, Path(f"{out}.check.json")])
+        if run_id:
+            typer.echo(f"logged to run {run_id} under exports/")
+    raise typer.Exit(0 if result.passed else 1)
 
 
 def _echo_record(record: dict) -> None:

@@ -7,9 +7,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
-from helpers_data import noise_image, write_image
+from helpers_data import ann, noise_image, write_csv_rows, write_image
 from helpers_model import save_tiny_model
 from PIL import Image
 from typer.testing import CliRunner
@@ -18,7 +20,7 @@ from pipeline.cli import app
 from pipeline.core import env
 from pipeline.core.errors import UserError
 from pipeline.evaluation.drawing import to_pixels
-from pipeline.ops import predict
+from pipeline.ops import inputs, predict
 
 CLASSES = ["apple", "banana", "cake"]
 
@@ -96,6 +98,67 @@ def test_cli_json_output_and_exit_status(tiny, images, tmp_path):
     assert "rgb.jpg" in done.stdout and "x_min, x_max, y_min, y_max" in done.stdout
 
 
+def test_folders_globs_and_annotation_csvs_name_their_images(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    a, b = (write_image(data / "test" / "cake" / f"{i}.jpg") for i in ("a", "b"))
+    nested = write_image(tmp_path / "photos" / "x" / "n.PNG", fmt="PNG")
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    csv = write_csv_rows(
+        data, "test", [ann("a"), ann("a", "ice cream", "cake"), ann("b"), ann("..")]
+    )
+    assert inputs.collect_images([csv]) == [a, b]  # once each, traversal ids never read
+    moved = tmp_path / "elsewhere" / "annotations-test.csv"  # no test/ beside it: data/
+    moved.parent.mkdir()
+    moved.write_text(csv.read_text())
+    assert [p.resolve() for p in inputs.collect_images([moved])] == [a, b]
+    found = inputs.collect_images([Path("photos"), Path("data/**/*.jpg"), a, Path("gone.jpg")])
+    assert found == [Path("photos/x/n.PNG"), Path("data/test/cake/a.jpg"),
+                     Path("data/test/cake/b.jpg"), a, Path("gone.jpg")]  # fmt: skip
+    assert nested.is_file()
+    with pytest.raises(UserError, match="matches no file"):
+        inputs.collect_images([Path("nowhere/*.jpg")])
+    with pytest.raises(UserError, match="not an annotation CSV"):
+        (tmp_path / "list.csv").write_text("image_id\n")
+        inputs.collect_images([tmp_path / "list.csv"])
+
+
+def test_a_batch_predicts_what_single_images_do_and_csv_output_lists_every_image(
+    tiny, images, tmp_path
+):
+    model, classes = tiny
+    predictor = predict.load_predictor(str(model), classes)
+    paths = [path for path, _ in images.values()]
+    batched = predict.predict_images(predictor, paths, batch=3, top_k=2)
+    for one in paths:
+        (alone,) = predict.predict_images(predictor, [one], batch=1, top_k=2)
+        same = next(r for r in batched if r.image == alone.image)
+        assert (same.class_name, same.box_pixels, same.error) == (
+            alone.class_name, alone.box_pixels, alone.error,
+        ), one  # fmt: skip
+        if same.box:
+            np.testing.assert_allclose(same.box, alone.box, atol=1e-4)
+            assert same.top[0]["class_name"] == same.class_name
+            assert len(same.top) == 2 and same.drawn is None
+
+    done = CliRunner().invoke(
+        app,
+        ["predict", str(paths[0].parent), "-m", str(model), "--classes", str(classes),
+         "-o", str(tmp_path / "r.csv"), "-q"],
+    )  # fmt: skip
+    assert done.exit_code == 1, done.output  # the corrupt image; the rest predicted
+    import pandas as pd
+
+    rows = pd.read_csv(tmp_path / "r.csv", keep_default_na=False)
+    assert len(rows) == 7  # every image file of the folder (the missing one is not there)
+    bad = rows[rows.image.str.endswith("corrupt.jpg")].iloc[0]
+    assert "truncated" in bad.error.lower() and bad.class_name == ""
+    good = rows[rows.error == ""].astype({c: float for c in predict.CSV_COLUMNS[3:13]})
+    assert len(good) == 6 and set(good.class_name) <= set(CLASSES)
+    assert (good.x_min <= good.x_max).all() and (good.x_max_px <= good.width).all()
+    assert "6 predictions, 1 failed" in done.stdout
+
+
 def test_same_names_in_two_folders_do_not_overwrite(tiny, tmp_path):
     model, classes = tiny
     paths = [write_image(tmp_path / d / "x.jpg") for d in ("a", "b")]
@@ -141,7 +204,7 @@ def test_missing_images_are_said_before_the_model_loads(tmp_path):
     assert "tensorflow loaded: False" in done.stdout
     (tmp_path / "photos").mkdir()
     done = snackloc_predict("photos", cwd=tmp_path)
-    assert "error: photos: is a folder: pass its images (folder/*.jpg)" in done.stderr
+    assert "error: photos: no image in this folder" in done.stderr
 
 
 @pytest.mark.skipif(env.NVIDIA_DRIVER.exists(), reason="the host has an NVIDIA driver")

@@ -184,10 +184,25 @@ def open_displayed(source: Path | BinaryIO, draft_side: int) -> Image.Image:
     JPEG draft mode decodes big files at a reduced scale (never below ``draft_side``),
     which is several times faster than a full decode.
     """
+    return open_displayed_sized(source, draft_side)[0]
+
+
+# EXIF orientations that turn the image by 90° on display (width and height swap).
+QUARTER_TURNS = frozenset({5, 6, 7, 8})
+
+
+def open_displayed_sized(
+    source: Path | BinaryIO, draft_side: int
+) -> tuple[Image.Image, tuple[int, int]]:
+    """``open_displayed`` and the full (width, height) of the image as displayed, which
+    draft mode does not keep: what a box in pixels refers to."""
     with Image.open(source) as image:
+        width, height = image.size
+        if image.getexif().get(0x0112) in QUARTER_TURNS:
+            width, height = height, width
         if image.format == "JPEG":
             image.draft("RGB", (draft_side, draft_side))
-        return to_rgb(ImageOps.exif_transpose(image))
+        return to_rgb(ImageOps.exif_transpose(image)), (width, height)
 
 
 def load_image_array(path: Path, size: int) -> np.ndarray:
@@ -195,6 +210,12 @@ def load_image_array(path: Path, size: int) -> np.ndarray:
 
     The image is squashed (not letterboxed), as the book does: normalized boxes stay valid.
     """
-    image = open_displayed(path, size * 2)
+    return decode_for_model(path, size)[0]
+
+
+def decode_for_model(source: Path | BinaryIO, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """``load_image_array`` of a file or of bytes, with the (width, height) of the image as
+    displayed (full size, EXIF applied). One decode, at reduced scale for big JPEGs."""
+    image, shown = open_displayed_sized(source, size * 2)
     image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return np.asarray(image, dtype=np.uint8)
+    return np.asarray(image, dtype=np.uint8), shown

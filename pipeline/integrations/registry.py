@@ -138,6 +138,20 @@ def load_version(uri: str) -> tuple[Any, dict[str, Any]]:
         raise ModelNotLoaded(f"cannot load model {uri}: {reason}") from None
 
 
+def log_export(uri: str, files: list[Path]) -> str | None:
+    """Attach exported files (under ``exports/``) to the training run of the model at
+    ``uri``; return the run id (None: the model has no run)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    run_id = mlflow.models.get_model_info(uri).run_id
+    if run_id:
+        client = mlflow.MlflowClient()
+        for path in files:
+            client.log_artifact(run_id, str(path), "exports")
+    return run_id
+
+
 def version_of_run(client, name: str, run_id: str, model_md5: str) -> str | None:
     """The version already registered from ``run_id`` for this model file, or None.
 

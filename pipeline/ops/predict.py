@@ -1,17 +1,23 @@
-"""`snackloc predict`: class, probability and box of any images, drawn and reported.
+"""`snackloc predict`: class, probability and box of any number of images, in batches.
 
 The model comes from the MLflow registry (``models:/snackloc@champion`` by default: the
 class list and input size travel with it as metadata) or from a saved ``.keras`` file (the
-class list then comes from ``outputs/validate/classes.json`` or ``--classes``).
+class list then comes from ``outputs/validate/classes.json`` or ``--classes``). It loads
+once; images are decoded on a small thread pool one batch ahead of the model.
 
 Images are read as displayed (EXIF orientation applied) in any mode and format, whatever
 their extension, and resized exactly as in training. A file that cannot be read gets a
-one-line error; the other images still run.
+one-line error; the other images still run. The same ``Result`` is what `snackloc serve`
+answers (pipeline/ops/serve.py).
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +28,7 @@ from PIL import UnidentifiedImageError
 from pipeline.core.errors import UserError
 from pipeline.core.files import atomic_path, read_json
 from pipeline.data.boxes import clip_and_order
-from pipeline.data.contract import load_image_array, open_image_rgb
+from pipeline.data.contract import decode_for_model, open_image_rgb
 from pipeline.evaluation.drawing import to_pixels, with_box
 from pipeline.integrations import registry, tracking
 from pipeline.model.model import input_size, load_model
@@ -30,6 +36,8 @@ from pipeline.model.model import input_size, load_model
 DEFAULT_MODEL = "models:/snackloc@champion"
 DEFAULT_CLASSES = Path("outputs/validate/classes.json")
 BATCH = 32
+TOP_K = 3
+DECODE_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,22 @@ class Predictor:
     image_size: int
     source: str
 
+    def __post_init__(self) -> None:
+        import tensorflow as tf
+
+        # One graph for every batch size (traced once): Keras' predict() builds a data
+        # pipeline per call and predict_on_batch() retraces per shape, both costlier than
+        # the model itself on small batches.
+        spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32)
+        call = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
+        object.__setattr__(self, "_call", call)
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities and clipped, ordered boxes of a (n, size, size, 3) batch."""
+        out = self._call(np.asarray(batch, dtype="float32"))
+        probs = np.asarray(out["class"], dtype="float64")
+        return probs, clip_and_order(np.asarray(out["box"], dtype="float64"))
+
 
 @dataclass
 class Result:
@@ -49,12 +73,28 @@ class Result:
     image: str
     class_name: str | None = None
     probability: float | None = None
+    top: list[dict[str, Any]] | None = None  # the top-k classes: class_name, probability
     box: list[float] | None = None  # normalized x_min, x_max, y_min, y_max
     box_pixels: list[int] | None = None  # the same in pixels of the image as displayed
     width: int | None = None
     height: int | None = None
     drawn: str | None = None
     error: str | None = None
+
+    def fill(
+        self, classes: list[str], prob: np.ndarray, box: np.ndarray, top_k: int = TOP_K
+    ) -> Result:
+        """Set class, probability, top-k and box from one row of the model's outputs
+        (``width`` and ``height`` set before, for the box in pixels)."""
+        order = np.argsort(-prob, kind="stable")[: max(1, top_k)]
+        self.class_name = classes[int(order[0])]
+        self.probability = round(float(prob[order[0]]), 4)
+        self.top = [
+            {"class_name": classes[int(i)], "probability": round(float(prob[i]), 4)} for i in order
+        ]
+        self.box = [round(float(v), 4) for v in box]
+        self.box_pixels = to_pixels(box, self.width, self.height)
+        return self
 
 
 def load_predictor(model: str = DEFAULT_MODEL, classes_file: Path | None = None) -> Predictor:
@@ -104,9 +144,7 @@ def describe_error(exc: Exception) -> str:
 
 def predict_batch(predictor: Predictor, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities and clipped, ordered boxes for a list of resized images."""
-    out = predictor.model.predict(np.stack(arrays).astype("float32"), verbose=0)
-    probs = np.asarray(out["class"], dtype="float64")
-    return probs, clip_and_order(np.asarray(out["box"], dtype="float64"))
+    return predictor.infer(np.stack(arrays))
 
 
 def _output_path(out_dir: Path, image: Path, used: set[str]) -> Path:
@@ -119,41 +157,115 @@ def _output_path(out_dir: Path, image: Path, used: set[str]) -> Path:
     return out_dir / name
 
 
+Decoded = tuple[np.ndarray, tuple[int, int]] | Exception
+
+
+def _decode(path: Path, size: int) -> Decoded:
+    """The model's input and the displayed size of one image, or why it cannot be read."""
+    try:
+        return decode_for_model(path, size)
+    except Exception as exc:  # any unreadable file: reported with the results
+        return exc
+
+
+def decoded_chunks(
+    paths: list[Path], size: int, batch: int
+) -> Iterator[tuple[list[Path], list[Decoded]]]:
+    """Chunks of ``batch`` paths with their decoded images; the next chunk decodes on a
+    thread pool while the caller runs the model on this one (only one chunk ahead, so that
+    memory stays flat however many images there are)."""
+    chunks = [paths[i : i + batch] for i in range(0, len(paths), batch)]
+    with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode") as pool:
+
+        def submit(chunk: list[Path]) -> list[Future]:
+            return [pool.submit(_decode, path, size) for path in chunk]
+
+        pending = submit(chunks[0]) if chunks else []
+        for index, chunk in enumerate(chunks):
+            current = pending
+            if index + 1 < len(chunks):
+                pending = submit(chunks[index + 1])
+            yield chunk, [future.result() for future in current]
+
+
+def _draw(result: Result, out_dir: Path, used: set[str]) -> None:
+    """Write the image with its box and label into ``out_dir``."""
+    try:
+        shown = open_image_rgb(Path(result.image))
+    except Exception as exc:  # changed on disk since it was decoded: report, go on
+        result.error = describe_error(exc)
+        return
+    label = f"{result.class_name} {result.probability:.2f}"
+    target = _output_path(out_dir, Path(result.image), used)
+    with atomic_path(target) as tmp:
+        with_box(shown, result.box_pixels, label).save(tmp, "JPEG", quality=90)
+    result.drawn = str(target)
+
+
 def predict_images(
-    predictor: Predictor, paths: list[Path], out_dir: Path | None = None
+    predictor: Predictor,
+    paths: list[Path],
+    out_dir: Path | None = None,
+    batch: int = BATCH,
+    top_k: int = TOP_K,
+    progress: bool = False,
 ) -> list[Result]:
     """Predict every image (in batches); draw each into ``out_dir`` when given."""
+    from tqdm import tqdm
+
     results, used = [], set()
-    for start in range(0, len(paths), BATCH):
-        chunk = paths[start : start + BATCH]
-        loaded = []
-        for path in chunk:
-            result = Result(image=str(path))
-            try:
-                shown = open_image_rgb(path)
-                array = load_image_array(path, predictor.image_size)
-            except Exception as exc:  # any unreadable file: report it, go on with the rest
-                result.error = describe_error(exc)
-            else:
-                result.width, result.height = shown.size
-                loaded.append((result, shown, array))
-            results.append(result)
-        if not loaded:
-            continue
-        probs, boxes = predict_batch(predictor, [array for _, _, array in loaded])
-        for (result, shown, _), prob, box in zip(loaded, probs, boxes, strict=True):
-            best = int(prob.argmax())
-            result.class_name = predictor.classes[best]
-            result.probability = round(float(prob[best]), 4)
-            result.box = [round(float(v), 4) for v in box]
-            result.box_pixels = to_pixels(box, result.width, result.height)
-            if out_dir is not None:
-                label = f"{result.class_name} {result.probability:.2f}"
-                target = _output_path(out_dir, Path(result.image), used)
-                with atomic_path(target) as tmp:
-                    with_box(shown, result.box_pixels, label).save(tmp, "JPEG", quality=90)
-                result.drawn = str(target)
+    bar = tqdm(total=len(paths), unit="img", desc="predict", disable=None if progress else True)
+    with bar:
+        for chunk, decoded in decoded_chunks(paths, predictor.image_size, batch):
+            loaded = []
+            for path, item in zip(chunk, decoded, strict=True):
+                result = Result(image=str(path))
+                if isinstance(item, Exception):
+                    result.error = describe_error(item)
+                else:
+                    result.width, result.height = item[1]
+                    loaded.append((result, item[0]))
+                results.append(result)
+            if loaded:
+                probs, boxes = predictor.infer(np.stack([array for _, array in loaded]))
+                for (result, _), prob, box in zip(loaded, probs, boxes, strict=True):
+                    result.fill(predictor.classes, prob, box, top_k)
+                    if out_dir is not None:
+                        _draw(result, out_dir, used)
+            bar.update(len(chunk))
     return results
+
+
+CSV_COLUMNS = [
+    "image", "class_name", "probability", "x_min", "x_max", "y_min", "y_max",
+    "x_min_px", "x_max_px", "y_min_px", "y_max_px", "width", "height", "top", "drawn", "error",
+]  # fmt: skip
+
+
+def csv_row(result: Result) -> dict[str, Any]:
+    """One result as a flat CSV row (boxes split into their four columns; top-k as
+    ``class:probability`` pairs separated by ``;``)."""
+    row = {k: v for k, v in asdict(result).items() if k in CSV_COLUMNS}
+    for names, values in (
+        (CSV_COLUMNS[3:7], result.box),
+        (CSV_COLUMNS[7:11], result.box_pixels),
+    ):
+        row.update(zip(names, values or [None] * 4, strict=True))
+    top = result.top or []
+    row["top"] = ";".join(f"{t['class_name']}:{t['probability']}" for t in top)
+    return row
+
+
+def write_results(results: list[Result], path: Path) -> None:
+    """Write the results to ``path``: JSON for ``.json``, CSV otherwise."""
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".json":
+            tmp.write_text(as_json(results) + "\n")
+            return
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(csv_row(r) for r in results)
 
 
 def as_json(results: list[Result]) -> str:
@@ -183,27 +295,46 @@ def as_table(results: list[Result], source: str):
     return table
 
 
+@dataclass(frozen=True)
+class Options:
+    """What `snackloc predict` writes and how it batches."""
+
+    out_dir: Path | None = None  # images with their box drawn
+    output: Path | None = None  # results as CSV or JSON
+    json_output: bool = False  # JSON on stdout instead of a table
+    batch: int = BATCH
+    top_k: int = TOP_K
+    progress: bool = True
+
+
 def main(
     images: list[Path],
     model: str = DEFAULT_MODEL,
     classes_file: Path | None = None,
-    out_dir: Path | None = None,
-    json_output: bool = False,
+    options: Options = Options(),
 ) -> int:
-    """The `snackloc predict` command: print the results; 1 if any image failed, else 0."""
-    import sys
-
+    """The `snackloc predict` command: print or write the results; 1 if any image failed."""
     from rich.console import Console
 
     predictor = load_predictor(model, classes_file)
-    results = predict_images(predictor, images, out_dir)
+    results = predict_images(
+        predictor, images, options.out_dir, options.batch, options.top_k, options.progress
+    )
     for r in results:
         if r.error:
             print(f"error: {r.image}: {r.error}", file=sys.stderr)
-    if json_output:
+    failed = sum(1 for r in results if r.error)
+    if options.output is not None:
+        write_results(results, options.output)
+        print(f"{len(results) - failed} predictions, {failed} failed: {options.output}")
+    elif options.json_output:
         print(as_json(results))
     else:
         Console().print(as_table(results, predictor.source))
-        if out_dir is not None and any(r.drawn for r in results):
-            print(f"images with their box drawn: {out_dir}/")
-    return 1 if any(r.error for r in results) else 0
+    if options.out_dir is not None and any(r.drawn for r in results):
+        # not on stdout under --json, which must stay one JSON document
+        print(
+            f"images with their box drawn: {options.out_dir}/",
+            file=sys.stderr if options.json_output else sys.stdout,
+        )
+    return 1 if failed else 0
