@@ -186,6 +186,7 @@ def _out_hashes(lock: dict, stages: tuple[str, ...]) -> dict[str, str]:
     return {out["path"]: out["md5"] for stage in stages for out in lock["stages"][stage]["outs"]}
 
 
+@pytest.mark.slow  # a second project and three more stage runs: CI runs it (make test-all)
 def test_data_stages_write_the_same_bytes_in_another_copy_of_the_project(
     project, tmp_path, prefect_server
 ):
@@ -202,6 +203,7 @@ def test_data_stages_write_the_same_bytes_in_another_copy_of_the_project(
     assert "outputs/validate/data_docs" in _out_hashes(first, stages)
 
 
+@pytest.mark.slow
 def test_evaluate_again_with_the_same_model_writes_the_same_bytes(project):
     root, env, _ = project
     recorded = _out_hashes(yaml.safe_load((root / "dvc.lock").read_text()), ("evaluate",))

@@ -370,7 +370,7 @@ def test_schedule_serves_the_cron_deployment_and_stops_on_sigterm(prefect_server
     assert not again.paused  # pause_on_shutdown=False: the schedule outlives the runner
 
 
-@pytest.mark.parametrize("delay", [0.05, 1.5])
+@pytest.mark.parametrize("delay", [0.05, pytest.param(1.5, marks=pytest.mark.slow)])
 def test_schedule_stops_on_a_sigterm_sent_while_it_starts(prefect_server, tmp_path, delay):
     """A SIGTERM that arrives before Prefect's runner handles signals is not lost: the
     schedule still stops, within seconds, and leaves no child behind."""
