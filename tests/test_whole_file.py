@@ -177,3 +177,31 @@ def test_a_header_of_another_shape_is_named(tmp_path, header, says, fix):
     with pytest.raises(UserError) as failure:
         validate.run(make_params(root), Outputs(tmp_path / "o"), progress=False)
     assert says in str(failure.value) and fix in failure.value.hint
+
+
+def _xywh_rows() -> list[dict[str, str]]:
+    """x, y, width, height written into x_min, x_max, y_min, y_max: 27 of 30 rows still
+    look valid (x < y, width < height), 3 look inverted (10 %, under max_bad_fraction)."""
+    boxes = []
+    for i in range(30):
+        x, y, w, h = 0.05 + 0.01 * (i % 10), 0.30 + 0.01 * i, 0.20, 0.40
+        if i % 8 == 7:  # x > y or width > height: read as written, inverted
+            x, y, w, h = (0.50, 0.10, 0.30, 0.60) if i % 16 == 7 else (0.10, 0.30, 0.45, 0.40)
+        boxes.append(tuple(f"{v:.2f}" for v in (x, y, w, h)))
+    return [ann(f"t{i}", CLASSES[i % 3], box=box) for i, box in enumerate(boxes)]
+
+
+def test_x_y_width_height_fails_even_when_few_rows_look_inverted(tmp_path):
+    error = fails(tmp_path, {"train": _xywh_rows()})  # max_bad_fraction 0.15
+    assert "3 of 30 rows of annotations-train.csv have x_min >= x_max" in str(error)
+    assert "valid read as x_min, y_min, width and height (COCO order)" in str(error)
+    assert "x_max = x_min + width" in error.hint
+    assert not (tmp_path / "outputs/validate/classes.json").exists()  # nothing to train on
+
+
+def test_a_few_inverted_rows_among_right_boxes_are_no_box_order_mistake(tmp_path):
+    train = [ann(f"t{i}", CLASSES[i % 3], box=("0.3", "0.8", "0.25", "0.9")) for i in range(26)]
+    train += [ann(f"x{i}", "cake", box=("0.8", "0.3", "0.25", "0.9")) for i in range(4)]
+    root = make_dataset(tmp_path / "data", {"train": train})
+    report = validate.run(make_params(root, "auto", max_bad_fraction=0.15), Outputs(tmp_path))
+    assert report["rows_quarantined"] == 4  # quarantined as inverted; the file is not named

@@ -539,7 +539,7 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
     unreadable CSV, an unresolvable class list, or a bad fraction above
     ``validate.max_bad_fraction`` (the latter two after writing every output).
     """
-    root, limits = Path(params.data.root), params.validate_
+    root, limits, classes_param = Path(params.data.root), params.validate_, params.data.classes
     raw = {
         split: _rename_clashes(read_raw_annotations(annotations_path(root, split)))
         for split in SPLITS
@@ -548,8 +548,7 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
     findings = Findings()
     findings.warnings["column_order"] = sum(header_out_of_order(raw[s]) for s in SPLITS)
 
-    identity = expectations.run_identity(tables, (limits, params.data.classes))
-    runner = expectations.SuiteRunner(identity)  # Data Docs named by the data, not the clock
+    runner = expectations.SuiteRunner(expectations.run_identity(tables, (limits, classes_param)))
     findings.add_gx(runner.run("annotations", expectations.annotation_rules(limits), tables))
     located = {split: locate_images(root, split, tables[split]) for split in SPLITS}
     facts = check_images(located, limits, findings, progress)
@@ -588,6 +587,7 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
     # Name a whole file's one mistake (pixels, column order...), not what it caused.
     cause = diagnose.whole_file(root, tables, findings.rows, classes, params.data.classes)
     failing = class_error is not None or report["bad_fraction"] > limits.max_bad_fraction
+    failing = failing or (cause is not None and cause.every_row)
     if cause is not None and failing:
         raise UserError(f"{cause.message}. The rows are in {outputs.quarantine}", cause.hint)
     if cause is not None:
