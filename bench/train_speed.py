@@ -146,6 +146,29 @@ def run_child(recipe: str, steps: int) -> dict[str, dict[str, float]]:
     return results
 
 
+def loader_rate(recipe: str, batches: int) -> dict[str, float]:
+    """Images/s of the training loader alone (decode cache, augmentation), one batch at a
+    time in this process and with the train stage's worker threads: what it can feed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.core.paths import Outputs
+    from pipeline.stages.train import load_samples, make_datasets
+
+    params = child_params(recipe)
+    _, train_samples, val_samples = load_samples(params, Outputs(ROOT / "outputs"))
+    train_ds, _ = make_datasets(params, train_samples, val_samples, progress=False)
+    batches = min(batches, len(train_ds))
+    rates = {"image_size": float(params.model.image_size)}
+    for workers in (1, params.train.workers):
+        started = time.perf_counter()
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(train_ds.__getitem__, range(batches)))
+        rates[f"{workers} thread(s)"] = (
+            batches * params.train.batch_size / (time.perf_counter() - started)
+        )
+    return rates
+
+
 def spawn(recipe: str, allocator: str, steps: int) -> dict:
     """Measure ``recipe`` with ``allocator`` in a fresh process; its JSON result."""
     from pipeline.core.startup import CHOICE, RESTARTED, tcmalloc_library
@@ -196,6 +219,10 @@ def main() -> None:
     parser.add_argument("--recipes", default="default,transfer", help=f"of {', '.join(RECIPES)}")
     parser.add_argument("--allocators", default=",".join(ALLOCATORS))
     parser.add_argument("--gpu-book", action="store_true", help="add the book's GPU recipe")
+    parser.add_argument(
+        "--loader", action="store_true",
+        help="also the loader alone per recipe: the images/s it can feed a GPU",
+    )  # fmt: skip
     parser.add_argument("--child", choices=RECIPES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -203,6 +230,13 @@ def main() -> None:
         return
     if not (ROOT / "outputs/dedup/annotations-train.csv").exists():
         sys.exit("needs the dedup stage's outputs: run `make run` (or `dvc repro dedup`) first")
+    if args.loader:
+        print("\n### the loader alone (images/s it can feed a training step)\n")
+        for recipe in [*args.recipes.split(","), "book-gpu"]:
+            rates = loader_rate(recipe, 4 * args.steps)
+            size = rates.pop("image_size")
+            shown = ", ".join(f"{rate:.0f} with {name}" for name, rate in rates.items())
+            print(f"- {recipe} ({size:.0f} px): {shown}", flush=True)
     recipes = args.recipes.split(",") + (["book-gpu"] if args.gpu_book else [])
     for recipe in recipes:
         if recipe == "transfer" and not PRETRAINED.exists():
