@@ -39,7 +39,8 @@ def test_two_heads_with_the_right_shapes():
 
 
 def test_the_grid_head_boxes_are_valid_the_weighted_proposals_of_its_cells(tmp_path):
-    """Each cell proposes a box around its centre; the box is their softmax-weighted mean."""
+    """Each cell proposes a box around its centre, inside the image by construction; the box
+    is their softmax-weighted mean."""
     params = TINY.model_copy(update={"box_head": "grid", "image_size": 64})  # a 2x2 grid
     model = build_model(3, params)
     pixels = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype("float32")
@@ -54,10 +55,11 @@ def test_the_grid_head_boxes_are_valid_the_weighted_proposals_of_its_cells(tmp_p
     weights, distances = (np.asarray(a) for a in probe.predict(pixels, verbose=0))
     cx = np.array([0.25, 0.75, 0.25, 0.75])
     cy = np.array([0.25, 0.25, 0.75, 0.75])
-    x_min = (weights * (cx - distances[..., 0])).sum(axis=1)
-    y_max = (weights * (cy + distances[..., 3])).sum(axis=1)
-    np.testing.assert_allclose(boxes[:, 0], np.clip(x_min, 0, 1), atol=1e-5)
-    np.testing.assert_allclose(boxes[:, 3], np.clip(y_max, 0, 1), atol=1e-5)
+    # each distance is a share of the room between the centre and that edge
+    x_min = (weights * (cx - cx * distances[..., 0])).sum(axis=1)
+    y_max = (weights * (cy + (1 - cy) * distances[..., 3])).sum(axis=1)
+    np.testing.assert_allclose(boxes[:, 0], x_min, atol=1e-5)
+    np.testing.assert_allclose(boxes[:, 3], y_max, atol=1e-5)
     model.save(tmp_path / "grid.keras")
     loaded = load_model(tmp_path / "grid.keras")  # safe mode: stock layers only
     np.testing.assert_allclose(loaded.predict(pixels, verbose=0)["box"], boxes, atol=1e-5)

@@ -70,8 +70,12 @@ def grid_box_head(x):
     that see the object decide, and each one only has to measure the distances from its
     centre to the four edges (FCOS's box encoding, Tian et al. 2019; here the highest-scoring
     cells are averaged rather than picked, so it trains end to end with one box target).
-    Built from stock layers: the cell centres are the fixed kernel of a Dense layer that
-    multiplies the attention weights. Output: (x_min, x_max, y_min, y_max), always ordered.
+    Each distance is a sigmoid share of the room between the centre and that image edge,
+    so every proposal, and their mean, lies inside the image by construction. (A proposal
+    clipped to the image instead gets no gradient once an edge is past the border: on small
+    real sets of large objects training then stalls, or collapses to one constant box.)
+    Built from stock layers: the cell centres and rooms are fixed kernels of Dense layers.
+    Output: (x_min, x_max, y_min, y_max), always ordered.
     """
     height, width = x.shape[1], x.shape[2]
     cells = height * width
@@ -79,21 +83,25 @@ def grid_box_head(x):
     weights = layers.Softmax(name="box_attention")(
         layers.Reshape((cells,), name="box_scores")(score)
     )
-    # Distances to the left, right, top and bottom edges, as shares of the image side.
-    # Bias -1.1: each cell starts with a box of about a quarter of the image around it.
-    distances = layers.Conv2D(
-        4,
-        1,
-        activation="sigmoid",
-        bias_initializer=keras.initializers.Constant(-1.1),
-        name="box_distances",
-    )(x)
+    # Shares of the room to the left, right, top and bottom edges; half of it at the start.
+    distances = layers.Conv2D(4, 1, activation="sigmoid", name="box_distances")(x)
     distances = layers.Reshape((cells, 4), name="box_distances_flat")(distances)
-    mean_distance = layers.Dot(axes=1, name="box_mean_distances")([weights, distances])
     centre_y, centre_x = np.meshgrid(
         (np.arange(height) + 0.5) / height, (np.arange(width) + 0.5) / width, indexing="ij"
     )
     centres = np.stack([centre_x.ravel(), centre_x.ravel(), centre_y.ravel(), centre_y.ravel()], 1)
+    room = np.stack(
+        [centre_x.ravel(), 1 - centre_x.ravel(), centre_y.ravel(), 1 - centre_y.ravel()], 1
+    )
+    reach = layers.Dense(
+        cells * 4,
+        use_bias=False,
+        trainable=False,
+        kernel_initializer=keras.initializers.Constant(np.diag(room.ravel())),
+        name="box_reach_of_room",
+    )(layers.Reshape((cells * 4,), name="box_distances_vector")(distances))
+    reach = layers.Reshape((cells, 4), name="box_reach")(reach)
+    mean_reach = layers.Dot(axes=1, name="box_mean_distances")([weights, reach])
     centre = layers.Dense(
         4,
         use_bias=False,
@@ -107,9 +115,9 @@ def grid_box_head(x):
         trainable=False,
         kernel_initializer=keras.initializers.Constant(np.diag([-1.0, 1.0, -1.0, 1.0])),
         name="box_signed_distances",
-    )(mean_distance)
+    )(mean_reach)
     box = layers.Add(name="box_unclipped")([centre, signed])
-    return layers.ReLU(max_value=1.0, name="box", dtype="float32")(box)  # clip to the image
+    return layers.ReLU(max_value=1.0, name="box", dtype="float32")(box)  # rounding guard only
 
 
 def backbone_of(model: keras.Model) -> keras.Model:
