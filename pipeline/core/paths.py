@@ -69,6 +69,15 @@ class Outputs:
     def mlflow_run(self) -> Path:
         return self.train_dir / "mlflow_run.json"
 
+    @property
+    def train_backup(self) -> Path:
+        """The backup an interrupted training resumes from (not a DVC out)."""
+        return self.train_dir / "backup"
+
+    def train_worker_backup(self, rank: int) -> Path:
+        """The backup of non-chief worker ``rank`` of a multi-worker training."""
+        return self.train_dir / f"backup-worker{rank}"
+
     # evaluate
     @property
     def evaluate_dir(self) -> Path:
