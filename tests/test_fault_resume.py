@@ -12,11 +12,12 @@ import pytest
 from helpers_model import save_tiny_backbone
 from test_train import EpochsSeen, Interrupt, tiny_datasets, tiny_params, tiny_setup
 
-from pipeline.core.config import TransferParams
+from pipeline.core.config import AugmentParams, TransferParams
 from pipeline.model import fit as engine
-from pipeline.model.augment import AugmentSettings
 
-AUGMENT = AugmentSettings(hflip=True, crop_scale=(0.6, 1.0), min_visible=0.7, color_jitter=0.2)
+AUGMENT = AugmentParams(
+    hflip=True, crop_scale=(0.6, 1.0), min_visible=0.7, color_jitter=0.2, zoom_out=1.0
+)
 
 
 def fit(params, data, backup, callbacks=()):

@@ -22,7 +22,6 @@ import pandas as pd
 
 from pipeline.core.config import Params, TrainParams
 from pipeline.model import hardware
-from pipeline.model.augment import AugmentSettings
 from pipeline.model.callbacks import AtomicBackupAndRestore, DatasetEpoch, HistoryLog, read_history
 from pipeline.model.loader import ImageBatches, ImageCache, SnackDataset, distributed
 from pipeline.model.model import build_model, compile_model, feature_extractor, heads_model
@@ -55,16 +54,8 @@ def make_datasets(
         "workers": train.workers,
         "use_multiprocessing": False,
     }
-    augment = train.augment
-    settings = AugmentSettings(
-        hflip=augment.hflip,
-        crop_scale=augment.crop_scale,
-        min_visible=augment.min_visible,
-        color_jitter=augment.color_jitter,
-        zoom_out=augment.zoom_out,
-    )
     train_ds = SnackDataset(
-        train_samples, shuffle=True, augment=settings, seed=train.seed, **common
+        train_samples, shuffle=True, augment=train.augment, seed=train.seed, **common
     )
     val_ds = SnackDataset(val_samples, **common)
     return train_ds, val_ds
