@@ -48,6 +48,11 @@ class Outputs:
     def dedup_report(self) -> Path:
         return self.dedup_dir / "report.json"
 
+    @property
+    def dedup_groups(self) -> Path:
+        """Image groups with their hashes, box merges and leaks."""
+        return self.dedup_dir / "groups.json"
+
     # train
     @property
     def train_dir(self) -> Path:
