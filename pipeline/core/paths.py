@@ -32,6 +32,16 @@ class Outputs:
     def validate_report(self) -> Path:
         return self.validate_dir / "report.json"
 
+    @property
+    def data_docs(self) -> Path:
+        """The Great Expectations Data Docs site."""
+        return self.validate_dir / "data_docs"
+
+    @property
+    def contact_sheets(self) -> Path:
+        """The contact sheet PNGs, one per split and one of the quarantine."""
+        return self.validate_dir / "contact_sheets"
+
     # dedup
     @property
     def dedup_dir(self) -> Path:
