@@ -35,9 +35,6 @@ from pipeline.model.model import input_size, load_model
 
 log = logging.getLogger(__name__)
 
-CHALLENGER = gate.CHALLENGER
-CHAMPION = gate.CHAMPION
-
 
 def pip_requirements() -> list[str]:
     """Exact versions for serving; inferring them is slow and lists both TF builds."""
@@ -133,7 +130,7 @@ def champion_for_gate(
 ) -> gate.Champion | None:
     """The current champion with metrics comparable to the candidate's (see module doc)."""
     name = params.register_.model_name
-    current = registry.version_by_alias(client, name, CHAMPION)
+    current = registry.version_by_alias(client, name, gate.CHAMPION)
     if current is None:
         return None
     same_split = current.tags.get("eval_split") == params.evaluate.split
@@ -147,7 +144,7 @@ def champion_for_gate(
 def apply_decision(client, name: str, number: str, tags: dict, decision: gate.Decision) -> None:
     """Tags first, aliases last: a failure before the end leaves the old champion in place."""
     registry.set_tags(client, name, number, tags)
-    registry.set_alias(client, name, CHALLENGER, number)
+    registry.set_alias(client, name, gate.CHALLENGER, number)
     if decision.promote and decision.champion_version != number:
         promoted = {"promoted_at": registry.now(), "promoted_by": "gate"}
         registry.make_champion(client, name, number, promoted)
@@ -195,7 +192,7 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
         "register", name, number, before, number if decision.promote else before, decision.reasons
     )
     record |= {
-        "aliases": [CHALLENGER, CHAMPION] if decision.promote else [CHALLENGER],
+        "aliases": [gate.CHALLENGER, gate.CHAMPION] if decision.promote else [gate.CHALLENGER],
         "model_uri": f"models:/{name}/{number}",
         "run_id": run_id,
         "tracking_uri": tracking.tracking_uri(),
@@ -206,40 +203,3 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
     registry.append_history(outputs.registry_history, record)
     log.info("registered %s v%s as @%s: %s", name, number, decision.alias, decision.reasons)
     return record
-
-
-def _keep(record: dict[str, Any], uri: str, outputs: Outputs) -> dict[str, Any]:
-    """Add the store to a manual action's record and append it to the history."""
-    record["tracking_uri"] = uri
-    registry.append_history(outputs.registry_history, record)
-    log.info(
-        "%s: %s v%s is @%s",
-        record["action"],
-        record["model_name"],
-        record["champion_after"],
-        CHAMPION,
-    )
-    return record
-
-
-def promote(params: Params, outputs: Outputs, version: str, reason: str = "") -> dict[str, Any]:
-    """`snackloc promote VERSION`: make a version the champion by hand."""
-    uri = tracking.tracking_uri()
-    name = params.register_.model_name
-    record = tracking.retrying(
-        f"make v{version} @{CHAMPION}",
-        lambda: registry.promote(registry.connect(uri), name, version, reason),
-    )
-    return _keep(record, uri, outputs)
-
-
-def rollback(params: Params, outputs: Outputs, reason: str = "") -> dict[str, Any]:
-    """`snackloc rollback`: give @champion back to the previous champion."""
-    uri = tracking.tracking_uri()
-    name = params.register_.model_name
-    # One try only: a rollback whose answer was lost but which took effect would, if
-    # repeated, roll back one version further.
-    record = tracking.retrying(
-        "roll back", lambda: registry.rollback(registry.connect(uri), name, reason), attempts=1
-    )
-    return _keep(record, uri, outputs)
