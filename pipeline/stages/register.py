@@ -155,8 +155,7 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
     model = load_model(outputs.model)
     classes = read_json(outputs.classes)["classes"]
     metrics = read_json(outputs.eval_metrics)
-    split = params.evaluate.split
-    fingerprint = read_json(outputs.eval_splits)[split]["fingerprint"]
+    fingerprint = read_json(outputs.eval_splits)[params.evaluate.split]["fingerprint"]
     name = params.register_.model_name
 
     # Each step is retried with backoff while the tracking server is unreachable, then the
@@ -171,27 +170,49 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
         "read the champion",
         lambda: champion_for_gate(client, params, outputs, classes, fingerprint),
     )
-    if champion is not None and champion.version == number:
-        decision = gate.already_champion(number, metrics[split], params.register_.gate)
-    else:
-        decision = gate.decide(
-            metrics[split],
-            metrics.get(f"{split}_baseline"),
-            champion,
-            params.register_.gate,
-            params.evaluate.baseline_margin,
-        )
+    decision = decide(params, metrics, champion, number)
     tags = {**lineage_tags(params, metrics, fingerprint), **decision_tags(decision)}
     tracking.retrying(
         f"tag v{number} and move the aliases",
         lambda: apply_decision(client, name, number, tags, decision),
     )
+    record = registry_record(name, number, run_id, champion, decision, tags)
+    write_json(outputs.registry_record, record)
+    registry.append_history(outputs.registry_history, record)
+    log.info("registered %s v%s as @%s: %s", name, number, decision.alias, decision.reasons)
+    return record
 
+
+def decide(
+    params: Params, metrics: dict[str, Any], champion: gate.Champion | None, number: str
+) -> gate.Decision:
+    """The gate's decision on version ``number``, scored by ``metrics`` (evaluate's)."""
+    split = params.evaluate.split
+    if champion is not None and champion.version == number:
+        return gate.already_champion(number, metrics[split], params.register_.gate)
+    return gate.decide(
+        metrics[split],
+        metrics.get(f"{split}_baseline"),
+        champion,
+        params.register_.gate,
+        params.evaluate.baseline_margin,
+    )
+
+
+def registry_record(
+    name: str,
+    number: str,
+    run_id: str,
+    champion: gate.Champion | None,
+    decision: gate.Decision,
+    tags: dict[str, str],
+) -> dict[str, Any]:
+    """The register stage's record: the action, the aliases, the decision and the tags."""
     before = champion.version if champion else None
     record = registry.action_record(
         "register", name, number, before, number if decision.promote else before, decision.reasons
     )
-    record |= {
+    return record | {
         "aliases": [gate.CHALLENGER, gate.CHAMPION] if decision.promote else [gate.CHALLENGER],
         "model_uri": f"models:/{name}/{number}",
         "run_id": run_id,
@@ -199,7 +220,3 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
         "decision": decision.as_dict(),
         "tags": tags,
     }
-    write_json(outputs.registry_record, record)
-    registry.append_history(outputs.registry_history, record)
-    log.info("registered %s v%s as @%s: %s", name, number, decision.alias, decision.reasons)
-    return record
