@@ -160,7 +160,8 @@ def log_to_mlflow(params: Params, outputs: Outputs, results: dict, plot_files) -
     )
     files = [(path, "evaluation") for path in tables]
     files += [(path, "evaluation/plots") for path in plot_files]
-    tracking.log_to_training_run(params, outputs, "evaluate", metrics, files)
+    run_id = read_json(outputs.mlflow_run)["run_id"]
+    tracking.log_to_training_run(params.mlflow.experiment, run_id, "evaluate", metrics, files)
 
 
 def baseline_warnings(results: dict, margins: dict[str, float]) -> list[str]:

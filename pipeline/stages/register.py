@@ -95,8 +95,9 @@ def log_and_register(client, model, params: Params, outputs: Outputs, classes: l
         return existing, run_id
     size = input_size(model)
     number, run_id = registry.log_model_version(
-        params,
-        outputs,
+        params.mlflow.experiment,
+        run_id,
+        name,
         model,
         input_example(size),
         metadata={"classes": classes, "image_size": size},
