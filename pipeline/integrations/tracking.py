@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pipeline.core.config import Params
 from pipeline.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,16 @@ def params_hash(params_dump: dict[str, Any]) -> str:
     """A short stable hash of the parameters, for lineage tags."""
     blob = json.dumps(params_dump, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def lineage(params: Params) -> dict[str, str]:
+    """The lineage tags of a run or a model version: code, data and params."""
+    dump = params.model_dump(mode="json", by_alias=True)
+    return {
+        "git_commit": git_commit(),
+        "data_version": data_version(),
+        "params_hash": params_hash(dump),
+    }
 
 
 def git_commit() -> str:

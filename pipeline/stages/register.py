@@ -51,11 +51,8 @@ def input_example(size: int) -> np.ndarray:
 def lineage_tags(params: Params, metrics: dict[str, Any], fingerprint: str) -> dict[str, str]:
     """Tags that say where a version came from and how good it was."""
     split = params.evaluate.split
-    dump = params.model_dump(mode="json", by_alias=True)
     tags = {
-        "git_commit": tracking.git_commit(),
-        "data_version": tracking.data_version(),
-        "params_hash": tracking.params_hash(dump),
+        **tracking.lineage(params),
         "eval_split": split,
         "eval_fingerprint": fingerprint,
     }

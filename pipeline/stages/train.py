@@ -117,8 +117,7 @@ def run_chief(
     samples = len(train_ds.paths)
     try:
         tracker.start()
-        dump = params.model_dump(mode="json", by_alias=True)
-        log_inputs(tracker, dump, setup, num_classes, samples, len(val_ds.paths))
+        log_inputs(tracker, params, setup, num_classes, samples, len(val_ds.paths))
         started = time.perf_counter()
         logger = EpochMetricsLogger(tracker.log_epoch)
         result = fit(params, num_classes, train_ds, val_ds, backup, setup, [logger], verbose)
@@ -242,24 +241,19 @@ def open_backup(backup: Path, fingerprint: str) -> str | None:
 
 def log_inputs(
     tracker: tracking.TrainingRun,
-    dump: dict[str, Any],
+    params: Params,
     setup: hardware.Setup,
     classes: int,
     train: int,
     val: int,
 ) -> None:
     """Tags (lineage, hardware) and params (data, model, train, sample counts) of the run."""
-    tags = {
-        "snackloc.stage": "train",
-        "git_commit": tracking.git_commit(),
-        "data_version": tracking.data_version(),
-        "params_hash": tracking.params_hash(dump),
-        **setup.describe(),
-    }
-    params = tracking.flatten({k: dump[k] for k in ("data", "model", "train")})
-    params |= {"classes": classes, "train_samples": train, "val_samples": val}
-    dataset = tracking.data_input(Path(dump["data"]["root"]), tags["data_version"])
-    tracker.log_inputs(params, tags, name=tracking.run_name(dump), dataset=dataset)
+    tags = {"snackloc.stage": "train", **tracking.lineage(params), **setup.describe()}
+    dump = params.model_dump(mode="json", by_alias=True)
+    logged = tracking.flatten({k: dump[k] for k in ("data", "model", "train")})
+    logged |= {"classes": classes, "train_samples": train, "val_samples": val}
+    dataset = tracking.data_input(Path(params.data.root), tags["data_version"])
+    tracker.log_inputs(logged, tags, name=tracking.run_name(dump), dataset=dataset)
 
 
 def save_outputs(
