@@ -114,15 +114,21 @@ def experiment_url(ui_url: str, name: str, uri: str | None = None) -> str:
     return f"{base}/#/experiments/{experiment.experiment_id}/runs?{TRAINING_VIEW}"
 
 
-def run_name(dump: dict[str, Any]) -> str:
-    """A training run's name in the runs list: what was trained, how long, on which data
-    (from the params as dumped by ``Params.model_dump``)."""
+def run_name(params: Params) -> str:
+    """A training run's name in the runs list: what was trained, how long, on which data."""
+    dump = params.model_dump(mode="json", by_alias=True)
     model, train = dump["model"], dump["train"]
     weights = "" if model["weights"] == "none" else f" {Path(str(model['weights'])).stem}"
     return (
         f"{model['backbone']} {model['alpha']:g} {model['image_size']}px{weights} "
         f"{train['epochs']} epochs"
     )
+
+
+def run_params(params: Params) -> dict[str, Any]:
+    """The params a training run logs: the data, model and train sections, flattened."""
+    dump = params.model_dump(mode="json", by_alias=True)
+    return flatten({k: dump[k] for k in ("data", "model", "train")})
 
 
 def data_input(root: Path, version: str) -> Any:

@@ -249,11 +249,10 @@ def log_inputs(
 ) -> None:
     """Tags (lineage, hardware) and params (data, model, train, sample counts) of the run."""
     tags = {"snackloc.stage": "train", **tracking.lineage(params), **setup.describe()}
-    dump = params.model_dump(mode="json", by_alias=True)
-    logged = tracking.flatten({k: dump[k] for k in ("data", "model", "train")})
+    logged = tracking.run_params(params)
     logged |= {"classes": classes, "train_samples": train, "val_samples": val}
     dataset = tracking.data_input(Path(params.data.root), tags["data_version"])
-    tracker.log_inputs(logged, tags, name=tracking.run_name(dump), dataset=dataset)
+    tracker.log_inputs(logged, tags, name=tracking.run_name(params), dataset=dataset)
 
 
 def save_outputs(
