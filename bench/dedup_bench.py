@@ -29,8 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 from PIL import Image
 
-from pipeline.data.quality import hashindex
-from pipeline.stages import dedup
+from pipeline.data.quality import fingerprints, hashindex
 
 
 def photo_like(rng: np.random.Generator) -> Image.Image:
@@ -55,9 +54,9 @@ def images_per_second(paths: list[Path], threads: int) -> float:
     start = time.perf_counter()
     if threads == 1:
         for path in paths:
-            dedup.fingerprint(path)
+            fingerprints.fingerprint(path)
     else:
-        dedup.fingerprint_images(paths, progress=False)  # the stage's pool (HASH_WORKERS)
+        fingerprints.fingerprint_images(paths, progress=False)  # the stage's pool (HASH_WORKERS)
     return len(paths) / (time.perf_counter() - start)
 
 
@@ -92,11 +91,12 @@ def main() -> None:
             paths = [p for p in paths if _decodes(p)]
         else:
             paths, source = write_images(Path(tmp), args.images, rng), "generated 192-512 px JPEGs"
-        dedup.fingerprint(paths[0])  # imports imagehash and scipy: not part of the rate
+        fingerprints.fingerprint(paths[0])  # imports imagehash and scipy: not part of the rate
         one = images_per_second(paths, threads=1)
-        pool = images_per_second(paths, threads=dedup.HASH_WORKERS)
+        pool = images_per_second(paths, threads=fingerprints.HASH_WORKERS)
     print(f"(a) fingerprint {len(paths)} images ({source}):")
-    print(f"    1 thread {one:8.0f} images/s   {dedup.HASH_WORKERS} threads {pool:8.0f} images/s")
+    workers = fingerprints.HASH_WORKERS
+    print(f"    1 thread {one:8.0f} images/s   {workers} threads {pool:8.0f} images/s")
 
     print("(b) all pairs within the radius (hashes + 1 % planted near-copies)")
     print(f"    {'hashes':>8} {'radius':>6} {'chunks':>6} {'pairs':>7} {'index s':>9} "
@@ -120,7 +120,7 @@ def main() -> None:
 
 def _decodes(path: Path) -> bool:
     try:
-        dedup.fingerprint(path)
+        fingerprints.fingerprint(path)
         return True
     except Exception:
         return False

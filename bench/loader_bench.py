@@ -37,7 +37,6 @@ import pandas as pd
 
 from pipeline.core.config import SNACK_CLASSES, AugmentParams, ModelParams, SynthParams, TrainParams
 from pipeline.data import synth
-from pipeline.model.augment import AugmentSettings
 from pipeline.model.loader import ImageCache, SnackDataset, sample_table
 from pipeline.model.model import (
     backbone_of,
@@ -196,7 +195,7 @@ def main() -> None:
     )
     cached = SnackDataset(samples, size, BATCH, shuffle=True, cache=cache, workers=2)
     loader("(c) SnackDataset from cache, no augmentation", cached)
-    augment = AugmentSettings(**AugmentParams().model_dump())  # the params.yaml defaults
+    augment = AugmentParams()  # the params.yaml defaults
     augmented = SnackDataset(
         samples, size, BATCH, shuffle=True, cache=cache, augment=augment, workers=2
     )

@@ -64,8 +64,8 @@ def worker(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from pipeline.core.config import SNACK_CLASSES
+    from pipeline.model import fit as engine
     from pipeline.model.loader import sample_table
-    from pipeline.stages import train
 
     class EpochTimer(keras.callbacks.Callback):
         """Seconds from an epoch's start to the end of its last training step."""
@@ -90,10 +90,10 @@ def worker(args: argparse.Namespace) -> None:
     }
     train_samples = sample_table({"train": frames["train"]}, classes, args.data, "image")
     val_samples = sample_table({"val": frames["val"]}, classes, args.data, "image")
-    train_ds, val_ds = train.make_datasets(params, train_samples, val_samples, progress=False)
+    train_ds, val_ds = engine.make_datasets(params, train_samples, val_samples, progress=False)
     timer = EpochTimer()
     with tempfile.TemporaryDirectory(prefix="snackloc-bench-backup-") as backup:
-        train.fit(params, len(classes), train_ds, val_ds, Path(backup), setup, [timer], verbose=0)
+        engine.fit(params, len(classes), train_ds, val_ds, Path(backup), setup, [timer], verbose=0)
     if setup.is_chief:
         steps = train_ds.batches_in_parts(setup.replicas) if setup.cluster else len(train_ds)
         result = {

@@ -88,9 +88,10 @@ def run_child(recipe: str, steps: int) -> dict[str, dict[str, float]]:
     from pipeline.core.paths import Outputs
     from pipeline.core.startup import allocator, tune_glibc
     from pipeline.model import hardware
+    from pipeline.model.fit import make_datasets
     from pipeline.model.model import build_model, compile_model
     from pipeline.model.recipe import head_epochs, plan_phases, set_trainable
-    from pipeline.stages.train import load_samples, make_datasets
+    from pipeline.stages.train import load_samples
 
     if os.environ.get("BENCH_TUNE_GLIBC"):
         tune_glibc()

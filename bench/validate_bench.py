@@ -35,6 +35,7 @@ from pipeline.core.config import SNACK_CLASSES, DataParams, Params, ValidatePara
 from pipeline.core.paths import Outputs
 from pipeline.data.contract import ANNOTATION_COLUMNS, SPLITS
 from pipeline.data.quality import expectations
+from pipeline.data.quality.checks import Findings, clean_frame, quarantine_frame
 from pipeline.stages import validate
 
 SHARES = {"train": 0.8, "val": 0.1, "test": 0.1}
@@ -107,14 +108,14 @@ def tabular(raw: dict[str, pd.DataFrame]) -> tuple[int, expectations.SuiteRunner
     tables = {split: expectations.table_frame(frame) for split, frame in raw.items()}
     # a fresh context: suite names are unique per context
     runner = expectations.SuiteRunner(expectations.run_identity(tables, "bench"))
-    findings = validate.Findings()
+    findings = Findings()
     findings.add_gx(
         runner.run("annotations", expectations.annotation_rules(ValidateParams()), tables)
     )
     findings.add_gx(runner.run("classes", expectations.class_rules(list(SNACK_CLASSES)), tables))
     for split in SPLITS:
-        validate.clean_frame(tables[split], findings.bad_rows(split))
-    validate.quarantine_frame(raw, findings, list(ANNOTATION_COLUMNS))
+        clean_frame(tables[split], findings.bad_rows(split))
+    quarantine_frame(raw, findings, list(ANNOTATION_COLUMNS))
     return len(findings.rows), runner
 
 

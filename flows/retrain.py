@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import json
 import logging
 import math
@@ -53,8 +52,11 @@ from prefect.runner import Runner
 from prefect.states import Completed, State
 
 from pipeline.core.errors import UserError
-from pipeline.data.contract import SPLITS, annotations_path
+from pipeline.core.paths import Outputs
+from pipeline.data.inbox import inbox_has_data, merge_inbox
 from pipeline.evaluation.gate import CHALLENGER, CHAMPION
+from pipeline.integrations.registry import METRIC_PREFIX, tag_numbers
+from pipeline.ops.runlock import RunLocked, run_lock
 from pipeline.stages import STAGES
 
 SOURCES = ("inbox", "pull", "none")
@@ -80,61 +82,6 @@ def _run(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProc
         tail = (done.stdout[-2000:] + "\n" + done.stderr[-4000:]).strip()
         raise RuntimeError(f"`{' '.join(args)}` failed ({done.returncode}):\n{tail}")
     return done
-
-
-# ---------------------------------------------------------------- inbox (plain functions)
-
-
-def merge_inbox(inbox: Path, data: Path) -> dict[str, Any]:
-    """Merge a snacks-layout inbox into ``data``; return counts per split.
-
-    Rows are appended to ``data/annotations-<split>.csv`` (the header must match); images
-    are copied beside the existing ones. An image whose path already exists in ``data`` is
-    kept as it is (never overwritten) and counted under ``conflicts``. Bad rows are left for
-    the validate stage to quarantine.
-    """
-    counts: dict[str, Any] = {"rows": {}, "images": 0, "conflicts": []}
-    for split in SPLITS:
-        source = annotations_path(inbox, split)
-        if not source.is_file():
-            continue
-        target = annotations_path(data, split)
-        with source.open(newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            header, rows = next(reader, None), [row for row in reader if row]
-        if header is None:
-            continue
-        if target.is_file():
-            with target.open(newline="", encoding="utf-8") as handle:
-                existing = next(csv.reader(handle), None)
-            if existing != header:
-                raise UserError(
-                    f"{source}: columns {header} differ from {target}'s {existing}",
-                    hint="write the inbox CSVs in the snacks format (see docs/scheduling.md)",
-                )
-            text = target.read_text(encoding="utf-8")
-            with target.open("a", newline="", encoding="utf-8") as handle:
-                if text and not text.endswith("\n"):
-                    handle.write("\n")
-                csv.writer(handle, lineterminator="\n").writerows(rows)
-        else:
-            shutil.copyfile(source, target)
-        counts["rows"][split] = len(rows)
-        images = inbox / split
-        if images.is_dir():
-            for path in sorted(p for p in images.rglob("*") if p.is_file()):
-                dest = data / split / path.relative_to(images)
-                if dest.exists():
-                    counts["conflicts"].append(str(dest.relative_to(data)))
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, dest)
-                counts["images"] += 1
-    return counts
-
-
-def inbox_has_data(inbox: Path) -> bool:
-    return any(annotations_path(inbox, split).is_file() for split in SPLITS)
 
 
 # ---------------------------------------------------------------- tasks
@@ -203,7 +150,7 @@ def detect_change(project: str, registry_before: dict[str, Any]) -> dict[str, An
     data = data_version(root / "data.dvc")
     judged = {
         alias: registry_before[alias]["data_version"]
-        for alias in ("champion", "challenger")
+        for alias in (CHAMPION, CHALLENGER)
         if registry_before.get(alias)
     }
     reasons = []
@@ -244,26 +191,27 @@ def commit_lineage(project: str, message: str) -> str | None:
 # ---------------------------------------------------------------- reports
 
 
-def _fmt(value: Any) -> str:
+def metric_cell(value: Any) -> str:
     """A metric for the summary table: counts (images) as integers, rates to 4 places."""
     if isinstance(value, float):
         return f"{value:.0f}" if value.is_integer() else f"{value:.4f}"
     return "—" if value is None else str(value)
 
 
-def _v(version: Any) -> str:
+def version_label(version: Any) -> str:
+    """A registered version as "v3", or "none"."""
     return f"v{version}" if version else "none"
 
 
 def no_change_markdown(change: dict[str, Any], before: dict[str, Any], refresh: dict) -> str:
-    champion = before.get("champion") or {}
+    champion = before.get(CHAMPION) or {}
     return "\n".join(
         [
             "# snackloc retrain: no change",
             "",
             f"- data source: `{refresh['source']}`",
             f"- data version: `{change['data_version']}`",
-            f"- champion: {_v(champion.get('version'))} "
+            f"- champion: {version_label(champion.get('version'))} "
             f"(data `{champion.get('data_version', '—')}`)",
             "- `dvc status`: up to date",
             "",
@@ -277,14 +225,10 @@ def summary_markdown(
 ) -> str:
     decision = record.get("decision", {})
     metric = decision.get("metric")
-    champion = before.get("champion") or {}
+    champion = before.get(CHAMPION) or {}
     old, new = (
         champion.get("metrics", {}),
-        {
-            k.removeprefix("metric."): float(v)
-            for k, v in record.get("tags", {}).items()
-            if k.startswith("metric.")
-        },
+        tag_numbers(record.get("tags", {}), METRIC_PREFIX),
     )
     promoted = record.get("champion_after") == record.get("version")
     lines = [
@@ -303,14 +247,17 @@ def summary_markdown(
         "",
         f"## Metrics (gate metric: `{metric}`)",
         "",
-        f"| metric | candidate {_v(record.get('version'))} "
-        f"| champion {_v(champion.get('version'))} |",
+        f"| metric | candidate {version_label(record.get('version'))} "
+        f"| champion {version_label(champion.get('version'))} |",
         "|---|---|---|",
-        *[f"| {k} | {_fmt(v)} | {_fmt(old.get(k))} |" for k, v in sorted(new.items())],
+        *[
+            f"| {k} | {metric_cell(v)} | {metric_cell(old.get(k))} |"
+            for k, v in sorted(new.items())
+        ],
         "",
         "## Decision",
-        f"- @champion before: {_v(record.get('champion_before'))}, "
-        f"after: {_v(record.get('champion_after'))}",
+        f"- @champion before: {version_label(record.get('champion_before'))}, "
+        f"after: {version_label(record.get('champion_after'))}",
         *[f"- {reason}" for reason in record.get("reasons", [])],
         "",
         f"MLflow run `{record.get('run_id')}` in `{record.get('tracking_uri')}`; "
@@ -339,10 +286,8 @@ def outcome_state(result: dict[str, Any]) -> State:
         message = f"data {result['data_version']} already judged: nothing to retrain"
     else:
         after = "is @champion" if status == "promoted" else "stays @challenger"
-        message = (
-            f"v{result['version']} {after}; @champion {_v(result['champion_before'])} -> "
-            f"{_v(result['champion_after'])}"
-        )
+        before, now = (version_label(result[key]) for key in ("champion_before", "champion_after"))
+        message = f"v{result['version']} {after}; @champion {before} -> {now}"
     return Completed(name=OUTCOMES[status], message=message, data=result)
 
 
@@ -359,8 +304,6 @@ def retrain(
     retraining holds the lock), "No change", "Promoted" or "Kept". Calling the flow returns
     its result, a dict whose ``status`` is ``busy``, ``no-change``, ``promoted`` or ``kept``.
     """
-    from pipeline.ops.runlock import run_lock
-
     logger = get_run_logger()
     if source not in SOURCES:
         raise UserError(f"unknown data source {source!r}; expected one of {SOURCES}")
@@ -368,9 +311,7 @@ def retrain(
     try:
         with run_lock("retrain", path=root / LOCK_NAME):
             return outcome_state(_retrain_locked(str(root), source, inbox, commit))
-    except UserError as exc:
-        if "in progress" not in str(exc):
-            raise
+    except RunLocked:
         logger.warning("another retraining is running in %s: this trigger exits", root)
         create_markdown_artifact(
             f"# snackloc retrain: skipped\n\nAnother retraining holds `{root / LOCK_NAME}`.",
@@ -398,7 +339,7 @@ def _retrain_locked(project: str, source: str, inbox: str | None, commit: bool) 
     logger.info("retraining: %s", "; ".join(change["reasons"]))
     for stage in STAGES:  # in order, each a task: the flow run shows every stage
         repro_stage(project, stage.name)
-    record = json.loads((Path(project) / "outputs/register/record.json").read_text())
+    record = json.loads(Outputs(Path(project) / "outputs").registry_record.read_text())
     promoted = record.get("champion_after") == record.get("version")
     commit_id = None
     if commit and promoted:

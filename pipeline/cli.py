@@ -16,6 +16,7 @@ import typer
 
 from pipeline.core import env
 from pipeline.core.errors import UserError
+from pipeline.core.paths import Outputs
 from pipeline.stages import NAMES, STAGES, Stage, run_stage
 
 app = typer.Typer(
@@ -63,7 +64,6 @@ def _stage_command(stage: Stage) -> None:
         quiet: QuietOpt = False,
     ) -> None:
         from pipeline.core.config import load_params
-        from pipeline.core.paths import Outputs
         from pipeline.ops.runlock import run_lock
 
         settings = load_params(params)
@@ -387,7 +387,7 @@ def export(
         fail(f"unknown --format {format_!r}; this version exports tflite")
     if quantize not in {"float32", "float16", "int8"}:
         fail(f"unknown --quantize {quantize!r}; expected float32, float16 or int8")
-    default = Path("outputs/dedup/annotations-test.csv")
+    default = Outputs().deduped("test")
     sources = check if check else ([default] if default.is_file() else [])
     paths = collect_images(sources, data_root)
     with env.quiet_native_startup():
@@ -424,10 +424,9 @@ def promote(
 ) -> None:
     """Make a registered version the @champion by hand (recorded in outputs/register/)."""
     from pipeline.core.config import load_params
-    from pipeline.core.paths import Outputs
-    from pipeline.stages import register
+    from pipeline.ops import promotion
 
-    _echo_record(register.promote(load_params(params), Outputs(outputs), version, reason))
+    _echo_record(promotion.promote(load_params(params), Outputs(outputs), version, reason))
 
 
 @app.command()
@@ -438,10 +437,9 @@ def rollback(
 ) -> None:
     """Give @champion back to the version the current champion replaced."""
     from pipeline.core.config import load_params
-    from pipeline.core.paths import Outputs
-    from pipeline.stages import register
+    from pipeline.ops import promotion
 
-    _echo_record(register.rollback(load_params(params), Outputs(outputs), reason))
+    _echo_record(promotion.rollback(load_params(params), Outputs(outputs), reason))
 
 
 @app.command()

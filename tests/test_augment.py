@@ -1,10 +1,12 @@
 """Boxes move with the pixels under every augmentation (property tests)."""
 
 import numpy as np
+from helpers_tiny import NO_AUGMENT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.model.augment import AugmentSettings, augment, hflip, visible_fraction
+from pipeline.core.config import AugmentParams
+from pipeline.model.augment import augment, hflip, visible_fraction
 
 SIZE = 96
 
@@ -35,7 +37,7 @@ boxes = st.tuples(
     zoom_out=st.sampled_from([1.0, 2.0]),
 )
 def test_box_drawn_before_matches_box_after(box, seed, jitter, zoom_out):
-    config = AugmentSettings(
+    config = AugmentParams(
         hflip=True, crop_scale=(0.4, 1.0), min_visible=0.6, color_jitter=jitter, zoom_out=zoom_out
     )
     image, new_box = augment(draw(box), box, config, np.random.default_rng(seed))
@@ -57,7 +59,9 @@ def test_hflip_twice_is_identity():
 def test_crops_keep_the_minimum_visible_share():
     rng = np.random.default_rng(0)
     box = np.array([0.0, 0.3, 0.0, 0.3])
-    config = AugmentSettings(hflip=False, crop_scale=(0.2, 0.5), min_visible=0.9)
+    config = AugmentParams(
+        hflip=False, crop_scale=(0.2, 0.5), min_visible=0.9, color_jitter=0.0, zoom_out=1.0
+    )
     for _ in range(50):
         _, new_box = augment(draw(box), box, config, rng)
         # The box never shrinks below 90% of its area in crop coordinates' terms.
@@ -68,5 +72,5 @@ def test_crops_keep_the_minimum_visible_share():
 def test_off_means_untouched():
     box = np.array([0.2, 0.5, 0.1, 0.4], dtype=np.float32)
     image = draw(box)
-    out, out_box = augment(image, box, AugmentSettings(hflip=False), np.random.default_rng(1))
+    out, out_box = augment(image, box, NO_AUGMENT, np.random.default_rng(1))
     assert np.array_equal(out, image.astype(np.float32)) and np.array_equal(out_box, box)

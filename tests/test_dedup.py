@@ -27,6 +27,7 @@ from pipeline.core.config import DedupParams, Params
 from pipeline.core.errors import UserError
 from pipeline.core.paths import Outputs
 from pipeline.data.contract import SPLITS, read_clean_annotations
+from pipeline.data.quality import duplicates, fingerprints
 from pipeline.stages import dedup, validate
 
 BOX_A = ("0.1", "0.5", "0.1", "0.5")
@@ -55,7 +56,7 @@ def removed(outputs: Outputs) -> list[dict[str, str]]:
 
 
 def groups(outputs: Outputs) -> dict:
-    return json.loads(dedup.groups_path(outputs).read_text())
+    return json.loads(outputs.dedup_groups.read_text())
 
 
 def assert_conserved(outputs: Outputs) -> None:
@@ -73,7 +74,7 @@ def assert_conserved(outputs: Outputs) -> None:
 def test_nothing_to_remove_passes_everything_through(tmp_path):
     report, outputs = run_dedup(tmp_path, {"train": [ann("a"), ann("b")], "val": [ann("c")]})
     assert report["rows_in"] == report["rows_out"] == 3
-    assert report["removed"] == dict.fromkeys(dedup.KINDS, 0)
+    assert report["removed"] == dict.fromkeys(duplicates.KINDS, 0)
     assert report["duplicate_image_groups"] == report["leaked_images"] == 0
     assert removed(outputs) == []
     assert read_text_csv(outputs.deduped("train")).equals(read_text_csv(outputs.validated("train")))
@@ -122,7 +123,7 @@ BOX_CASE = [
 def test_duplicate_boxes_are_merged_into_the_first_row(tmp_path):
     report, outputs = run_dedup(tmp_path, {"train": BOX_CASE})
 
-    assert report["removed"] == {**dict.fromkeys(dedup.KINDS, 0), "duplicate_box": 1}
+    assert report["removed"] == {**dict.fromkeys(duplicates.KINDS, 0), "duplicate_box": 1}
     assert report["boxes_merged"] == 1
     [record] = removed(outputs)
     assert (record["row"], record["kept_row"], record["kind"]) == ("1", "0", "duplicate_box")
@@ -159,7 +160,7 @@ def test_box_pair_iou_distribution_is_reported(tmp_path):
 
 def test_cluster_boxes_is_greedy_against_first_members():
     boxes = np.array([[0.1, 0.5, 0.1, 0.5], [0.5, 0.9, 0.5, 0.9], [0.1, 0.5, 0.1, 0.505]])
-    clusters = dedup.cluster_boxes(boxes, 0.9)
+    clusters = duplicates.cluster_boxes(boxes, 0.9)
     assert [members for members, _ in clusters] == [[0, 2], [1]]
     assert clusters[0][1][1] == pytest.approx(0.4 / 0.405)
 
@@ -337,14 +338,14 @@ def test_every_kind_at_once_counts_each_row_once(tmp_path):
 
 def test_plan_group_keeps_one_per_split_only_when_leaks_are_kept():
     splits = ["train", "train", "val", "val", "test"]
-    drop = dedup.plan_group([0, 1, 2, 3, 4], splits, drop_leaks=True)
+    drop = duplicates.plan_group([0, 1, 2, 3, 4], splits, drop_leaks=True)
     assert [(d.image, d.kept, d.leak, d.removed) for d in drop] == [
         (1, 0, False, True),
         (2, 0, True, True),
         (3, 0, True, True),
         (4, 0, True, True),
     ]
-    keep = dedup.plan_group([0, 1, 2, 3, 4], splits, drop_leaks=False)
+    keep = duplicates.plan_group([0, 1, 2, 3, 4], splits, drop_leaks=False)
     assert [(d.image, d.kept, d.leak, d.removed) for d in keep] == [
         (1, 0, False, True),
         (2, 0, True, False),
@@ -355,16 +356,16 @@ def test_plan_group_keeps_one_per_split_only_when_leaks_are_kept():
 
 def test_image_groups_chain_and_link_equal_hashes():
     prints = [
-        dedup.Fingerprint("x", 0b0000),
-        dedup.Fingerprint("y", 0b0011),  # 2 bits from 0
-        dedup.Fingerprint("z", 0b1111),  # 2 bits from 1, 4 from 0: chained
-        dedup.Fingerprint("w", 0x5555_5555_5555_5555),  # far from everything
-        dedup.Fingerprint("x", 0xF0F0F0F0 << 32),  # same bytes as 0, whatever its hash
-        dedup.Fingerprint("v", 0x5555_5555_5555_5555),  # same hash as 3
+        fingerprints.Fingerprint("x", 0b0000),
+        fingerprints.Fingerprint("y", 0b0011),  # 2 bits from 0
+        fingerprints.Fingerprint("z", 0b1111),  # 2 bits from 1, 4 from 0: chained
+        fingerprints.Fingerprint("w", 0x5555_5555_5555_5555),  # far from everything
+        fingerprints.Fingerprint("x", 0xF0F0F0F0 << 32),  # same bytes as 0, whatever its hash
+        fingerprints.Fingerprint("v", 0x5555_5555_5555_5555),  # same hash as 3
     ]
-    assert dedup.image_groups(prints, radius=2) == [[0, 1, 2, 4], [3, 5]]
-    assert dedup.image_groups(prints, radius=0) == [[0, 4], [3, 5]]
-    assert dedup.image_groups(prints[:1], radius=2) == []
+    assert fingerprints.image_groups(prints, radius=2) == [[0, 1, 2, 4], [3, 5]]
+    assert fingerprints.image_groups(prints, radius=0) == [[0, 4], [3, 5]]
+    assert fingerprints.image_groups(prints[:1], radius=2) == []
 
 
 # --- inputs ---------------------------------------------------------------------------------

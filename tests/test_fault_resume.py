@@ -12,16 +12,17 @@ import pytest
 from helpers_model import save_tiny_backbone
 from test_train import EpochsSeen, Interrupt, tiny_datasets, tiny_params, tiny_setup
 
-from pipeline.core.config import TransferParams
-from pipeline.model.augment import AugmentSettings
-from pipeline.stages import train
+from pipeline.core.config import AugmentParams, TransferParams
+from pipeline.model import fit as engine
 
-AUGMENT = AugmentSettings(hflip=True, crop_scale=(0.6, 1.0), min_visible=0.7, color_jitter=0.2)
+AUGMENT = AugmentParams(
+    hflip=True, crop_scale=(0.6, 1.0), min_visible=0.7, color_jitter=0.2, zoom_out=1.0
+)
 
 
 def fit(params, data, backup, callbacks=()):
     train_ds, val_ds = data
-    return train.fit(params, 2, train_ds, val_ds, backup, tiny_setup(params), callbacks, verbose=0)
+    return engine.fit(params, 2, train_ds, val_ds, backup, tiny_setup(params), callbacks, verbose=0)
 
 
 def augmented(root):

@@ -23,6 +23,7 @@ from pipeline.core.config import Params, TrainParams
 from pipeline.core.paths import Outputs
 from pipeline.integrations import tracking
 from pipeline.model import hardware
+from pipeline.model.callbacks import EpochMetricsLogger, read_history
 from pipeline.stages import train
 
 EPOCHS = 4
@@ -85,7 +86,7 @@ def test_server_killed_mid_training_then_back(tmp_path, monkeypatch, caplog):
         params, outputs = tiny_stage(tmp_path / "project", monkeypatch)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
         monkeypatch.setattr(tracking, "RETRY_INTERVAL", 0.0)  # try again every epoch
-        real_end = train.MlflowEpochLogger.on_epoch_end
+        real_end = EpochMetricsLogger.on_epoch_end
 
         def inject(self, epoch, logs=None):
             if epoch == 1:
@@ -94,7 +95,7 @@ def test_server_killed_mid_training_then_back(tmp_path, monkeypatch, caplog):
                 server.start()  # and is back before the last epoch is logged
             real_end(self, epoch, logs)
 
-        monkeypatch.setattr(train.MlflowEpochLogger, "on_epoch_end", inject)
+        monkeypatch.setattr(EpochMetricsLogger, "on_epoch_end", inject)
         with caplog.at_level(logging.INFO, logger="pipeline"):
             metrics = train.run(params, outputs, progress=False)
 
@@ -133,7 +134,7 @@ def test_server_unreachable_fails_at_the_end_and_a_rerun_logs(tmp_path, monkeypa
     assert "connection refused" in message and "trained state is kept" in message
     assert "run `snackloc train` (or `dvc repro`) again" in message
     backup = outputs.train_dir / "backup"
-    assert len(train.read_history(backup / "history.jsonl")) == EPOCHS
+    assert len(read_history(backup / "history.jsonl")) == EPOCHS
     assert not outputs.mlflow_run.exists()  # evaluate cannot pick up a run that is not there
 
     server = MlflowServer(tmp_path / "mlflow", port=port).start()

@@ -50,7 +50,7 @@ MIRRORED = textwrap.dedent("""
     sys.path.insert(0, "tests")
     from test_train import tiny_datasets, tiny_params
     from pipeline.model import hardware
-    from pipeline.stages import train
+    from pipeline.model import fit as engine
     from pipeline.model.model import BOX_LOSSES, build_model
 
     class RowsPerReplica(keras.metrics.Metric):
@@ -73,7 +73,7 @@ MIRRORED = textwrap.dedent("""
     print("replicas", setup.replicas, type(setup.strategy).__name__)
     tmp = Path(tempfile.mkdtemp())
     train_ds, val_ds = tiny_datasets(tmp / "data")  # 16 samples, global batch 8
-    result = train.fit(params, 2, train_ds, val_ds, tmp / "backup", setup, verbose=0)
+    result = engine.fit(params, 2, train_ds, val_ds, tmp / "backup", setup, verbose=0)
     print("epochs", list(result.history.epoch))
 
     with setup.strategy.scope():

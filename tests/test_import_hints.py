@@ -8,8 +8,8 @@ import json
 import pytest
 from helpers_data import ann, make_dataset, make_params, write_validated
 from helpers_env import BIN
+from helpers_formats import SPEC, write_voc
 from helpers_project import sh
-from test_interop import SPEC, write_voc
 
 from pipeline.core.errors import UserError
 from pipeline.core.paths import Outputs

@@ -4,7 +4,10 @@
 
 A room imports only the rooms before it (and itself); MLflow is imported only in
 ``pipeline/integrations/`` and Prefect only in the top-level ``flows/``, which wraps the
-stages from the outside. No module is longer than ``MAX_LINES``.
+stages from the outside. No module is longer than ``MAX_LINES``, no stage module longer than
+``MAX_STAGE_LINES`` (a stage reads load, compute, write, log; the compute lives in the library
+rooms), and no function body longer than ``MAX_FUNCTION_LINES`` unless its docstring says why
+("Long because ...").
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from helpers_env import ROOT
 
 PACKAGE = ROOT / "pipeline"
 MAX_LINES = 600
+MAX_STAGE_LINES = 300
+MAX_FUNCTION_LINES = 50  # the body; a typer command's signature is its options
 
 LIBRARY = {"core", "data", "model", "evaluation"}
 MAY_IMPORT: dict[str, set[str]] = {
@@ -100,3 +105,36 @@ def test_every_room_says_what_it_holds_and_no_module_is_too_long():
         if (lines := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert not too_long, too_long
+    fat_stages = {
+        path.name: lines
+        for path in modules(PACKAGE / "stages")
+        if (lines := len(path.read_text().splitlines())) > MAX_STAGE_LINES
+    }
+    assert not fat_stages, fat_stages
+
+
+def long_functions(path: Path) -> list[str]:
+    """Functions of ``path`` whose body passes MAX_FUNCTION_LINES with no reason given."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        lines = node.end_lineno - node.body[0].lineno + 1
+        if lines > MAX_FUNCTION_LINES and "Long because" not in (ast.get_docstring(node) or ""):
+            found.append(f"{path.name}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_no_function_is_long_without_a_reason():
+    paths = modules(PACKAGE) + modules(ROOT / "flows")
+    assert [problem for path in paths for problem in long_functions(path)] == []
+
+
+def test_a_long_function_without_a_reason_is_found(tmp_path):
+    body = "".join(f"    x = {n}\n" for n in range(MAX_FUNCTION_LINES))
+    path = tmp_path / "long.py"
+    path.write_text(
+        f'def bare():\n    """Doc."""\n{body}\n\n'
+        f'def reasoned():\n    """Doc.\n\n    Long because it must be.\n    """\n{body}'
+    )
+    assert long_functions(path) == [f"long.py:1 bare ({MAX_FUNCTION_LINES + 1} lines)"]

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.model.augment import AugmentSettings
+from pipeline.core.config import AugmentParams
 from pipeline.model.loader import (
     ImageBatches,
     ImageCache,
@@ -60,7 +60,11 @@ def test_flipped_boxes_follow_the_pixels(tmp_path):
         make_image(tmp_path / "train" / "x" / f"im{i}.jpg", box=box)
     samples = sample_table({"train": frame.drop(columns="split")}, ["x", "y"], tmp_path, "image")
     data = SnackDataset(
-        samples, image_size=64, batch_size=16, seed=3, augment=AugmentSettings(hflip=True)
+        samples,
+        image_size=64,
+        batch_size=16,
+        seed=3,
+        augment=AugmentParams(hflip=True, crop_scale=(1.0, 1.0), color_jitter=0.0, zoom_out=1.0),
     )
     images, targets = data[0]
     flipped = 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 from helpers_env import BIN
-from test_interop import write_voc
+from helpers_formats import write_voc
 
 from pipeline.core import files
 

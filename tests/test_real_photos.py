@@ -20,6 +20,7 @@ from pipeline.core.config import Params
 from pipeline.core.paths import Outputs
 from pipeline.data.formats.importing import ImportOptions, import_dataset
 from pipeline.evaluation import metrics
+from pipeline.model import fit as engine
 from pipeline.model import hardware
 from pipeline.model.model import backbone_of, build_model
 from pipeline.model.recipe import describe_recipe
@@ -97,9 +98,9 @@ def test_fine_tuning_a_pretrained_backbone_keeps_inference_predictions_apart(
     # peak learning rate.
     params = real_params(root, epochs=3, transfer={"head_epochs": 1})
     classes, train_samples, val_samples = train.load_samples(params, outputs)
-    train_ds, val_ds = train.make_datasets(params, train_samples, val_samples, progress=False)
+    train_ds, val_ds = engine.make_datasets(params, train_samples, val_samples, progress=False)
     setup = hardware.configure(params.train)
-    result = train.fit(params, len(classes), train_ds, val_ds, tmp_path / "b", setup, verbose=0)
+    result = engine.fit(params, len(classes), train_ds, val_ds, tmp_path / "b", setup, verbose=0)
     images = np.concatenate([train_ds[i][0] for i in range(len(train_ds))])
     boxes = np.asarray(result.model.predict(images, verbose=0)["box"])
     assert box_spread(boxes) > 0.03, boxes[:5]

@@ -24,7 +24,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.files import write_json
 from pipeline.core.paths import Outputs
 from pipeline.integrations import registry, tracking
-from pipeline.ops import predict
+from pipeline.ops import predict, promotion
 from pipeline.stages import register
 
 CLASSES = ["apple", "banana", "cake"]
@@ -125,20 +125,20 @@ def test_register_gate_promote_rollback_round_trip(project, tmp_path):
     assert client.get_model_version(NAME, "3").tags["previous_champion"] == "1"
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "3"
 
-    back = register.rollback(params, outputs, reason="bad in production")
+    back = promotion.rollback(params, outputs, reason="bad in production")
     assert (back["champion_before"], back["champion_after"]) == ("3", "1")
     assert "rolled_back_at" in client.get_model_version(NAME, "3").tags
     assert champion(client) == "1"
 
-    manual = register.promote(params, outputs, "2", reason="hand-picked")
+    manual = promotion.promote(params, outputs, "2", reason="hand-picked")
     assert manual["champion_after"] == "2" and "hand-picked" in manual["reasons"][0]
     assert client.get_model_version(NAME, "2").tags["previous_champion"] == "1"
-    register.rollback(params, outputs)
+    promotion.rollback(params, outputs)
     assert champion(client) == "1"
     with pytest.raises(UserError, match="records no previous champion"):
-        register.rollback(params, outputs)
+        promotion.rollback(params, outputs)
     with pytest.raises(UserError, match="has no version '9'"):
-        register.promote(params, outputs, "9")
+        promotion.promote(params, outputs, "9")
 
     actions = [(r["action"], r["champion_after"]) for r in history(outputs)]
     assert actions == [

@@ -242,7 +242,7 @@ def wait_for_flow_run(run_id, timeout: float):
 
 
 def test_merge_inbox_appends_rows_and_copies_new_images(tmp_path):
-    from flows.retrain import inbox_has_data, merge_inbox
+    from pipeline.data.inbox import inbox_has_data, merge_inbox
 
     header = "image_id,x_min,x_max,y_min,y_max,class_name,folder\n"
     data, inbox = tmp_path / "data", tmp_path / "inbox"
@@ -308,8 +308,8 @@ def test_pull_restores_the_data_from_a_dvc_remote(tmp_path, under_server):
 
 
 def test_merge_inbox_refuses_other_columns(tmp_path):
-    from flows.retrain import merge_inbox
     from pipeline.core.errors import UserError
+    from pipeline.data.inbox import merge_inbox
 
     (tmp_path / "data").mkdir()
     (tmp_path / "inbox").mkdir()

@@ -6,8 +6,7 @@ import textwrap
 
 import pytest
 
-from pipeline.core.errors import UserError
-from pipeline.ops.runlock import run_lock
+from pipeline.ops.runlock import RunLocked, run_lock
 
 
 def test_second_run_refuses_while_the_first_holds_the_lock(tmp_path):
@@ -32,7 +31,7 @@ def test_second_run_refuses_while_the_first_holds_the_lock(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         with (
-            pytest.raises(UserError, match="another snackloc run is in progress"),
+            pytest.raises(RunLocked, match="another snackloc run is in progress"),
             run_lock("second", lock),
         ):
             pass

@@ -1,8 +1,10 @@
-"""dvc.yaml lists, for every stage, exactly the project modules the stage runs.
+"""dvc.yaml lists, for every stage, exactly the project modules the stage runs, and every
+params key it reads.
 
-A module a stage runs but does not list is a change DVC would not rerun the stage for:
-cached outputs would silently go stale. The modules are computed from the imports of
-``pipeline/stages/<name>.py`` (pipeline/ops/stage_deps.py).
+A module or a param a stage uses but does not list is a change DVC would not rerun the stage
+for: cached outputs would silently go stale. The modules are computed from the imports of
+``pipeline/stages/<name>.py``, the params from what its functions read of ``Params``
+(pipeline/ops/stage_deps.py).
 """
 
 from __future__ import annotations
@@ -77,3 +79,40 @@ def test_imports_inside_functions_and_packages_with_code_count(tmp_path):
         "pipeline/helper.py",
         "pipeline/lazy.py",
     }
+
+
+def test_every_stage_lists_the_params_it_reads():
+    problems = stage_deps.missing_params(ROOT, ROOT / "dvc.yaml", NAMES)
+    assert not problems, "\n".join([*problems, "fix: add them to the stage's params in dvc.yaml"])
+
+
+def test_a_params_key_read_but_not_listed_is_reported(tmp_path):
+    dvc_file = tmp_path / "dvc.yaml"
+    text = (ROOT / "dvc.yaml").read_text()
+    evaluate = text.index("  evaluate:")
+    key = text.index("      - train.target\n", evaluate)
+    dvc_file.write_text(text[:key] + text[key:].replace("      - train.target\n", "", 1))
+    assert stage_deps.missing_params(ROOT, dvc_file, NAMES) == [
+        "evaluate: reads but does not list params train.target"
+    ]
+
+
+def test_reads_through_a_section_alias_or_a_whole_section_are_found(tmp_path):
+    stages = tmp_path / "pipeline" / "stages"
+    stages.mkdir(parents=True)
+    (stages / "demo.py").write_text(
+        "def run(params: Params, outputs) -> None:\n"
+        "    train = params.train\n"
+        "    print(params.data.root, train.epochs, params.model_dump())\n"
+        "    helper(params.dedup)\n"
+    )
+    dvc_file = tmp_path / "dvc.yaml"
+    dvc_file.write_text("stages:\n  demo:\n    params:\n      - data.root\n      - train.seed\n")
+    assert stage_deps.params_read(tmp_path, "demo", ["demo"]) == {
+        "data.root",
+        "train.epochs",
+        "dedup",
+    }
+    assert stage_deps.missing_params(tmp_path, dvc_file, ["demo"]) == [
+        "demo: reads but does not list params dedup, train.epochs"
+    ]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_interop import (
+from helpers_formats import (
     SPEC,
     WRITERS,
     assert_same_boxes,

@@ -17,12 +17,14 @@ from PIL import Image
 
 from pipeline.core.config import ModelParams, Params, TrainParams, TransferParams, load_params
 from pipeline.core.errors import UserError
+from pipeline.model import fit as engine
 from pipeline.model import hardware, recipe
+from pipeline.model.callbacks import EpochMetricsLogger, read_history
 from pipeline.model.loader import SnackDataset, sample_table
-from pipeline.model.model import backbone_of
+from pipeline.model.model import backbone_of, build_model
 from pipeline.model.recipe import Phase, learning_rate_for, plan_phases
 from pipeline.stages import train
-from pipeline.stages.train import open_backup, read_history
+from pipeline.stages.train import open_backup
 
 
 def tiny_params(model: ModelParams = TINY_MODEL, **train_values) -> Params:
@@ -184,8 +186,8 @@ def test_frozen_on_cached_features_then_fine_tuned(tmp_path):
     )
     setup = tiny_setup(params)
     probe = BackboneAtPhaseStart()
-    result = train.fit(params, 2, train_ds, val_ds, tmp_path / "b", setup, [probe], verbose=0)
-    built = backbone_of(train.build_model(2, params.model)).get_weights()  # the file's weights
+    result = engine.fit(params, 2, train_ds, val_ds, tmp_path / "b", setup, [probe], verbose=0)
+    built = backbone_of(build_model(2, params.model)).get_weights()  # the file's weights
     (after_frozen,) = probe.snapshots  # phase 1 fits the heads model: no backbone in it
     assert all(np.array_equal(a, b) for a, b in zip(built, after_frozen, strict=True))
     final = backbone_of(result.model).get_weights()
@@ -202,11 +204,11 @@ def test_interrupted_training_resumes_from_the_backup(tmp_path):
     backup = tmp_path / "backup"
     setup = tiny_setup(params)
     with pytest.raises(KeyboardInterrupt):
-        train.fit(params, 2, train_ds, val_ds, backup, setup, callbacks=[Interrupt(0)], verbose=0)
+        engine.fit(params, 2, train_ds, val_ds, backup, setup, callbacks=[Interrupt(0)], verbose=0)
     assert list(read_history(backup / "history.jsonl").epoch) == [1]
 
     seen = EpochsSeen()
-    result = train.fit(params, 2, train_ds, val_ds, backup, setup, callbacks=[seen], verbose=0)
+    result = engine.fit(params, 2, train_ds, val_ds, backup, setup, callbacks=[seen], verbose=0)
     assert seen.epochs == [1]  # only the second epoch ran again
     assert result.epochs_run == 1
     assert list(result.history.epoch) == [1, 2]  # the history continues
@@ -255,7 +257,7 @@ def test_the_stage_resumes_in_the_same_mlflow_run(tmp_path, monkeypatch):
         update={"data": params.data.model_copy(update={"root": tmp_path / "data"})}
     )
 
-    logger_end = train.MlflowEpochLogger.on_epoch_end
+    logger_end = EpochMetricsLogger.on_epoch_end
 
     def fail_after_first_epoch(self, epoch, logs=None):
         logger_end(self, epoch, logs)
@@ -263,16 +265,16 @@ def test_the_stage_resumes_in_the_same_mlflow_run(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated interruption")
 
     with monkeypatch.context() as patch:
-        patch.setattr(train.MlflowEpochLogger, "on_epoch_end", fail_after_first_epoch)
+        patch.setattr(EpochMetricsLogger, "on_epoch_end", fail_after_first_epoch)
         with pytest.raises(KeyboardInterrupt):
             train.run(params, outputs, progress=False)
-    first_run = read_history(outputs.train_dir / "backup" / "history.jsonl")
+    first_run = read_history(outputs.train_backup / "history.jsonl")
     assert list(first_run.epoch) == [1]
 
     metrics = train.run(params, outputs, progress=False)
     assert metrics["epochs"] == 2
     assert list(pd.read_csv(outputs.history).epoch) == [1, 2]
-    assert not (outputs.train_dir / "backup").exists()
+    assert not (outputs.train_backup).exists()
     run_id = json.loads(outputs.mlflow_run.read_text())["run_id"]
     client = mlflow.MlflowClient()
     steps = [m.step for m in client.get_metric_history(run_id, "val_class_accuracy")]

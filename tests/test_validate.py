@@ -28,6 +28,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.paths import Outputs
 from pipeline.data.contract import ANNOTATION_COLUMNS, SPLITS, read_clean_annotations
 from pipeline.data.quality import imagecheck
+from pipeline.data.quality.checks import CHECKS, WARNINGS
 from pipeline.stages import dedup, validate
 
 GOOD_TRAIN = [ann("t0", "cake"), ann("t1", "apple"), ann("t2", "banana")]
@@ -74,10 +75,10 @@ def test_clean_dataset_passes_and_writes_every_output(tmp_path):
 
     assert report["rows_total"] == report["rows_clean"] == 5
     assert report["rows_quarantined"] == 0 and report["bad_fraction"] == 0.0
-    assert set(report["per_check"]) == set(validate.CHECKS)
+    assert set(report["per_check"]) == set(CHECKS)
     assert not any(report["per_check"].values())
     assert report["per_split"]["train"] == {"rows": 3, "clean": 3, "quarantined": 0}
-    assert report["warnings"] == dict.fromkeys(validate.WARNINGS, 0)
+    assert report["warnings"] == dict.fromkeys(WARNINGS, 0)
     assert quarantine(outputs) == []
     clean = read_clean_annotations(outputs.validated("train"))
     assert list(clean.columns) == [*ANNOTATION_COLUMNS, "row"]
@@ -89,22 +90,22 @@ def test_clean_dataset_passes_and_writes_every_output(tmp_path):
     gx = report["expectations"]
     assert gx["failed"] == 0 and gx["evaluated"] == 3 * len(report["details"]["expectations"])
     assert {e["suite"] for e in report["details"]["expectations"]} == {"annotations", "classes"}
-    index = validate.docs_dir(outputs) / "index.html"
+    index = outputs.data_docs / "index.html"
     assert index.is_file() and "snackloc.annotations" in index.read_text()
-    assert len(list(validate.docs_dir(outputs).rglob("*annotations-val.html"))) == 2  # 2 suites
+    assert len(list(outputs.data_docs.rglob("*annotations-val.html"))) == 2  # 2 suites
     # Contact sheets: one per split and one of the quarantine, real PNGs.
-    sheets = sorted(p.name for p in validate.sheets_dir(outputs).iterdir())
+    sheets = sorted(p.name for p in outputs.contact_sheets.iterdir())
     assert sheets == ["quarantine.png", "test.png", "train.png", "val.png"]
-    with Image.open(validate.sheets_dir(outputs) / "train.png") as sheet:
+    with Image.open(outputs.contact_sheets / "train.png") as sheet:
         assert sheet.format == "PNG" and sheet.width > 400
     assert "| train | 3 | 3 | 0 |" in report["markdown"]
 
 
 def test_data_docs_off_leaves_a_placeholder(tmp_path):
     _, outputs = run_stage(tmp_path, {"train": GOOD_TRAIN}, data_docs=False)
-    index = validate.docs_dir(outputs) / "index.html"
+    index = outputs.data_docs / "index.html"
     assert "validate.data_docs: false" in index.read_text()
-    assert list(validate.docs_dir(outputs).iterdir()) == [index]
+    assert list(outputs.data_docs.iterdir()) == [index]
 
 
 # --- one row per named check, all in one run --------------------------------------------
@@ -163,7 +164,7 @@ def test_row_cases_counts_and_the_clean_neighbour(row_cases):
     report, outputs = row_cases
     assert reasons_of(outputs, "val", 0) == set()
     assert report["rows_quarantined"] == len(ROW_CASES)
-    for check in validate.CHECKS:
+    for check in CHECKS:
         expected = sum(check in reasons for _, reasons in ROW_CASES.values())
         assert report["per_check"][check] == expected, check
     assert_conserved(report, outputs)
@@ -499,7 +500,7 @@ def test_too_many_bad_rows_fails_after_writing_outputs(tmp_path):
     assert len(quarantine(outputs)) == 2
     assert json.loads(outputs.validate_report.read_text())["rows_quarantined"] == 2
     assert all(outputs.validated(split).is_file() for split in SPLITS)
-    assert (validate.sheets_dir(outputs) / "quarantine.png").is_file()
+    assert (outputs.contact_sheets / "quarantine.png").is_file()
 
 
 def test_bad_fraction_at_the_threshold_passes(tmp_path):

@@ -32,6 +32,16 @@ class Outputs:
     def validate_report(self) -> Path:
         return self.validate_dir / "report.json"
 
+    @property
+    def data_docs(self) -> Path:
+        """The Great Expectations Data Docs site."""
+        return self.validate_dir / "data_docs"
+
+    @property
+    def contact_sheets(self) -> Path:
+        """The contact sheet PNGs, one per split and one of the quarantine."""
+        return self.validate_dir / "contact_sheets"
+
     # dedup
     @property
     def dedup_dir(self) -> Path:
@@ -47,6 +57,11 @@ class Outputs:
     @property
     def dedup_report(self) -> Path:
         return self.dedup_dir / "report.json"
+
+    @property
+    def dedup_groups(self) -> Path:
+        """Image groups with their hashes, box merges and leaks."""
+        return self.dedup_dir / "groups.json"
 
     # train
     @property
@@ -68,6 +83,15 @@ class Outputs:
     @property
     def mlflow_run(self) -> Path:
         return self.train_dir / "mlflow_run.json"
+
+    @property
+    def train_backup(self) -> Path:
+        """The backup an interrupted training resumes from (not a DVC out)."""
+        return self.train_dir / "backup"
+
+    def train_worker_backup(self, rank: int) -> Path:
+        """The backup of non-chief worker ``rank`` of a multi-worker training."""
+        return self.train_dir / f"backup-worker{rank}"
 
     # evaluate
     @property

@@ -77,16 +77,22 @@ def alias_versions(uri: str, name: str, aliases: Sequence[str]) -> dict[str, dic
 
 
 def log_model_version(
-    params, outputs, model, example, metadata: dict[str, Any], requirements: list[str]
+    experiment: str,
+    train_run_id: str,
+    name: str,
+    model,
+    example,
+    metadata: dict[str, Any],
+    requirements: list[str],
 ) -> tuple[str, str]:
     """Log ``model`` (tensorflow flavour, with a signature and the input ``example``) to the
-    training run and register it as a new version; return (version, run id)."""
+    training run and register it as a new version of ``name``; return (version, run id)."""
     import mlflow
     import numpy as np
     from mlflow.models import infer_signature
 
     prediction = {k: np.asarray(v) for k, v in model.predict(example, verbose=0).items()}
-    with tracking.resume_run(params, outputs, stage="register") as run:
+    with tracking.resumed_training_run(experiment, train_run_id, "register") as run:
         info = mlflow.tensorflow.log_model(
             model,
             name="model",
@@ -96,7 +102,7 @@ def log_model_version(
             metadata=metadata,
         )
     client = connect(tracking.tracking_uri())
-    version = create_version(client, params.register_.model_name, info, run.info.run_id)
+    version = create_version(client, name, info, run.info.run_id)
     return version, run.info.run_id
 
 

@@ -15,10 +15,11 @@ import os
 import subprocess
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pipeline.core.config import Params
 from pipeline.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -113,15 +114,21 @@ def experiment_url(ui_url: str, name: str, uri: str | None = None) -> str:
     return f"{base}/#/experiments/{experiment.experiment_id}/runs?{TRAINING_VIEW}"
 
 
-def run_name(dump: dict[str, Any]) -> str:
-    """A training run's name in the runs list: what was trained, how long, on which data
-    (from the params as dumped by ``Params.model_dump``)."""
+def run_name(params: Params) -> str:
+    """A training run's name in the runs list: what was trained, how long, on which data."""
+    dump = params.model_dump(mode="json", by_alias=True)
     model, train = dump["model"], dump["train"]
     weights = "" if model["weights"] == "none" else f" {Path(str(model['weights'])).stem}"
     return (
         f"{model['backbone']} {model['alpha']:g} {model['image_size']}px{weights} "
         f"{train['epochs']} epochs"
     )
+
+
+def run_params(params: Params) -> dict[str, Any]:
+    """The params a training run logs: the data, model and train sections, flattened."""
+    dump = params.model_dump(mode="json", by_alias=True)
+    return flatten({k: dump[k] for k in ("data", "model", "train")})
 
 
 def data_input(root: Path, version: str) -> Any:
@@ -157,6 +164,16 @@ def params_hash(params_dump: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def lineage(params: Params) -> dict[str, str]:
+    """The lineage tags of a run or a model version: code, data and params."""
+    dump = params.model_dump(mode="json", by_alias=True)
+    return {
+        "git_commit": git_commit(),
+        "data_version": data_version(),
+        "params_hash": params_hash(dump),
+    }
+
+
 def git_commit() -> str:
     """The current git commit (with a '-dirty' suffix for uncommitted changes), or 'unknown'.
 
@@ -190,55 +207,46 @@ def data_version(dvc_file: Path = Path("data.dvc")) -> str:
         return "untracked"
 
 
-class resume_run:
-    """Re-open the training run recorded by the train stage, to add a later stage's results.
+@contextlib.contextmanager
+def resumed_training_run(experiment: str, run_id: str, stage: str) -> Iterator[Any]:
+    """Re-open the training run ``run_id`` (the train stage's), to add a later stage's results.
 
     If that run is not in the current store (say, the train output came from a DVC cache
-    filled elsewhere), a new run is started and tagged so the gap is visible in the UI.
+    filled elsewhere), a new run is started in ``experiment`` and tagged so the gap is
+    visible in the UI.
     """
+    import mlflow
+    from mlflow.exceptions import MlflowException
 
-    def __init__(self, params, outputs, stage: str) -> None:
-        self.params, self.outputs, self.stage = params, outputs, stage
-        self._ctx = None
-
-    def __enter__(self):
-        import mlflow
-        from mlflow.exceptions import MlflowException
-
-        from pipeline.core.files import read_json
-
-        experiment_id = setup_experiment(self.params.mlflow.experiment)
-        run_id = read_json(self.outputs.mlflow_run)["run_id"]
-        try:
-            mlflow.get_run(run_id)
-            self._ctx = mlflow.start_run(run_id=run_id)
-        except MlflowException as exc:
-            if is_transient(exc):  # the server is away, not the run: let the caller retry
-                raise
-            self._ctx = mlflow.start_run(experiment_id=experiment_id)
-            mlflow.set_tags({"snackloc.missing_train_run": run_id})
-        run = self._ctx.__enter__()
-        mlflow.set_tag(f"snackloc.{self.stage}", "done")
-        return run
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
+    experiment_id = setup_experiment(experiment)
+    try:
+        mlflow.get_run(run_id)
+        active = mlflow.start_run(run_id=run_id)
+    except MlflowException as exc:
+        if is_transient(exc):  # the server is away, not the run: let the caller retry
+            raise
+        active = mlflow.start_run(experiment_id=experiment_id)
+        mlflow.set_tags({"snackloc.missing_train_run": run_id})
+    with active as run:
+        mlflow.set_tag(f"snackloc.{stage}", "done")
+        yield run
 
 
 def log_to_training_run(
-    params,
-    outputs,
+    experiment: str,
+    run_id: str,
     stage: str,
     metrics: dict[str, float],
     artifacts: Sequence[tuple[Path, str]] = (),
 ) -> None:
     """Add a later stage's ``metrics`` and ``artifacts`` (path, artifact folder) to the
-    training run (``resume_run``), retried while the tracking server is away."""
+    training run ``run_id`` (``resumed_training_run``), retried while the tracking server is
+    away."""
 
     def send() -> None:
         import mlflow
 
-        with resume_run(params, outputs, stage):
+        with resumed_training_run(experiment, run_id, stage):
             mlflow.log_metrics(metrics)
             for path, folder in artifacts:
                 mlflow.log_artifact(str(path), artifact_path=folder)

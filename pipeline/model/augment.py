@@ -2,31 +2,16 @@
 
 Every geometric transform moves the box with the pixels: a box drawn into the image before
 augmentation is where the transformed box says it is after (tests/test_augment.py).
-Boxes are (x_min, x_max, y_min, y_max), normalized to [0, 1].
+Boxes are (x_min, x_max, y_min, y_max), normalized to [0, 1]. What to apply is the
+``train.augment`` section of the params (``AugmentParams``, its one home and defaults).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from PIL import Image
 
-
-@dataclass(frozen=True)
-class AugmentSettings:
-    """What to apply; each is a param under ``train.augment``."""
-
-    hflip: bool = True
-    # Random crop covering this share of the image area (min, max), then resized back.
-    crop_scale: tuple[float, float] = (1.0, 1.0)
-    # The target box must keep at least this share of its area inside the crop.
-    min_visible: float = 0.6
-    # Brightness, contrast and saturation factors drawn from [1 - j, 1 + j].
-    color_jitter: float = 0.0
-    # Zoom out (SSD's "expand"): for half the samples, the image is placed on a canvas up to
-    # this many times its side, filled with its mean colour, so objects appear smaller.
-    zoom_out: float = 1.0
+from pipeline.core.config import AugmentParams
 
 
 def hflip(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +103,7 @@ def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -
 
 
 def augment(
-    image: np.ndarray, box: np.ndarray, settings: AugmentSettings, rng: np.random.Generator
+    image: np.ndarray, box: np.ndarray, settings: AugmentParams, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply the configured transforms to one image and its box (float32 image out)."""
     if settings.zoom_out > 1.0 and rng.random() < 0.5:

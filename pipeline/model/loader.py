@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from pipeline.core.config import AugmentParams
 from pipeline.data.contract import BOX_COLUMNS, image_path, load_image_array
-from pipeline.model.augment import AugmentSettings, augment
+from pipeline.model.augment import augment
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -133,7 +134,7 @@ class SnackDataset(keras.utils.PyDataset):
         image_size: int,
         batch_size: int,
         shuffle: bool = False,
-        augment: AugmentSettings | None = None,
+        augment: AugmentParams | None = None,
         seed: int = 0,
         cache: ImageCache | None = None,
         **kwargs,

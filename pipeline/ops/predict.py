@@ -27,6 +27,7 @@ from PIL import UnidentifiedImageError
 
 from pipeline.core.errors import UserError
 from pipeline.core.files import atomic_path, read_json
+from pipeline.core.paths import Outputs
 from pipeline.data.boxes import clip_and_order
 from pipeline.data.contract import decode_for_model, open_image_rgb
 from pipeline.evaluation.drawing import to_pixels, with_box
@@ -34,7 +35,7 @@ from pipeline.integrations import registry, tracking
 from pipeline.model.model import input_size, load_model
 
 DEFAULT_MODEL = "models:/snackloc@champion"
-DEFAULT_CLASSES = Path("outputs/validate/classes.json")
+DEFAULT_CLASSES = Outputs().classes
 BATCH = 32
 TOP_K = 3
 DECODE_THREADS = 2

@@ -19,15 +19,19 @@ from pipeline.core.errors import UserError
 LOCK_PATH = Path(".snackloc") / "run.lock"
 
 
+class RunLocked(UserError):
+    """Another snackloc run holds the workspace lock."""
+
+
 @contextlib.contextmanager
 def run_lock(what: str, path: Path = LOCK_PATH) -> Iterator[None]:
-    """Hold the workspace lock for the duration of ``what``, or raise UserError."""
+    """Hold the workspace lock for the duration of ``what``, or raise RunLocked."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path)
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise UserError(
+        raise RunLocked(
             f"another snackloc run is in progress in this workspace ({what} refused)",
             hint=f"wait for it to finish; the lock is {path} (held by a live process)",
         ) from None

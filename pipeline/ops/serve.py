@@ -85,7 +85,10 @@ class Metrics:
 
 
 def create_app(predictor: Predictor, settings: ServeSettings = ServeSettings()) -> FastAPI:
-    """The FastAPI application serving ``predictor``."""
+    """The FastAPI application serving ``predictor``.
+
+    Long because its routes are functions nested in it, FastAPI's way, sharing its state.
+    """
     state = {"ready": False}
     batcher = MicroBatcher(predictor.infer, settings.max_batch, settings.max_wait_ms)
     decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")

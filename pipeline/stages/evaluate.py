@@ -29,7 +29,7 @@ from pipeline.core.files import read_json, write_csv, write_json, write_text
 from pipeline.core.paths import Outputs
 from pipeline.data.boxes import clip_and_order
 from pipeline.data.contract import BOX_COLUMNS, read_clean_annotations
-from pipeline.evaluation import metrics as m
+from pipeline.evaluation import metrics as scoring
 from pipeline.integrations import tracking
 from pipeline.model.loader import SnackDataset, sample_table
 from pipeline.model.model import input_size, load_model
@@ -80,10 +80,10 @@ def evaluate_model(
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """Headline metrics and the prediction table of one model on one split."""
     probs, boxes = predict(model, samples, image_size, batch_size)
-    same = m.best_iou_same_class(samples, rows, probs.argmax(axis=1), boxes, classes)
+    same = scoring.best_iou_same_class(samples, rows, probs.argmax(axis=1), boxes, classes)
     labels, targets = samples.label.to_numpy(), samples[BOX_COLUMNS].to_numpy()
-    scores = m.score(labels, targets, probs, clip_and_order(boxes), same)
-    return scores, m.prediction_table(samples, classes, probs, boxes, same)
+    scores = scoring.score(labels, targets, probs, clip_and_order(boxes), same)
+    return scores, scoring.prediction_table(samples, classes, probs, boxes, same)
 
 
 def score_splits(
@@ -97,7 +97,7 @@ def score_splits(
     for split in splits_to_score(params.evaluate):
         rows, samples = load_split(params, outputs, split, classes)
         results[split], predictions = evaluate_model(model, samples, rows, classes, size, batch)
-        base = results[f"{split}_baseline"] = m.baseline(train, samples, rows, classes)
+        base = results[f"{split}_baseline"] = scoring.baseline(train, samples, rows, classes)
         for name in params.evaluate.baseline_margin:  # into metrics.json and MLflow
             results[split][f"{name}_over_baseline"] = results[split][name] - base[name]
         splits[split] = {"images": len(samples), "fingerprint": fingerprint(samples)}
@@ -112,7 +112,7 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
     classes = read_json(outputs.classes)["classes"]
     model = load_model(outputs.model)
     results, splits, predictions = score_splits(params, outputs, model, classes)
-    per_class = m.per_class_table(predictions, classes)
+    per_class = scoring.per_class_table(predictions, classes)
 
     primary = params.evaluate.split
     history = pd.read_csv(outputs.history) if outputs.history.is_file() else None
@@ -160,7 +160,8 @@ def log_to_mlflow(params: Params, outputs: Outputs, results: dict, plot_files) -
     )
     files = [(path, "evaluation") for path in tables]
     files += [(path, "evaluation/plots") for path in plot_files]
-    tracking.log_to_training_run(params, outputs, "evaluate", metrics, files)
+    run_id = read_json(outputs.mlflow_run)["run_id"]
+    tracking.log_to_training_run(params.mlflow.experiment, run_id, "evaluate", metrics, files)
 
 
 def baseline_warnings(results: dict, margins: dict[str, float]) -> list[str]:
@@ -169,7 +170,7 @@ def baseline_warnings(results: dict, margins: dict[str, float]) -> list[str]:
     lines = []
     for split in (k for k in results if not k.endswith("_baseline")):
         scores, base = results[split], results[f"{split}_baseline"]
-        if short := m.short_of_baseline(scores, base, margins):
+        if short := scoring.short_of_baseline(scores, base, margins):
             figures = ", ".join(
                 f"{k} {scores[k]:.3f} vs {base[k]:.3f} (needs +{margins[k]:g} and more than 0)"
                 for k in short
@@ -183,7 +184,7 @@ def _metrics_rows(results: dict) -> list[str]:
     splits = [k for k in results if not k.endswith("_baseline")]
     header = ["metric"] + [f"{s} {kind}" for s in splits for kind in ("model", "baseline")]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    for name in ("images", *m.HEADLINE):
+    for name in ("images", *scoring.HEADLINE):
         cells = [name]
         for s in splits:
             for key in (s, f"{s}_baseline"):

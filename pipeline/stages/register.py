@@ -35,9 +35,6 @@ from pipeline.model.model import input_size, load_model
 
 log = logging.getLogger(__name__)
 
-CHALLENGER = gate.CHALLENGER
-CHAMPION = gate.CHAMPION
-
 
 def pip_requirements() -> list[str]:
     """Exact versions for serving; inferring them is slow and lists both TF builds."""
@@ -54,11 +51,8 @@ def input_example(size: int) -> np.ndarray:
 def lineage_tags(params: Params, metrics: dict[str, Any], fingerprint: str) -> dict[str, str]:
     """Tags that say where a version came from and how good it was."""
     split = params.evaluate.split
-    dump = params.model_dump(mode="json", by_alias=True)
     tags = {
-        "git_commit": tracking.git_commit(),
-        "data_version": tracking.data_version(),
-        "params_hash": tracking.params_hash(dump),
+        **tracking.lineage(params),
         "eval_split": split,
         "eval_fingerprint": fingerprint,
     }
@@ -98,8 +92,9 @@ def log_and_register(client, model, params: Params, outputs: Outputs, classes: l
         return existing, run_id
     size = input_size(model)
     number, run_id = registry.log_model_version(
-        params,
-        outputs,
+        params.mlflow.experiment,
+        run_id,
+        name,
         model,
         input_example(size),
         metadata={"classes": classes, "image_size": size},
@@ -133,7 +128,7 @@ def champion_for_gate(
 ) -> gate.Champion | None:
     """The current champion with metrics comparable to the candidate's (see module doc)."""
     name = params.register_.model_name
-    current = registry.version_by_alias(client, name, CHAMPION)
+    current = registry.version_by_alias(client, name, gate.CHAMPION)
     if current is None:
         return None
     same_split = current.tags.get("eval_split") == params.evaluate.split
@@ -147,7 +142,7 @@ def champion_for_gate(
 def apply_decision(client, name: str, number: str, tags: dict, decision: gate.Decision) -> None:
     """Tags first, aliases last: a failure before the end leaves the old champion in place."""
     registry.set_tags(client, name, number, tags)
-    registry.set_alias(client, name, CHALLENGER, number)
+    registry.set_alias(client, name, gate.CHALLENGER, number)
     if decision.promote and decision.champion_version != number:
         promoted = {"promoted_at": registry.now(), "promoted_by": "gate"}
         registry.make_champion(client, name, number, promoted)
@@ -158,8 +153,7 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
     model = load_model(outputs.model)
     classes = read_json(outputs.classes)["classes"]
     metrics = read_json(outputs.eval_metrics)
-    split = params.evaluate.split
-    fingerprint = read_json(outputs.eval_splits)[split]["fingerprint"]
+    fingerprint = read_json(outputs.eval_splits)[params.evaluate.split]["fingerprint"]
     name = params.register_.model_name
 
     # Each step is retried with backoff while the tracking server is unreachable, then the
@@ -174,72 +168,53 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
         "read the champion",
         lambda: champion_for_gate(client, params, outputs, classes, fingerprint),
     )
-    if champion is not None and champion.version == number:
-        decision = gate.already_champion(number, metrics[split], params.register_.gate)
-    else:
-        decision = gate.decide(
-            metrics[split],
-            metrics.get(f"{split}_baseline"),
-            champion,
-            params.register_.gate,
-            params.evaluate.baseline_margin,
-        )
+    decision = decide(params, metrics, champion, number)
     tags = {**lineage_tags(params, metrics, fingerprint), **decision_tags(decision)}
     tracking.retrying(
         f"tag v{number} and move the aliases",
         lambda: apply_decision(client, name, number, tags, decision),
     )
-
-    before = champion.version if champion else None
-    record = registry.action_record(
-        "register", name, number, before, number if decision.promote else before, decision.reasons
-    )
-    record |= {
-        "aliases": [CHALLENGER, CHAMPION] if decision.promote else [CHALLENGER],
-        "model_uri": f"models:/{name}/{number}",
-        "run_id": run_id,
-        "tracking_uri": tracking.tracking_uri(),
-        "decision": decision.as_dict(),
-        "tags": tags,
-    }
+    record = registry_record(name, number, run_id, champion, decision, tags)
     write_json(outputs.registry_record, record)
     registry.append_history(outputs.registry_history, record)
     log.info("registered %s v%s as @%s: %s", name, number, decision.alias, decision.reasons)
     return record
 
 
-def _keep(record: dict[str, Any], uri: str, outputs: Outputs) -> dict[str, Any]:
-    """Add the store to a manual action's record and append it to the history."""
-    record["tracking_uri"] = uri
-    registry.append_history(outputs.registry_history, record)
-    log.info(
-        "%s: %s v%s is @%s",
-        record["action"],
-        record["model_name"],
-        record["champion_after"],
-        CHAMPION,
+def decide(
+    params: Params, metrics: dict[str, Any], champion: gate.Champion | None, number: str
+) -> gate.Decision:
+    """The gate's decision on version ``number``, scored by ``metrics`` (evaluate's)."""
+    split = params.evaluate.split
+    if champion is not None and champion.version == number:
+        return gate.already_champion(number, metrics[split], params.register_.gate)
+    return gate.decide(
+        metrics[split],
+        metrics.get(f"{split}_baseline"),
+        champion,
+        params.register_.gate,
+        params.evaluate.baseline_margin,
     )
-    return record
 
 
-def promote(params: Params, outputs: Outputs, version: str, reason: str = "") -> dict[str, Any]:
-    """`snackloc promote VERSION`: make a version the champion by hand."""
-    uri = tracking.tracking_uri()
-    name = params.register_.model_name
-    record = tracking.retrying(
-        f"make v{version} @{CHAMPION}",
-        lambda: registry.promote(registry.connect(uri), name, version, reason),
+def registry_record(
+    name: str,
+    number: str,
+    run_id: str,
+    champion: gate.Champion | None,
+    decision: gate.Decision,
+    tags: dict[str, str],
+) -> dict[str, Any]:
+    """The register stage's record: the action, the aliases, the decision and the tags."""
+    before = champion.version if champion else None
+    record = registry.action_record(
+        "register", name, number, before, number if decision.promote else before, decision.reasons
     )
-    return _keep(record, uri, outputs)
-
-
-def rollback(params: Params, outputs: Outputs, reason: str = "") -> dict[str, Any]:
-    """`snackloc rollback`: give @champion back to the previous champion."""
-    uri = tracking.tracking_uri()
-    name = params.register_.model_name
-    # One try only: a rollback whose answer was lost but which took effect would, if
-    # repeated, roll back one version further.
-    record = tracking.retrying(
-        "roll back", lambda: registry.rollback(registry.connect(uri), name, reason), attempts=1
-    )
-    return _keep(record, uri, outputs)
+    return record | {
+        "aliases": [gate.CHALLENGER, gate.CHAMPION] if decision.promote else [gate.CHALLENGER],
+        "model_uri": f"models:/{name}/{number}",
+        "run_id": run_id,
+        "tracking_uri": tracking.tracking_uri(),
+        "decision": decision.as_dict(),
+        "tags": tags,
+    }

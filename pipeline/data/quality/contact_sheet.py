@@ -12,11 +12,17 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.core.files import atomic_path
-from pipeline.data.contract import open_displayed
+from pipeline.data.contract import BOX_COLUMNS, SPLITS, open_displayed
+from pipeline.data.quality import expectations
+from pipeline.data.quality.checks import CHECKS, Findings, Located
+from pipeline.data.quality.imagecheck import ImageFacts
 
 TILE = 192  # thumbnail side, pixels
 COLUMNS = 4
@@ -127,3 +133,114 @@ def write_sheet(tiles: Sequence[Tile], title: str, target: Path) -> Path:
     with atomic_path(target) as tmp:
         contact_sheet(tiles, title).save(tmp, format="PNG")
     return target
+
+
+# --------------------------------------------------------------------------------------
+# Which images the validate stage's sheets show
+# --------------------------------------------------------------------------------------
+
+SHEET_IMAGES = 16  # images per contact sheet
+SHEET_NOTED = 4  # of which, at most, images with notes (EXIF-rotated, CMYK...) shown first
+SHEET_SEED = 0
+
+
+def _boxes(rows: pd.DataFrame) -> list[tuple[Box, str]]:
+    """Drawable boxes (all four coordinates parsed) with their class names."""
+    values = rows[[expectations.value_column(c) for c in BOX_COLUMNS]]
+    usable = values.notna().all(axis=1) & np.isfinite(values.fillna(0)).all(axis=1)
+    labels = rows["class_name"].fillna("?")
+    return [
+        (tuple(box), str(label))
+        for box, label in zip(values[usable].to_numpy(), labels[usable], strict=True)
+    ]
+
+
+def _one_per_note(paths: list[Path], facts: dict[Path, ImageFacts]) -> list[Path]:
+    """The first image with each kind of note (EXIF rotation, CMYK...)."""
+    first: dict[str, Path] = {}
+    for path in paths:
+        for note in facts[path].notes():
+            first.setdefault(note, path)
+    return list(dict.fromkeys(first.values()))
+
+
+def split_tiles(
+    table: pd.DataFrame, bad_rows: list[int], located: Located, facts: dict[Path, ImageFacts]
+) -> list[contact_sheet.Tile]:
+    """Clean images of a split: those with notes (EXIF-rotated...) first, then random ones."""
+    good = table[~table["row"].isin(bad_rows)]
+    rows_of = dict(iter(good.groupby(good["row"].map(located.paths), sort=True)))
+    paths = list(rows_of)
+    noted = _one_per_note(paths, facts)[:SHEET_NOTED]
+    rest = [path for path in paths if path not in noted]
+    rng = np.random.default_rng(SHEET_SEED)
+    count = min(SHEET_IMAGES - len(noted), len(rest))
+    chosen = noted + [rest[i] for i in sorted(rng.choice(len(rest), count, replace=False))]
+    tiles = []
+    for path in chosen:
+        rows = rows_of[path]
+        caption = [f"{path.parent.name}/{path.stem}", f"{len(rows)} box(es)"]
+        caption += [", ".join(facts[path].notes())] if facts[path].notes() else []
+        tiles.append(Tile(path, _boxes(rows), caption))
+    return tiles
+
+
+def _text(value: Any) -> str:
+    """A cell for a caption: "?" where it is empty."""
+    return "?" if value is None or pd.isna(value) else str(value)
+
+
+def quarantine_tiles(
+    tables: dict[str, pd.DataFrame],
+    findings: Findings,
+    located: dict[str, Located],
+    facts: dict[Path, ImageFacts],
+) -> list[contact_sheet.Tile]:
+    """Quarantined images with their reasons: one per check first, then in split/row order."""
+    images: dict[tuple[str, str], list[int]] = {}  # (split, image name) -> bad rows
+    for split in SPLITS:
+        table = tables[split].set_index("row", drop=False)
+        for row in findings.bad_rows(split):
+            folder, image_id = (table.at[row, column] for column in ("folder", "image_id"))
+            name = f"{_text(folder)}/{_text(image_id)}"
+            images.setdefault((split, name), []).append(row)
+    reasons = {
+        key: {reason for row in rows for reason in findings.reasons(key[0], row)}
+        for key, rows in images.items()
+    }
+    chosen: list[tuple[str, str]] = []
+    for check in CHECKS:
+        first = next((key for key in images if check in reasons[key] and key not in chosen), None)
+        if first is not None:
+            chosen.append(first)
+    chosen += [key for key in images if key not in chosen][: max(0, SHEET_IMAGES - len(chosen))]
+    tiles = []
+    for split, name in chosen[:SHEET_IMAGES]:
+        rows = images[split, name]
+        path = located[split].paths.get(rows[0])
+        usable = path is not None and facts[path].decodable
+        table = tables[split]
+        ordered = [check for check in CHECKS if check in reasons[split, name]]
+        caption = [f"{split}: {name}", f"rows {', '.join(map(str, rows))}", ", ".join(ordered)]
+        boxes = _boxes(table[table["row"].isin(rows)]) if usable else []
+        tiles.append(Tile(path if usable else None, boxes, caption))
+    return tiles
+
+
+def write_contact_sheets(
+    tables: dict[str, pd.DataFrame],
+    findings: Findings,
+    located: dict[str, Located],
+    facts: dict[Path, ImageFacts],
+    target: Path,
+) -> list[Path]:
+    """One sheet per split of clean images with their boxes, one of quarantined images."""
+    written = []
+    for split in SPLITS:
+        tiles = split_tiles(tables[split], findings.bad_rows(split), located[split], facts)
+        title = f"{split}: {len(tiles)} clean images (noted ones first, then random), boxes as read"
+        written.append(write_sheet(tiles, title, target / f"{split}.png"))
+    tiles = quarantine_tiles(tables, findings, located, facts)
+    title = f"quarantine: {len(tiles)} images with the reasons of their rows"
+    written.append(write_sheet(tiles, title, target / "quarantine.png"))
+    return written

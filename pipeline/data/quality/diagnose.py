@@ -157,6 +157,11 @@ def _image_index(root: Path) -> dict[str, list[Path]]:
 def _missing_images(
     root: Path, split: str, table: pd.DataFrame, missing: list[int], count: int
 ) -> Found | None:
+    """Why most rows name a missing image: an extension in image_id, another suffix, or
+    images outside ``<split>/<folder>/``; None when no one cause explains most.
+
+    Long because it tries the causes in turn, the most specific first.
+    """
     if not _most(len(missing), count):
         return None
     rows = table[table["row"].isin(missing)].dropna(subset=["image_id", "folder"])

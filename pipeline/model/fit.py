@@ -1,0 +1,208 @@
+"""The training engine: datasets from params, then the model fitted phase by phase.
+
+The phases come from the recipe (pipeline/model/recipe.py): from random init one phase, every
+layer training; from a pretrained backbone the heads first on the frozen backbone (optionally
+on backbone features computed once, ``train.cache_features``), then the fine-tuning. Every
+finished epoch is backed up (pipeline/model/callbacks.py), so an interrupted ``fit`` resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from pipeline.core.config import Params, TrainParams
+from pipeline.model import hardware
+from pipeline.model.callbacks import AtomicBackupAndRestore, DatasetEpoch, HistoryLog, read_history
+from pipeline.model.loader import ImageBatches, ImageCache, SnackDataset, distributed
+from pipeline.model.model import build_model, compile_model, feature_extractor, heads_model
+from pipeline.model.recipe import (
+    Phase,
+    describe_recipe,
+    ema_momentum_for,
+    head_epochs,
+    learning_rate_for,
+    plan_phases,
+    set_trainable,
+)
+
+log = logging.getLogger(__name__)
+
+
+def make_datasets(
+    params: Params, train_samples: pd.DataFrame, val_samples: pd.DataFrame, progress: bool
+) -> tuple[SnackDataset, SnackDataset]:
+    """Generators for training (shuffled, augmented) and validation."""
+    size, train = params.model.image_size, params.train
+    cache = None
+    if train.cache_images:
+        paths = train_samples.path.tolist() + val_samples.path.tolist()
+        cache = ImageCache(paths, size, workers=train.workers, progress=progress)
+    common = {
+        "image_size": size,
+        "batch_size": train.batch_size,
+        "cache": cache,
+        "workers": train.workers,
+        "use_multiprocessing": False,
+    }
+    train_ds = SnackDataset(
+        train_samples, shuffle=True, augment=train.augment, seed=train.seed, **common
+    )
+    val_ds = SnackDataset(val_samples, **common)
+    return train_ds, val_ds
+
+
+def backbone_features(model: keras.Model, ds: SnackDataset, workers: int = 1) -> np.ndarray:
+    """Backbone features of every sample of ``ds``, in sample order; each image runs once.
+
+    ``predict`` runs BatchNorm in inference mode, as a frozen backbone does while training.
+    """
+    unique = list(dict.fromkeys(ds.paths))
+    images = ImageBatches(unique, ds.image_size, ds.batch_size, cache=ds.cache, workers=workers)
+    features = feature_extractor(model).predict(images, verbose=0)
+    row = {path: i for i, path in enumerate(unique)}
+    return features[[row[path] for path in ds.paths]]
+
+
+def targets(ds: SnackDataset) -> dict[str, np.ndarray]:
+    """The (unaugmented) training targets of every sample of ``ds``, in sample order."""
+    return {"class": ds.labels, "box": ds.boxes}
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns."""
+
+    model: keras.Model
+    history: pd.DataFrame  # every epoch trained so far, resumed ones included
+    epochs_run: int  # epochs trained by this call
+
+
+def fit(
+    params: Params,
+    num_classes: int,
+    train_ds: SnackDataset,
+    val_ds: SnackDataset,
+    backup: Path,
+    setup: hardware.Setup,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int | str = 2,
+) -> FitResult:
+    """Build the model and train it phase by phase, backing up every epoch under ``backup``.
+
+    If ``backup`` holds the state of an interrupted call with the same arguments, training
+    continues from its last finished epoch.
+    """
+    backup.mkdir(parents=True, exist_ok=True)
+    # Seed again here: between configure() and now, libraries draw from the global random
+    # state (MLflow names a run with `random` on a local store, not on a server), and Keras
+    # draws its initializer seeds from it.
+    keras.utils.set_random_seed(params.train.seed)
+    with setup.strategy.scope():
+        model = build_model(num_classes, params.model)
+    history = HistoryLog(backup / "history.jsonl")
+    log.info("recipe: %s", describe_recipe(params))
+    for index, phase in enumerate(plan_phases(params.train.epochs, head_epochs(params))):
+        resume = AtomicBackupAndRestore(str(backup / f"phase-{index}"), delete_checkpoint=False)
+        # The history line first: a kill between the two repeats the epoch, and the history
+        # keeps its last line per epoch.
+        phase_callbacks = [DatasetEpoch(train_ds), history, resume, *callbacks]
+        if fit_phase(model, phase, params, train_ds, val_ds, setup, phase_callbacks, verbose):
+            patience = params.train.early_stopping_patience
+            log.info("early stopping: no better val_loss for %d epochs", patience)
+            break
+    return FitResult(model, read_history(history.path), history.epochs_run)
+
+
+def fit_phase(
+    model: keras.Model,
+    phase: Phase,
+    params: Params,
+    train_ds: SnackDataset,
+    val_ds: SnackDataset,
+    setup: hardware.Setup,
+    callbacks: list[keras.callbacks.Callback],
+    verbose: int | str,
+) -> bool:
+    """Train one phase (from its backup, if any); True when early stopping ended it."""
+    train = params.train
+    set_trainable(model, phase, params)
+    on_features = phase.frozen and train.cache_features
+    target = heads_model(model) if on_features else model
+    data = phase_data(model, on_features, train, train_ds, val_ds, setup)
+    steps_per_epoch = math.ceil(len(train_ds.paths) / train.batch_size)
+    ema = ema_momentum_for(train.ema_momentum, steps_per_epoch * (phase.end - phase.start))
+    if ema != train.ema_momentum:
+        log.info("weight averaging momentum %.3f for this short phase", ema)
+    with setup.strategy.scope():
+        compile_model(
+            target,
+            train.learning_rate,
+            train.box_loss_weight,
+            train.box_loss,
+            train.weight_decay,
+            jit_compile=setup.jit_compile,
+            run_eagerly=setup.run_eagerly,
+            label_smoothing=train.label_smoothing,
+            ema_momentum=ema,
+        )
+    schedule = keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate_for(epoch, params))
+    # Validate with the averaged weights, the ones the run keeps.
+    swap = [keras.callbacks.SwapEMAWeights()] if ema else []
+    stopper = []
+    if train.early_stopping_patience:
+        stopper = [
+            keras.callbacks.EarlyStopping(
+                patience=train.early_stopping_patience, restore_best_weights=True
+            )
+        ]
+    target.fit(
+        **data,
+        initial_epoch=phase.start,
+        epochs=phase.end,
+        callbacks=[schedule, *swap, *callbacks, *stopper],
+        verbose=verbose,
+    )
+    return bool(stopper) and stopper[0].stopped_epoch > 0
+
+
+def phase_data(
+    model: keras.Model,
+    on_features: bool,
+    train: TrainParams,
+    train_ds: SnackDataset,
+    val_ds: SnackDataset,
+    setup: hardware.Setup | None = None,
+) -> dict[str, Any]:
+    """fit() arguments for the data: the generators, or backbone features computed once."""
+    if not on_features and setup is not None and setup.cluster is not None:
+        # Each worker builds only its replicas' parts of every batch (loader.distributed),
+        # already in the epoch's shuffled order.
+        return {
+            "x": distributed(train_ds, setup.strategy),
+            "validation_data": distributed(val_ds, setup.strategy),
+            "shuffle": False,
+        }
+    if not on_features:
+        # The dataset shuffles itself, seeded per epoch. Keras would also shuffle the batch
+        # order from Python's global random state, which a resumed run cannot reproduce.
+        return {"x": train_ds, "validation_data": val_ds, "shuffle": False}
+    started = time.perf_counter()
+    data = {
+        "x": backbone_features(model, train_ds, train.workers),
+        "y": targets(train_ds),
+        "batch_size": train.batch_size,
+        "shuffle": True,
+        "validation_data": (backbone_features(model, val_ds, train.workers), targets(val_ds)),
+    }
+    log.info("backbone features computed in %.1f s", time.perf_counter() - started)
+    return data
