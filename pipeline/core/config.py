@@ -63,6 +63,8 @@ class SynthParams(Section):
     min_side: Annotated[int, Field(ge=32)] = 192
     max_side: Annotated[int, Field(ge=32)] = 512
     inject_defects: bool = True
+    # Share of images given one wrong but well-formed annotation (pipeline/data/synth/noise.py).
+    label_noise: Fraction = 0.0
 
 
 class ValidateParams(Section):

@@ -1,0 +1,114 @@
+"""The review ranking: injected label noise is found near the top, and reported per kind."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.core.config import SNACK_CLASSES, SynthParams
+from pipeline.data import synth
+from pipeline.data.contract import BOX_COLUMNS, SPLITS, annotations_path, image_path
+from pipeline.evaluation import review
+from pipeline.model.loader import select_targets
+
+NOISY = SynthParams(
+    train_images=60, val_images=20, test_images=20, min_side=64, max_side=96,
+    inject_defects=False, label_noise=0.25,
+)  # fmt: skip
+# What the model speaks for: one box and class per image. It cannot tell a secondary object's
+# label from a wrong one, so noise is injected on the main object, which it can judge.
+JUDGEABLE = ("wrong_class", "shifted_box", "loose_box", "distractor_box", "missing_box")
+
+
+@pytest.fixture(scope="module")
+def noisy_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("noisy") / "data"
+    manifest = synth.generate(root, NOISY, progress=False, workers=1)
+    return root, manifest
+
+
+def annotation_rows(root) -> pd.DataFrame:
+    frames = []
+    for split in SPLITS:
+        frame = pd.read_csv(annotations_path(root, split), dtype={"image_id": str})
+        frames.append(frame.assign(split=split, row=np.arange(len(frame))))
+    rows = pd.concat(frames, ignore_index=True)
+    targets = select_targets(rows.assign(_i=rows.index))._i
+    return rows.assign(target=rows.index.isin(targets))
+
+
+def truth(rows: pd.DataFrame, manifest: dict) -> dict[tuple[str, str], tuple[str, list[float]]]:
+    """The true main object of every image: the rows with the injected noise undone."""
+    main = {}
+    for r in rows.itertuples():
+        main.setdefault((r.split, r.image_id), (r.class_name, [getattr(r, c) for c in BOX_COLUMNS]))
+    for d in manifest["defects"]:
+        key, fields = (d["split"], d["image_id"]), main.get((d["split"], d["image_id"]))
+        if d["kind"] == "wrong_class":
+            main[key] = (d["true_class"], fields[1])
+        elif "true_box" in d:
+            main[key] = (fields[0], d["true_box"])
+        elif d["kind"] == "missing_box":
+            cells = d["removed_row"]
+            main[key] = (cells[5], [float(v) for v in cells[1:5]])
+    return main
+
+
+def good_model(rows, manifest, root, seed=0):
+    """Held-out predictions of a decent model: the true class at 0.5-0.95, the box within ±5 %."""
+    rng = np.random.default_rng(seed)
+    main = truth(rows, manifest)
+    images = rows.drop_duplicates(["split", "folder", "image_id"])[["split", "folder", "image_id"]]
+    sizes = [Image.open(image_path(root, *key)).size for key in images.itertuples(index=False)]
+    images = images.assign(width=[s[0] for s in sizes], height=[s[1] for s in sizes])
+    probs, boxes = [], []
+    for image in images.itertuples():
+        name, box = main[(image.split, image.image_id)]
+        p = rng.dirichlet(np.ones(len(SNACK_CLASSES))) * 0.5
+        p[SNACK_CLASSES.index(name)] += rng.uniform(0.5, 0.95)
+        probs.append(p / p.sum())
+        w, h = box[1] - box[0], box[3] - box[2]
+        boxes.append(np.array(box) + rng.uniform(-0.05, 0.05, 4) * (w, w, h, h))
+    return images.reset_index(drop=True), np.array(probs), np.clip(np.array(boxes), 0, 1)
+
+
+def test_label_noise_is_recorded_and_keeps_rows_well_formed(noisy_data):
+    root, manifest = noisy_data
+    noise = [d for d in manifest["defects"] if d["expect"] == "review"]
+    assert {d["kind"] for d in noise} == set(JUDGEABLE)
+    assert manifest["params"]["label_noise"] == NOISY.label_noise
+    rows = annotation_rows(root)
+    assert rows.class_name.isin(SNACK_CLASSES).all()
+    assert ((rows.x_min < rows.x_max) & (rows.y_min < rows.y_max)).all()
+    for d in noise:
+        if d["row"] is not None:
+            row = rows[(rows.split == d["split"]) & (rows.row == d["row"])].iloc[0]
+            assert row.image_id == d["image_id"]
+
+
+def test_label_noise_is_off_by_default_and_leaves_the_manifest_as_before(tmp_path):
+    """The pinned default dataset (data.dvc) must not change: no new key, no new kind."""
+    assert SynthParams().label_noise == 0.0
+    tiny = SynthParams(train_images=4, val_images=2, test_images=2, min_side=32, max_side=48)
+    manifest = synth.generate(tmp_path / "data", tiny, progress=False, workers=1)
+    text = (tmp_path / "data" / "defects.json").read_text()
+    assert "label_noise" not in text and '"review"' not in text
+    assert json.loads(text) == manifest
+
+
+def test_the_ranking_finds_each_kind_of_noise_in_twice_as_many_suspects(noisy_data):
+    root, manifest = noisy_data
+    rows = annotation_rows(root)
+    images, probs, boxes = good_model(rows, manifest, root)
+    scored, image_suspects = review.score_rows(rows, images, probs, boxes, list(SNACK_CLASSES))
+    ranked = review.rank(scored, image_suspects)
+    noise = [d for d in manifest["defects"] if d["expect"] == "review"]
+    cut = 2 * len(noise)
+    recall = review.recall_by_kind(ranked, manifest["defects"], cut)
+    for kind in JUDGEABLE:
+        assert recall[kind]["recall"] >= 0.8, (kind, recall)
+    assert review.precision_at(ranked, manifest["defects"], cut) >= 0.4
