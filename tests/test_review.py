@@ -112,3 +112,48 @@ def test_the_ranking_finds_each_kind_of_noise_in_twice_as_many_suspects(noisy_da
     for kind in JUDGEABLE:
         assert recall[kind]["recall"] >= 0.8, (kind, recall)
     assert review.precision_at(ranked, manifest["defects"], cut) >= 0.4
+
+
+def test_the_review_stage_ranks_the_held_out_rows_and_reports(noisy_data, tmp_path, monkeypatch):
+    """The real stage on real files: validate, dedup, a tiny saved model, an MLflow store."""
+    import mlflow
+    from helpers_model import save_tiny_model
+
+    from pipeline.core.config import DataParams, Params, ValidateParams
+    from pipeline.core.files import write_json
+    from pipeline.core.paths import Outputs
+    from pipeline.integrations import tracking
+    from pipeline.stages import run_stage
+
+    root, manifest = noisy_data
+    monkeypatch.chdir(tmp_path)  # the MLflow store is the project's own, here
+    params = Params(
+        data=DataParams(root=root),
+        validate=ValidateParams(data_docs=False, max_bad_fraction=1.0),
+        review={"gallery_images": 4},
+    )
+    outputs = Outputs(tmp_path / "outputs")
+    run_stage("validate", params, outputs, progress=False)
+    run_stage("dedup", params, outputs, progress=False)
+    classes = json.loads(outputs.classes.read_text())["classes"]
+    save_tiny_model(outputs.train_dir, classes)
+    run = mlflow.MlflowClient(tracking.tracking_uri()).create_run(
+        tracking.setup_experiment(params.mlflow.experiment)
+    )
+    write_json(outputs.mlflow_run, {"run_id": run.info.run_id})
+
+    report = run_stage("review", params, outputs, progress=False)
+    table = pd.read_csv(outputs.review_table)
+    held_out = sum(len(pd.read_csv(outputs.deduped(s))) for s in ("val", "test"))
+    assert (table.row >= 0).sum() == held_out == report["rows"]  # every row, once
+    assert list(table["rank"]) == list(range(1, len(table) + 1))
+    assert table.score.dropna().is_monotonic_increasing
+    assert set(table.kind) <= {"class", "box", "overlooked", "not_judged"}
+    assert outputs.review_gallery.stat().st_size > 0
+    saved = json.loads(outputs.review_report.read_text())
+    assert saved["injected"] == sum(
+        d["expect"] == "review" and d["split"] != "train" for d in manifest["defects"]
+    )
+    assert 0.0 <= saved["precision"] <= 1.0
+    logged = mlflow.MlflowClient(tracking.tracking_uri()).get_run(run.info.run_id)
+    assert "review_rows" in logged.data.metrics

@@ -260,6 +260,16 @@ class EvaluateParams(Section):
     baseline_margin: dict[GateMetric, Fraction] = {"mean_iou": 0.05, "corloc": 0.0}
 
 
+class ReviewParams(Section):
+    """The label review (pipeline/stages/review.py)."""
+
+    # Splits ranked together, by the trained model (which did not train on them).
+    splits: list[Literal["val", "test"]] = ["val", "test"]
+    batch_size: PositiveInt = 64
+    # Top suspects drawn in the gallery (given box dashed, suggested box solid).
+    gallery_images: Annotated[int, Field(ge=1, le=64)] = 12
+
+
 class GateParams(Section):
     """When a new model version may replace the champion (pipeline/evaluation/gate.py)."""
 
@@ -293,6 +303,7 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     register_: RegisterParams = Field(default=RegisterParams(), alias="register")
     mlflow: MlflowParams = MlflowParams()
+    review: ReviewParams = ReviewParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
