@@ -54,10 +54,11 @@ def _log_to_stderr() -> None:
     logger.setLevel(logging.INFO)
 
 
-def _stage_command(stage: Stage) -> None:
-    """`snackloc <stage>`, what dvc.yaml runs: the plain stage function in this process."""
+def _stage_command(stage: Stage, group: typer.Typer | None = None) -> None:
+    """`snackloc <stage>`, what dvc.yaml runs: the stage function here (or a ``group``'s)."""
 
     def command(
+        ctx: typer.Context,
         params: ParamsOpt = Path("params.yaml"),
         outputs: OutputsOpt = Path("outputs"),
         quiet: QuietOpt = False,
@@ -66,6 +67,8 @@ def _stage_command(stage: Stage) -> None:
         from pipeline.core.paths import Outputs
         from pipeline.ops.runlock import run_lock
 
+        if ctx.invoked_subcommand is not None:
+            return
         settings = load_params(params)
         _log_to_stderr()
         with run_lock(stage.name):
@@ -75,11 +78,28 @@ def _stage_command(stage: Stage) -> None:
                 fail(f"stage {stage.name} failed: {exc}")
 
     command.__doc__ = stage.summary
-    app.command(name=stage.name)(command)
+    register = group.callback(invoke_without_command=True) if group else app.command(stage.name)
+    register(command)
 
 
+review_app = typer.Typer()  # `snackloc review` runs the stage, `review export` its suspects
+app.add_typer(review_app, name="review")
 for _stage in STAGES:
-    _stage_command(_stage)
+    _stage_command(_stage, review_app if _stage.name == "review" else None)
+
+
+@review_app.command("export")
+def review_export(
+    out: Annotated[Path, typer.Option(help="Folder for tasks.json and label_config.xml.")],
+    format_: Annotated[str, typer.Option("--format", "-f", help="label-studio")] = "label-studio",
+    top: Annotated[int, typer.Option(min=1, help="The most suspect rows.")] = 50,
+    params: ParamsOpt = Path("params.yaml"),
+    outputs: OutputsOpt = Path("outputs"),
+) -> None:
+    """The top suspects as Label Studio tasks, the model's suggestion as a pre-annotation."""
+    from pipeline.stages.review import export_label_studio
+
+    typer.echo(export_label_studio(params, outputs, out, top, format_))
 
 
 @app.command()
@@ -134,8 +154,8 @@ def data_import(
         typer.Option(
             "--format",
             "-f",
-            help="auto (detected from the content) | voc | rectlabel | coco | yolo | cvat | "
-            "labelme | openimages | createml | sloth | labelbox | sia (Simple Image Annotator)",
+            help="auto (from the content) | voc | rectlabel | coco | yolo | cvat | labelme | "
+            "openimages | createml | sloth | labelbox | sia (Simple Image Annotator) | labelstudio",
         ),
     ] = "auto",
     out: Annotated[Path, typer.Option(help="Folder to write the snacks layout into.")] = Path(

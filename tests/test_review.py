@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline.core.config import SNACK_CLASSES, SynthParams
+from pipeline.core.errors import UserError
 from pipeline.data import synth
 from pipeline.data.contract import BOX_COLUMNS, SPLITS, annotations_path, image_path
 from pipeline.evaluation import review
@@ -157,3 +158,17 @@ def test_the_review_stage_ranks_the_held_out_rows_and_reports(noisy_data, tmp_pa
     assert 0.0 <= saved["precision"] <= 1.0
     logged = mlflow.MlflowClient(tracking.tracking_uri()).get_run(run.info.run_id)
     assert "review_rows" in logged.data.metrics
+
+    # The suspects go to Label Studio with the rows of their images, row ids kept.
+    from pipeline.stages.review import export_label_studio
+
+    line = export_label_studio(params, outputs, tmp_path / "ls", top=5)
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
+    assert line.startswith(f"{len(tasks)} Label Studio tasks") and 1 <= len(tasks) <= 5
+    first = table[table.kind != "not_judged"].iloc[0]
+    assert (
+        tasks[0]["data"]["snackloc_image"] == f"{first.split}/{first.folder}/{first.image_id}.jpg"
+    )
+    assert (tmp_path / "ls" / "label_config.xml").read_text().count("<Label ") == len(classes)
+    with pytest.raises(UserError, match="unknown review export format"):
+        export_label_studio(params, outputs, tmp_path / "x", top=5, fmt="cvat")

@@ -32,7 +32,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.files import read_json, write_csv, write_json
 from pipeline.core.paths import Outputs
 from pipeline.data.boxes import iou
-from pipeline.data.contract import BOX_COLUMNS, read_clean_annotations
+from pipeline.data.contract import BOX_COLUMNS, image_path, read_clean_annotations
 from pipeline.evaluation import review
 from pipeline.integrations import tracking
 from pipeline.model.loader import SnackDataset, sample_table, select_targets
@@ -149,3 +149,52 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
         ", ".join(f"{kind} {report[f'top_{kind}']}" for kind in review.KINDS),
     )
     return report
+
+
+def export_label_studio(
+    params: Params | Path,
+    outputs: Outputs | Path,
+    out: Path,
+    top: int,
+    fmt: str = "label-studio",
+    url_prefix: str = "/data/local-files/?d=",
+) -> str:
+    """Write the ``top`` most suspect images as Label Studio tasks (``out``/tasks.json) with
+    the labeling config (``out``/label_config.xml); return a one-line summary. ``params``
+    and ``outputs`` may be given as the params file and the outputs folder.
+
+    Each task's image URL is ``url_prefix`` + ``<split>/<folder>/<image_id>.jpg``: with
+    Label Studio's local files storage rooted at the data folder, the default finds them.
+    """
+    from pipeline.core.config import load_params
+    from pipeline.core.files import write_text
+    from pipeline.data.formats import labelstudio
+
+    params = params if isinstance(params, Params) else load_params(params)
+    outputs = outputs if isinstance(outputs, Outputs) else Outputs(outputs)
+    if fmt.strip().lower().replace("_", "-") not in {"label-studio", "labelstudio"}:
+        raise UserError(f"unknown review export format {fmt!r}", hint="label-studio")
+    if not outputs.review_table.is_file():
+        raise UserError(f"{outputs.review_table} does not exist", hint="run `snackloc review`")
+    ranked = pd.read_csv(outputs.review_table, dtype={"image_id": str, "folder": str})
+    suspects = ranked[ranked.kind != "not_judged"].head(top)
+    keys = ["split", "folder", "image_id"]
+    rows = pd.concat(
+        [
+            read_clean_annotations(outputs.deduped(split)).assign(split=split)
+            for split in sorted(set(suspects.split))
+        ]
+        or [pd.DataFrame(columns=[*keys, "row", "class_name", *BOX_COLUMNS])],
+        ignore_index=True,
+    )
+    rows_of = {key: group.to_dict("records") for key, group in rows.groupby(keys)}
+    sizes = {}
+    for key in set(map(tuple, suspects[keys].to_numpy())):
+        with Image.open(image_path(params.data.root, *key)) as image:
+            sizes[key] = image.size
+    tasks = labelstudio.review_tasks(suspects.to_dict("records"), rows_of, sizes, url_prefix)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "tasks.json", tasks)
+    classes = read_json(outputs.classes)["classes"]
+    write_text(out / "label_config.xml", labelstudio.label_config(classes))
+    return f"{len(tasks)} Label Studio tasks ({len(suspects)} suspects) in {out}"

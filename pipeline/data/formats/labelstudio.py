@@ -1,0 +1,203 @@
+"""Label Studio JSON: review tasks out (with pre-annotations), corrected exports back in.
+
+The format (labelstud.io/guide/task_format, /guide/predictions): a JSON list of tasks, each
+``{"data": {"image": URL, ...}, "annotations": [...], "predictions": [...]}``; an annotation
+or prediction holds ``result``, a list of regions. A box is a region of ``type:
+"rectanglelabels"`` whose ``value`` has ``x``, ``y`` (top-left corner), ``width``, ``height``
+in percent of the image (0-100), ``rotation`` (degrees) and ``rectanglelabels`` (the class);
+``original_width``/``original_height`` give the image size in pixels.
+
+Reading a corrected export: a task's boxes are those of its last annotation that was not
+cancelled; a task nobody annotated is skipped (reported), as are rotated boxes. The image is
+found by the task's ``snackloc_image`` (written by ``review_tasks``), else by the file name
+of ``data.image`` (Label Studio prefixes uploads with 8 hex digits and a dash, tried too).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+from typing import Any
+
+from globox import BoundingBox, BoxFormat
+
+from pipeline.data.formats.base import (
+    READ_ERRORS,
+    Entry,
+    ReadContext,
+    box_item,
+    describe,
+    first_item,
+    load_json,
+    sniff_json,
+)
+from pipeline.data.formats.images import url_file_name
+
+FROM_NAME, TO_NAME = "label", "image"  # the names in LABEL_CONFIG
+UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
+# The labeling config the exported tasks are meant for (one RectangleLabels over the image).
+LABEL_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <RectangleLabels name="label" toName="image">
+{labels}
+  </RectangleLabels>
+</View>
+"""
+
+
+def is_labelstudio(content: Any) -> bool:
+    """A JSON list whose first element is a task: ``data`` and annotations or predictions."""
+    item = first_item(content)
+    return (
+        isinstance(item, dict)
+        and isinstance(item.get("data"), dict)
+        and any(key in item for key in ("annotations", "predictions", "completions"))
+    )
+
+
+def sniff_labelstudio(path) -> bool:
+    """A JSON list of Label Studio tasks."""
+    return is_labelstudio(sniff_json(path))
+
+
+def _names(data: dict[str, Any]) -> list[str]:
+    """The names the task's image goes by, most specific first."""
+    url = str(data.get("image") or "")
+    found = [str(data.get("snackloc_image") or "")]
+    local = re.search(r"[?&]d=([^&#]+)", url)  # local files storage: /data/local-files/?d=path
+    if local:
+        found.append(local.group(1))
+    name = url_file_name(url) or (url if "/" not in url else "")
+    found += [name, UPLOAD_PREFIX.sub("", name)]
+    return [n for n in dict.fromkeys(found) if n]
+
+
+def _chosen_result(task: dict[str, Any]) -> list[Any] | None:
+    """The regions of the task's last annotation that was not cancelled (None: none)."""
+    annotations = task.get("annotations") or task.get("completions") or []
+    kept = [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled")]
+    return kept[-1].get("result") or [] if kept else None
+
+
+def read_labelstudio(path, ctx: ReadContext) -> list[Entry]:
+    """A Label Studio JSON export: one entry per annotated task, boxes normalized."""
+    content = load_json(path)
+    if not is_labelstudio(content):
+        raise ValueError("not a Label Studio export (expected a list of tasks with data)")
+    entries = []
+    for index, task in enumerate(content):
+        names = _names(task.get("data") or {}) if isinstance(task, dict) else []
+        if not names:
+            ctx.report(path, f"[{index}]", "bad_task", "skipped image", "no image in data")
+            continue
+        result = _chosen_result(task)
+        if result is None:
+            detail = "no annotation (only predictions, or every annotation cancelled)"
+            ctx.report(path, names[0], "not_annotated", "skipped image", detail)
+            continue
+        entry = Entry(names[0], path, normalized=True, aliases=tuple(names[1:]))
+        for number, region in enumerate(result):
+            if not isinstance(region, dict) or region.get("type") != "rectanglelabels":
+                continue  # other control tags (choices, text) carry no box
+            item = box_item(entry.name, number)
+            try:
+                value = region["value"]
+                if float(value.get("rotation") or 0) % 360:
+                    detail = f"rotated by {value['rotation']} degrees: not an upright box"
+                    ctx.report(path, item, "rotated_box", "skipped box", detail)
+                    continue
+                coords = tuple(float(value[k]) / 100 for k in ("x", "y", "width", "height"))
+                label = value["rectanglelabels"][0]
+                box = BoundingBox.create(label=str(label), coords=coords, box_format=BoxFormat.LTWH)
+                entry.boxes.append(box)
+            except (*READ_ERRORS, IndexError, TypeError) as exc:
+                ctx.report(path, item, "bad_box", "skipped box", describe(exc))
+        entries.append(entry)
+    return entries
+
+
+def _region(box: tuple[float, float, float, float], label: str, size: tuple[int, int], **extra):
+    """One rectanglelabels region of a normalized (x_min, x_max, y_min, y_max) box."""
+    x_min, x_max, y_min, y_max = box
+    return {
+        "type": "rectanglelabels",
+        "from_name": FROM_NAME,
+        "to_name": TO_NAME,
+        "original_width": int(size[0]),
+        "original_height": int(size[1]),
+        "image_rotation": 0,
+        "value": {
+            "x": 100 * x_min,
+            "y": 100 * y_min,
+            "width": 100 * (x_max - x_min),
+            "height": 100 * (y_max - y_min),
+            "rotation": 0,
+            "rectanglelabels": [label],
+        },
+        **extra,
+    }
+
+
+def review_tasks(
+    suspects: list[dict[str, Any]],
+    rows_of_image: dict[tuple[str, str, str], list[dict[str, Any]]],
+    sizes: dict[tuple[str, str, str], tuple[int, int]],
+    url_prefix: str,
+) -> list[dict[str, Any]]:
+    """One task per suspect image: its current rows as the annotation to correct, and the
+    model's suggestion as a prediction (pre-annotation), with the row ids kept in ``data``.
+
+    ``suspects``: review.csv records (split, folder, image_id, row, kind, score,
+    suggest_class, suggest_*), most suspect first; an image is exported once.
+    """
+    tasks, seen = [], set()
+    for suspect in suspects:
+        key = (suspect["split"], suspect["folder"], suspect["image_id"])
+        if key in seen:
+            continue
+        seen.add(key)
+        relative = PurePosixPath(*key).as_posix() + ".jpg"
+        rows = rows_of_image.get(key, [])
+        size = sizes[key]
+        given = [
+            _region(
+                (r["x_min"], r["x_max"], r["y_min"], r["y_max"]),
+                r["class_name"],
+                size,
+                id=f"row{int(r['row'])}",
+            )
+            for r in rows
+        ]
+        suggested = (
+            suspect["suggest_x_min"],
+            suspect["suggest_x_max"],
+            suspect["suggest_y_min"],
+            suspect["suggest_y_max"],
+        )
+        tasks.append(
+            {
+                "data": {
+                    "image": f"{url_prefix}{relative}",
+                    "snackloc_image": relative,
+                    "split": key[0],
+                    "rows": [int(r["row"]) for r in rows],
+                    "suspect_row": int(suspect["row"]),
+                    "suspect_kind": str(suspect["kind"]),
+                    "score": float(suspect["score"]),
+                },
+                "annotations": [{"result": given}] if given else [],
+                "predictions": [
+                    {
+                        "model_version": "snackloc-review",
+                        "score": float(suspect["score"]),
+                        "result": [_region(suggested, str(suspect["suggest_class"]), size)],
+                    }
+                ],
+            }
+        )
+    return tasks
+
+
+def label_config(classes: list[str]) -> str:
+    """The Label Studio labeling config for the exported tasks."""
+    return LABEL_CONFIG.format(labels="\n".join(f'    <Label value="{c}"/>' for c in classes))
