@@ -16,6 +16,7 @@ import typer
 
 from pipeline.core import env
 from pipeline.core.errors import UserError
+from pipeline.ops.review_commands import review_app
 from pipeline.stages import NAMES, STAGES, Stage, run_stage
 
 app = typer.Typer(
@@ -82,24 +83,9 @@ def _stage_command(stage: Stage, group: typer.Typer | None = None) -> None:
     register(command)
 
 
-review_app = typer.Typer()  # `snackloc review` runs the stage, `review export` its suspects
-app.add_typer(review_app, name="review")
+app.add_typer(review_app, name="review")  # `snackloc review` runs the stage
 for _stage in STAGES:
     _stage_command(_stage, review_app if _stage.name == "review" else None)
-
-
-@review_app.command("export")
-def review_export(
-    out: Annotated[Path, typer.Option(help="Folder for tasks.json and label_config.xml.")],
-    format_: Annotated[str, typer.Option("--format", "-f", help="label-studio")] = "label-studio",
-    top: Annotated[int, typer.Option(min=1, help="The most suspect rows.")] = 50,
-    params: ParamsOpt = Path("params.yaml"),
-    outputs: OutputsOpt = Path("outputs"),
-) -> None:
-    """The top suspects as Label Studio tasks, the model's suggestion as a pre-annotation."""
-    from pipeline.stages.review import export_label_studio
-
-    typer.echo(export_label_studio(params, outputs, out, top, format_))
 
 
 @app.command()

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from pipeline.core.errors import UserError
 from pipeline.data.contract import SPLITS, annotations_path
 from pipeline.data.formats import importing, labelstudio
 from pipeline.data.formats.base import ReadContext
@@ -163,3 +164,47 @@ def test_a_file_that_is_not_a_label_studio_export_is_refused_with_its_cause(tmp_
     assert not labelstudio.sniff_labelstudio(path)
     with pytest.raises(ValueError, match="not a Label Studio export"):
         labelstudio.read_labelstudio(path, ReadContext(tmp_path))
+
+
+def test_apply_writes_the_corrections_into_the_dataset_and_keeps_every_other_line(tmp_path):
+    header = "image_id,x_min,x_max,y_min,y_max,class_name,folder\n"
+    lines = [
+        "aaa,0.100000,0.500000,0.200000,0.600000,apple,apple\n",
+        "bbb,0.100000,0.900000,0.100000,0.900000,cake,banana\n",  # the wrong label
+        "bbb,0.600000,0.900000,0.100000,0.900000,apple,banana\n",
+        "ccc,0.200000,0.400000,0.200000,0.400000,cake,cake\n",
+    ]
+    csv_path = tmp_path / "annotations-val.csv"
+    csv_path.write_text(header + "".join(lines))
+    (tmp_path / "annotations-test.csv").write_text(header + lines[0])
+    rows = pd.read_csv(csv_path, dtype={"image_id": str}).assign(row=range(4))
+    rows_of = {
+        ("val", f, i): g.to_dict("records") for (f, i), g in rows.groupby(["folder", "image_id"])
+    }
+    suspects = [
+        {"split": "val", "folder": f, "image_id": i, "row": r, "kind": "class", "score": 0.1,
+         "suggest_class": "banana", "suggest_x_min": 0.1, "suggest_x_max": 0.9,
+         "suggest_y_min": 0.1, "suggest_y_max": 0.9}
+        for f, i, r in (("banana", "bbb", 1), ("cake", "ccc", 3), ("apple", "aaa", 0))
+    ]  # fmt: skip
+    sizes = dict.fromkeys(rows_of, (100, 50))
+    tasks = labelstudio.review_tasks(suspects, rows_of, sizes, "")
+    first = tasks[0]["annotations"][0]["result"]
+    first[0]["value"]["rectanglelabels"] = ["banana"]  # the reviewer fixes the class
+    tasks[1]["annotations"] = []  # nobody looked at ccc
+    tasks[2]["data"]["rows"] = [7]  # aaa's rows moved since the export
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(tasks))
+    (tmp_path / "import-report.json").write_text(json.dumps({"images": 3}))
+
+    summary = labelstudio.apply_export(tmp_path, export)
+    assert summary["applied"] == 1 and summary["rows_before"] == summary["rows_after"] == 2
+    assert len(summary["skipped"]) == 2
+    assert "not annotated" in summary["skipped"][0] and "changed" in summary["skipped"][1]
+    assert csv_path.read_text() == header + "".join(
+        [lines[0], lines[1].replace(",cake,", ",banana,"), lines[2], lines[3]]
+    )
+    with pytest.raises(UserError, match="annotations-val.csv: cannot be read .not valid JSON"):
+        labelstudio.apply_export(tmp_path, csv_path)
+    with pytest.raises(UserError, match="not a Label Studio export"):
+        labelstudio.apply_export(tmp_path, tmp_path / "import-report.json")

@@ -201,3 +201,100 @@ def review_tasks(
 def label_config(classes: list[str]) -> str:
     """The Label Studio labeling config for the exported tasks."""
     return LABEL_CONFIG.format(labels="\n".join(f'    <Label value="{c}"/>' for c in classes))
+
+
+def _corrected_rows(task: dict[str, Any], key: tuple[str, str, str]) -> list[list[str]] | str:
+    """The CSV rows of a corrected task's last annotation, or why it cannot be used."""
+    result = _chosen_result(task)
+    if result is None:
+        return "not annotated (only predictions, or every annotation cancelled)"
+    rows = []
+    for region in result:
+        if not isinstance(region, dict) or region.get("type") != "rectanglelabels":
+            continue
+        try:
+            value = region["value"]
+            if float(value.get("rotation") or 0) % 360:
+                return f"a box rotated by {value['rotation']} degrees"
+            x, y = float(value["x"]) / 100, float(value["y"]) / 100
+            w, h = float(value["width"]) / 100, float(value["height"]) / 100
+            box = [min(1.0, max(0.0, v)) for v in (x, x + w, y, y + h)]
+            label = str(value["rectanglelabels"][0])
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            return f"a box that cannot be read ({describe(exc)})"
+        rows.append([key[2], *(f"{v:.6f}" for v in box), label, key[1]])
+    return rows
+
+
+def apply_export(data_root, export_path) -> dict[str, Any]:
+    """Write the corrections of a Label Studio export of ``review_tasks`` into the dataset.
+
+    Each task's image keeps its place in its split's CSV; its rows (``data.rows``, checked to
+    be still the rows of that image) are replaced by the task's last annotation, so an image
+    a reviewer left unchanged gets the same rows back and every other line stays
+    byte-identical. Tasks that cannot be applied are listed in ``skipped`` with the reason.
+    Returns ``{"applied": n, "rows_before": n, "rows_after": n, "skipped": [...]}``.
+    """
+    import csv
+    from pathlib import Path
+
+    from pipeline.core.errors import UserError
+    from pipeline.core.files import write_text
+
+    try:
+        tasks = load_json(Path(export_path))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{export_path}: cannot be read ({describe(exc)})") from None
+    if not is_labelstudio(tasks):
+        raise UserError(f"{export_path}: not a Label Studio export (a list of tasks)")
+    root = Path(data_root)
+    tables: dict[str, list[list[str]]] = {}
+    summary: dict[str, Any] = {"applied": 0, "rows_before": 0, "rows_after": 0, "skipped": []}
+    for number, task in enumerate(tasks):
+        data = task.get("data") or {} if isinstance(task, dict) else {}
+        where = str(data.get("snackloc_image") or "")
+        parts = PurePosixPath(where).parts
+        if len(parts) != 3 or parts[0] not in ("train", "val", "test"):
+            summary["skipped"].append(f"task {number}: not a snackloc review task")
+            continue
+        key = (parts[0], parts[1], PurePosixPath(parts[2]).stem)
+        if key[0] not in tables:
+            with annotations_csv(root, key[0]).open(encoding="utf-8", newline="") as handle:
+                tables[key[0]] = list(csv.reader(handle))
+        table = tables[key[0]]
+        mine = [i - 1 for i, cells in enumerate(table) if i and cells[:1] == [key[2]]]
+        mine = [i for i in mine if table[i + 1][6:7] == [key[1]]]
+        if mine != sorted(int(r) for r in data.get("rows") or []):
+            summary["skipped"].append(f"{where}: its rows changed since the export")
+            continue
+        new = _corrected_rows(task, key)
+        if isinstance(new, str):
+            summary["skipped"].append(f"{where}: {new}")
+            continue
+        at = mine[0] + 1 if mine else len(table)
+        for i in reversed(mine):
+            del table[i + 1]
+        table[at:at] = new
+        summary["applied"] += 1
+        summary["rows_before"] += len(mine)
+        summary["rows_after"] += len(new)
+    for split, table in tables.items():
+        lines = "".join(",".join(_quote(c) for c in cells) + "\n" for cells in table)
+        write_text(annotations_csv(root, split), lines)
+    return summary
+
+
+def annotations_csv(root, split: str):
+    """A split's annotation CSV; a UserError naming it when it is missing."""
+    from pipeline.core.errors import UserError
+    from pipeline.data.contract import annotations_path
+
+    path = annotations_path(root, split)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: is --data the dataset that was reviewed?")
+    return path
+
+
+def _quote(cell: str) -> str:
+    """A CSV cell as the csv module would write it (quoted only when it must be)."""
+    return f'"{cell.replace(chr(34), chr(34) * 2)}"' if any(c in cell for c in ',"\n\r') else cell
