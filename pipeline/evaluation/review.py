@@ -12,8 +12,9 @@ once, as cleanlab's scores depend on the pool):
 - ``class``: ``cleanlab.rank.get_label_quality_scores`` of the judged row's class;
 - ``box``: ``cleanlab.object_detection.rank.compute_badloc_box_scores`` of the judged row's box
   (pixel coordinates: cleanlab does not normalize), every row of the image as labels and the
-  prediction as one box per class scored by that class's probability;
-- ``overlooked``: ``compute_overlooked_box_scores`` of the predicted box: an object the
+  predicted box as one class-agnostic box (the box head does not depend on the class);
+- ``overlooked``: ``compute_overlooked_box_scores`` of the predicted box, given to each class
+  with that class's probability: an object the
   model is sure of that no row covers (a missing box). It is an image-level suspect.
 
 Each score is divided by its pool median (one kind would drown the others ranked raw); a
@@ -103,7 +104,13 @@ def score_rows(
         return scored, pd.DataFrame()
     with warnings.catch_warnings():  # cleanlab warns about pools it finds small
         warnings.simplefilter("ignore")
-        badloc = od_rank.compute_badloc_box_scores(labels=labels, predictions=predictions)
+        # The box head is class-agnostic: its box is judged against every row's box whatever
+        # the class (else a row whose class the model doubts would escape the box check).
+        agnostic = [{**lab, "labels": np.zeros_like(lab["labels"])} for lab in labels]
+        boxes_only = [
+            np.array([np.array([[*p[0][0, :4], 1.0]])], dtype=object) for p in predictions
+        ]
+        badloc = od_rank.compute_badloc_box_scores(labels=agnostic, predictions=boxes_only)
         overlooked = od_rank.compute_overlooked_box_scores(labels=labels, predictions=predictions)
         given = np.array([labels[n]["labels"][j] for n, (_, _, j) in enumerate(judged)])
         class_scores = get_label_quality_scores(given, probs[kept])
