@@ -172,3 +172,16 @@ def test_the_review_stage_ranks_the_held_out_rows_and_reports(noisy_data, tmp_pa
     assert (tmp_path / "ls" / "label_config.xml").read_text().count("<Label ") == len(classes)
     with pytest.raises(UserError, match="unknown review export format"):
         export_label_studio(params, outputs, tmp_path / "x", top=5, fmt="cvat")
+
+
+@pytest.mark.parametrize(
+    ("review", "message"),
+    [({"splits": []}, "review.splits"), ({"splits": ["train"]}, "review.splits")],
+)
+def test_review_params_are_checked_with_the_key_named(tmp_path, review, message):
+    from pipeline.core.config import load_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text(json.dumps({"review": review}))
+    with pytest.raises(UserError, match=message):
+        load_params(path)

@@ -264,7 +264,7 @@ class ReviewParams(Section):
     """The label review (pipeline/stages/review.py)."""
 
     # Splits ranked together, by the trained model (which did not train on them).
-    splits: list[Literal["val", "test"]] = ["val", "test"]
+    splits: Annotated[list[Literal["val", "test"]], Field(min_length=1)] = ["val", "test"]
     batch_size: PositiveInt = 64
     # Top suspects drawn in the gallery (given box dashed, suggested box solid).
     gallery_images: Annotated[int, Field(ge=1, le=64)] = 12
