@@ -17,6 +17,7 @@ import typer
 from pipeline.core import env
 from pipeline.core.errors import UserError
 from pipeline.core.paths import Outputs
+from pipeline.ops.review_commands import review_app
 from pipeline.stages import NAMES, STAGES, Stage, run_stage
 
 app = typer.Typer(
@@ -55,10 +56,11 @@ def _log_to_stderr() -> None:
     logger.setLevel(logging.INFO)
 
 
-def _stage_command(stage: Stage) -> None:
-    """`snackloc <stage>`, what dvc.yaml runs: the plain stage function in this process."""
+def _stage_command(stage: Stage, group: typer.Typer | None = None) -> None:
+    """`snackloc <stage>`, what dvc.yaml runs: the stage function here (or a ``group``'s)."""
 
     def command(
+        ctx: typer.Context,
         params: ParamsOpt = Path("params.yaml"),
         outputs: OutputsOpt = Path("outputs"),
         quiet: QuietOpt = False,
@@ -66,6 +68,8 @@ def _stage_command(stage: Stage) -> None:
         from pipeline.core.config import load_params
         from pipeline.ops.runlock import run_lock
 
+        if ctx.invoked_subcommand is not None:
+            return
         settings = load_params(params)
         _log_to_stderr()
         with run_lock(stage.name):
@@ -75,11 +79,13 @@ def _stage_command(stage: Stage) -> None:
                 fail(f"stage {stage.name} failed: {exc}")
 
     command.__doc__ = stage.summary
-    app.command(name=stage.name)(command)
+    register = group.callback(invoke_without_command=True) if group else app.command(stage.name)
+    register(command)
 
 
+app.add_typer(review_app, name="review")  # `snackloc review` runs the stage
 for _stage in STAGES:
-    _stage_command(_stage)
+    _stage_command(_stage, review_app if _stage.name == "review" else None)
 
 
 @app.command()
@@ -134,8 +140,8 @@ def data_import(
         typer.Option(
             "--format",
             "-f",
-            help="auto (detected from the content) | voc | rectlabel | coco | yolo | cvat | "
-            "labelme | openimages | createml | sloth | labelbox | sia (Simple Image Annotator)",
+            help="auto (from the content) | voc | rectlabel | coco | yolo | cvat | labelme | "
+            "openimages | createml | sloth | labelbox | sia (Simple Image Annotator) | labelstudio",
         ),
     ] = "auto",
     out: Annotated[Path, typer.Option(help="Folder to write the snacks layout into.")] = Path(

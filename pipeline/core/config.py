@@ -63,6 +63,8 @@ class SynthParams(Section):
     min_side: Annotated[int, Field(ge=32)] = 192
     max_side: Annotated[int, Field(ge=32)] = 512
     inject_defects: bool = True
+    # Share of images given one wrong but well-formed annotation (pipeline/data/synth/noise.py).
+    label_noise: Fraction = 0.0
 
 
 class ValidateParams(Section):
@@ -258,6 +260,16 @@ class EvaluateParams(Section):
     baseline_margin: dict[GateMetric, Fraction] = {"mean_iou": 0.05, "corloc": 0.0}
 
 
+class ReviewParams(Section):
+    """The label review (pipeline/stages/review.py)."""
+
+    # Splits ranked together, by the trained model (which did not train on them).
+    splits: Annotated[list[Literal["val", "test"]], Field(min_length=1)] = ["val", "test"]
+    batch_size: PositiveInt = 64
+    # Top suspects drawn in the gallery (given box dashed, suggested box solid).
+    gallery_images: Annotated[int, Field(ge=1, le=64)] = 12
+
+
 class GateParams(Section):
     """When a new model version may replace the champion (pipeline/evaluation/gate.py)."""
 
@@ -291,6 +303,7 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     register_: RegisterParams = Field(default=RegisterParams(), alias="register")
     mlflow: MlflowParams = MlflowParams()
+    review: ReviewParams = ReviewParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -132,3 +132,21 @@ class Outputs:
     def registry_history(self) -> Path:
         """Every register / promote / rollback record, one JSON object a line (not a DVC out)."""
         return self.root / "register" / "history.jsonl"
+
+    # review
+    @property
+    def review_dir(self) -> Path:
+        return self.root / "review"
+
+    @property
+    def review_table(self) -> Path:
+        """Every annotation row ranked by how likely it is wrong (most suspect first)."""
+        return self.review_dir / "review.csv"
+
+    @property
+    def review_report(self) -> Path:
+        return self.review_dir / "report.json"
+
+    @property
+    def review_gallery(self) -> Path:
+        return self.review_dir / "gallery.png"

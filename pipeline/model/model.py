@@ -63,6 +63,17 @@ def pooled_box_head(x, kind: str):
     return box_output(x, kind)
 
 
+def _fixed_dense(kernel: np.ndarray, name: str) -> layers.Dense:
+    """A Dense layer that multiplies by the constant ``kernel`` (no bias, never trained)."""
+    return layers.Dense(
+        kernel.shape[1],
+        use_bias=False,
+        trainable=False,
+        kernel_initializer=keras.initializers.Constant(kernel),
+        name=name,
+    )
+
+
 def grid_box_head(x):
     """Every cell of the feature grid proposes a box around its own centre, with a score.
 
@@ -93,29 +104,12 @@ def grid_box_head(x):
     room = np.stack(
         [centre_x.ravel(), 1 - centre_x.ravel(), centre_y.ravel(), 1 - centre_y.ravel()], 1
     )
-    reach = layers.Dense(
-        cells * 4,
-        use_bias=False,
-        trainable=False,
-        kernel_initializer=keras.initializers.Constant(np.diag(room.ravel())),
-        name="box_reach_of_room",
-    )(layers.Reshape((cells * 4,), name="box_distances_vector")(distances))
+    flat = layers.Reshape((cells * 4,), name="box_distances_vector")(distances)
+    reach = _fixed_dense(np.diag(room.ravel()), "box_reach_of_room")(flat)
     reach = layers.Reshape((cells, 4), name="box_reach")(reach)
     mean_reach = layers.Dot(axes=1, name="box_mean_distances")([weights, reach])
-    centre = layers.Dense(
-        4,
-        use_bias=False,
-        trainable=False,
-        kernel_initializer=keras.initializers.Constant(centres),
-        name="box_centre",
-    )(weights)
-    signed = layers.Dense(
-        4,
-        use_bias=False,
-        trainable=False,
-        kernel_initializer=keras.initializers.Constant(np.diag([-1.0, 1.0, -1.0, 1.0])),
-        name="box_signed_distances",
-    )(mean_reach)
+    centre = _fixed_dense(centres, "box_centre")(weights)
+    signed = _fixed_dense(np.diag([-1.0, 1.0, -1.0, 1.0]), "box_signed_distances")(mean_reach)
     box = layers.Add(name="box_unclipped")([centre, signed])
     return layers.ReLU(max_value=1.0, name="box", dtype="float32")(box)  # rounding guard only
 

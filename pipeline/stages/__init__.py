@@ -1,4 +1,4 @@
-"""The five DVC stages, one module each, and the one list of them.
+"""The six DVC stages, one module each, and the one list of them.
 
 Every stage is a plain function ``run(params, outputs, progress=True) -> dict`` in its
 module here (``pipeline/stages/<name>.py``): it reads the files earlier stages wrote and
@@ -48,6 +48,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", "Train the two-head model; log the run to MLflow."),
     Stage("evaluate", "Score the model on the held-out split; write metrics and plots."),
     Stage("register", "Register the model in the MLflow Model Registry as @challenger."),
+    Stage("review", "Rank annotation rows by how likely they are wrong (cleanlab)."),
 )
 NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
 

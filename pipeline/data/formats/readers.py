@@ -37,6 +37,7 @@ from pipeline.data.formats.cvat import read_cvat, sniff_cvat
 from pipeline.data.formats.images import inside_source
 from pipeline.data.formats.labelbox import read_labelbox, sniff_labelbox
 from pipeline.data.formats.labelme import read_labelme, sniff_labelme
+from pipeline.data.formats.labelstudio import read_labelstudio, sniff_labelstudio
 from pipeline.data.formats.openimages import (
     is_class_descriptions,
     openimages_label_names,
@@ -61,6 +62,7 @@ FORMATS: dict[str, Format] = {
     "sloth": Format((".json", ".yaml", ".yml"), read_sloth, False, sniff_sloth),
     "labelbox": Format((".ndjson", ".jsonl", ".json"), read_labelbox, False, sniff_labelbox),
     "sia": Format((".csv",), read_sia, False, sniff_sia),
+    "labelstudio": Format((".json",), read_labelstudio, False, sniff_labelstudio),
 }
 AUTO = "auto"
 # Other spellings users type for the same formats.
@@ -71,6 +73,8 @@ ALIASES = {
     "open-images": "openimages",
     "simple-image-annotator": "sia",
     "simple_image_annotator": "sia",
+    "label-studio": "labelstudio",
+    "label_studio": "labelstudio",
 }
 ALL_SUFFIXES = tuple(sorted({suffix for spec in FORMATS.values() for suffix in spec.suffixes}))
 

@@ -23,8 +23,8 @@ The manifest (defects.json, sorted keys)
     entry per injected defect with ``kind``, ``split``, ``image_id``, ``folder``, ``row`` (0-based
     data-row index in that split's CSV, for row-level kinds; else null), ``rows`` (every CSV row
     concerned, e.g. all rows of a truncated image), ``expect`` (quarantine | dedup | readable |
-    report: what the pipeline should do), ``description``, and per-kind details
-    (pipeline/data/synth/defects.py).
+    report | review: what the pipeline should do), ``description``, and per-kind details
+    (pipeline/data/synth/defects.py; label noise, ``synth.label_noise``: noise.py).
 
 Determinism: every image has its own ``numpy.random.Generator`` (PCG64) seeded with
 ``[seed, 1, split_index, image_index]``, so images are independent and rendered in parallel;
@@ -48,6 +48,7 @@ from pipeline.core.files import check_replaceable, replaced_dir
 from pipeline.data.contract import ANNOTATION_COLUMNS, SPLITS, annotations_path
 from pipeline.data.synth.defects import DEFECT_SPECS, Defect, Injector, Row, record_rows
 from pipeline.data.synth.images import entropy, render_all
+from pipeline.data.synth.noise import NOISE_SPECS, NoiseInjector
 
 MANIFEST_NAME = "defects.json"
 
@@ -75,7 +76,7 @@ def _finish(
         index = {id(row): i for i, row in enumerate(ordered)}
         counts[split] = {"images": _count_files(root / split), "rows": len(ordered)}
         entries += [d.to_json(index) for d in defects if d.split == split]
-    kind_order = list(DEFECT_SPECS)
+    kind_order = [*DEFECT_SPECS, *NOISE_SPECS]
     entries.sort(
         key=lambda e: (
             SPLITS.index(e["split"]),
@@ -84,11 +85,17 @@ def _finish(
             e["image_id"],
         )
     )
+    kinds = {k: {"expect": s.expect, "summary": s.summary} for k, s in DEFECT_SPECS.items()}
+    if params.label_noise:
+        kinds |= {k: {"expect": "review", "summary": s.summary} for k, s in NOISE_SPECS.items()}
     manifest = {
         "seed": params.seed,
-        "params": params.model_dump(mode="json"),
+        # label_noise only when set: the default dataset's manifest stays byte-identical
+        "params": params.model_dump(
+            mode="json", exclude=None if params.label_noise else {"label_noise"}
+        ),
         "counts": counts,
-        "kinds": {k: {"expect": s.expect, "summary": s.summary} for k, s in DEFECT_SPECS.items()},
+        "kinds": kinds,
         "defects": entries,
     }
     (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -123,5 +130,10 @@ def generate(
         if params.inject_defects:
             rng = np.random.default_rng([entropy(params.seed), 3])
             defects = Injector(tmp, rows, records, rng).run(len(records))
+        if params.label_noise:  # its own generator: the other defects stay where they were
+            rng = np.random.default_rng([entropy(params.seed), 4])
+            defects += NoiseInjector(rows, records, defects, rng).run(
+                params.label_noise, len(records)
+            )
         manifest = _finish(tmp, rows, defects, params)
     return manifest

@@ -149,7 +149,7 @@ class Defect:
             "image_id": self.image_id,
             "folder": self.folder,
             "description": self.description,
-            "expect": DEFECT_SPECS[self.kind].expect,
+            "expect": self.extra.get("expect") or DEFECT_SPECS[self.kind].expect,
             "row": index[id(self.row)] if self.row is not None else None,
             "rows": sorted(index[id(row)] for row in self.rows if id(row) in index),
         }

@@ -1,0 +1,200 @@
+"""Stage "review": rank every annotation row of the held-out splits by how likely it is wrong.
+
+The trained model did not train on ``review.splits`` (val and test), so its class
+probabilities and box there are honest evidence against a label; they are scored together in
+one pool (pipeline/evaluation/review.py explains the scores and which rows the model can
+judge). The train split is not ranked: its predictions come from a model fit to those very
+labels, which agrees with its own mistakes.
+
+Writes, under outputs/review/:
+- review.csv: every row (and every image whose object looks unboxed), most suspect first,
+  with ``kind`` (class | box | overlooked | not_judged), ``score`` and the suggested class/box;
+- gallery.png: the top suspects, given box dashed, suggested box solid;
+- report.json: counts per kind among the top suspects, and, when data/defects.json records
+  injected label noise, the share of each kind found in twice as many suspects as injected
+  and the precision at that cut (the DVC metrics file).
+
+Everything is also attached to the training run in MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from pipeline.core.config import Params
+from pipeline.core.errors import UserError
+from pipeline.core.files import read_json, write_csv, write_json
+from pipeline.core.paths import Outputs
+from pipeline.data.boxes import iou
+from pipeline.data.contract import BOX_COLUMNS, image_path, read_clean_annotations
+from pipeline.evaluation import review
+from pipeline.integrations import tracking
+from pipeline.model.loader import SnackDataset, sample_table, select_targets
+from pipeline.model.model import input_size, load_model
+
+log = logging.getLogger(__name__)
+MANIFEST = "defects.json"
+
+
+def load_rows(params: Params, outputs: Outputs, classes: list[str]) -> pd.DataFrame:
+    """The deduplicated rows of every reviewed split, with ``split`` and ``target`` columns."""
+    frames = []
+    for split in params.review.splits:
+        frame = read_clean_annotations(outputs.deduped(split))
+        frames.append(frame[frame.class_name.isin(classes)].assign(split=split))
+    rows = pd.concat(frames, ignore_index=True)
+    if rows.empty:
+        raise UserError(f"no rows left to review in {', '.join(params.review.splits)}")
+    chosen = select_targets(rows.assign(_at=rows.index))["_at"]
+    return rows.assign(target=rows.index.isin(chosen))
+
+
+def predict(params: Params, outputs: Outputs, rows: pd.DataFrame, classes: list[str]):
+    """One sample per image (with its pixel size), class probabilities and boxes."""
+    model = load_model(outputs.model)
+    parts = {
+        s: rows[rows.split == s].drop(columns=["split", "target"]) for s in rows.split.unique()
+    }
+    samples = sample_table(parts, classes, params.data.root, "image")
+    data = SnackDataset(
+        samples, image_size=input_size(model), batch_size=params.review.batch_size, workers=2
+    )
+    out = model.predict(data, verbose=0)
+    sizes = [Image.open(path).size for path in samples.path]  # the header only
+    images = samples[["split", "folder", "image_id"]].assign(
+        width=[w for w, _ in sizes], height=[h for _, h in sizes]
+    )
+    probs = np.asarray(out["class"], dtype="float64")
+    return images.reset_index(drop=True), probs, np.asarray(out["box"], dtype="float64")
+
+
+def noise_figures(ranked: pd.DataFrame, root: Path) -> dict[str, Any]:
+    """Recall per injected noise kind at twice the injected count, and precision there."""
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        return {}
+    splits = set(ranked.split)
+    noise = [
+        entry
+        for entry in read_json(manifest_path).get("defects", [])
+        if entry.get("expect") == "review" and entry["split"] in splits
+    ]
+    if not noise:
+        return {}
+    cut = 2 * len(noise)
+    recall = review.recall_by_kind(ranked, noise, cut)
+    return {
+        "injected": len(noise),
+        "cut": cut,
+        "precision": review.precision_at(ranked, noise, cut),
+        **{f"recall_{kind}": figures["recall"] for kind, figures in recall.items()},
+    }
+
+
+def gallery(ranked: pd.DataFrame, params: Params, path: Path) -> Path:
+    """The top suspects: the given box dashed, the suggested one solid (evaluate's gallery)."""
+    from pipeline.evaluation import plots
+
+    top = ranked[ranked.kind != "not_judged"].head(params.review.gallery_images).copy()
+    unboxed = top[BOX_COLUMNS].isna().any(axis=1)  # an overlooked object: no given box
+    top.loc[unboxed, BOX_COLUMNS] = 0.0
+    top.loc[unboxed, "class_name"] = "(none)"
+    for column in BOX_COLUMNS:
+        top[f"pred_{column}"] = top[f"suggest_{column}"]
+    top["pred_class"] = top.suggest_class
+    top["pred_prob"] = top.score
+    top["iou"] = iou(top[BOX_COLUMNS].to_numpy(float), top[review.SUGGEST_COLUMNS].to_numpy(float))
+    top["correct"] = top.class_name == top.suggest_class
+    return plots.gallery(top, params.data.root, "Most suspect labels", path)
+
+
+def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, Any]:
+    """Rank the reviewed splits' rows; write the table, gallery and report; log to MLflow."""
+    classes = read_json(outputs.classes)["classes"]
+    rows = load_rows(params, outputs, classes)
+    images, probs, boxes = predict(params, outputs, rows, classes)
+    scored, image_suspects = review.score_rows(rows, images, probs, boxes, classes)
+    ranked = review.rank(scored, image_suspects)
+    outputs.review_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(outputs.review_table, ranked)
+    picture = gallery(ranked, params, outputs.review_gallery)
+    top = ranked.head(max(1, len(rows) // 20))  # the top 5 %: what a person would check
+    report = {
+        "rows": len(rows),
+        "judged": int((ranked.kind.isin(["class", "box"])).sum()),
+        "top": len(top),
+        **{f"top_{kind}": int((top.kind == kind).sum()) for kind in review.KINDS},
+        **noise_figures(ranked, params.data.root),
+    }
+    write_json(outputs.review_report, report)
+    files = [(outputs.review_table, "review"), (outputs.review_report, "review")]
+    tracking.log_to_training_run(
+        params,
+        outputs,
+        "review",
+        {f"review_{k}": float(v) for k, v in report.items()},
+        [*files, (picture, "review")],
+    )
+    log.info(
+        "review: %d rows, %d judged; top %d: %s",
+        report["rows"],
+        report["judged"],
+        report["top"],
+        ", ".join(f"{kind} {report[f'top_{kind}']}" for kind in review.KINDS),
+    )
+    return report
+
+
+def export_label_studio(
+    params: Params | Path,
+    outputs: Outputs | Path,
+    out: Path,
+    top: int,
+    fmt: str = "label-studio",
+    url_prefix: str = "/data/local-files/?d=",
+) -> str:
+    """Write the ``top`` most suspect images as Label Studio tasks (``out``/tasks.json) with
+    the labeling config (``out``/label_config.xml); return a one-line summary. ``params``
+    and ``outputs`` may be given as the params file and the outputs folder.
+
+    Each task's image URL is ``url_prefix`` + ``<split>/<folder>/<image_id>.jpg``: with
+    Label Studio's local files storage rooted at the data folder, the default finds them.
+    """
+    from pipeline.core.config import load_params
+    from pipeline.core.files import write_text
+    from pipeline.data.formats import labelstudio
+
+    params = params if isinstance(params, Params) else load_params(params)
+    outputs = outputs if isinstance(outputs, Outputs) else Outputs(outputs)
+    if fmt.strip().lower().replace("_", "-") not in {"label-studio", "labelstudio"}:
+        raise UserError(f"unknown review export format {fmt!r}", hint="label-studio")
+    if not outputs.review_table.is_file():
+        raise UserError(f"{outputs.review_table} does not exist", hint="run `snackloc review`")
+    ranked = pd.read_csv(outputs.review_table, dtype={"image_id": str, "folder": str})
+    suspects = ranked[ranked.kind != "not_judged"].head(top)
+    keys = ["split", "folder", "image_id"]
+    rows = pd.concat(
+        [
+            read_clean_annotations(outputs.deduped(split)).assign(split=split)
+            for split in sorted(set(suspects.split))
+        ]
+        or [pd.DataFrame(columns=[*keys, "row", "class_name", *BOX_COLUMNS])],
+        ignore_index=True,
+    )
+    rows_of = {key: group.to_dict("records") for key, group in rows.groupby(keys)}
+    sizes = {}
+    for key in set(map(tuple, suspects[keys].to_numpy())):
+        with Image.open(image_path(params.data.root, *key)) as image:
+            sizes[key] = image.size
+    tasks = labelstudio.review_tasks(suspects.to_dict("records"), rows_of, sizes, url_prefix)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "tasks.json", tasks)
+    classes = read_json(outputs.classes)["classes"]
+    write_text(out / "label_config.xml", labelstudio.label_config(classes))
+    return f"{len(tasks)} Label Studio tasks ({len(suspects)} suspects) in {out}"

@@ -1,0 +1,187 @@
+"""The review ranking: injected label noise is found near the top, and reported per kind."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.core.config import SNACK_CLASSES, SynthParams
+from pipeline.core.errors import UserError
+from pipeline.data import synth
+from pipeline.data.contract import BOX_COLUMNS, SPLITS, annotations_path, image_path
+from pipeline.evaluation import review
+from pipeline.model.loader import select_targets
+
+NOISY = SynthParams(
+    train_images=60, val_images=20, test_images=20, min_side=64, max_side=96,
+    inject_defects=False, label_noise=0.25,
+)  # fmt: skip
+# What the model speaks for: one box and class per image. It cannot tell a secondary object's
+# label from a wrong one, so noise is injected on the main object, which it can judge.
+JUDGEABLE = ("wrong_class", "shifted_box", "loose_box", "distractor_box", "missing_box")
+
+
+@pytest.fixture(scope="module")
+def noisy_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("noisy") / "data"
+    manifest = synth.generate(root, NOISY, progress=False, workers=1)
+    return root, manifest
+
+
+def annotation_rows(root) -> pd.DataFrame:
+    frames = []
+    for split in SPLITS:
+        frame = pd.read_csv(annotations_path(root, split), dtype={"image_id": str})
+        frames.append(frame.assign(split=split, row=np.arange(len(frame))))
+    rows = pd.concat(frames, ignore_index=True)
+    targets = select_targets(rows.assign(_i=rows.index))._i
+    return rows.assign(target=rows.index.isin(targets))
+
+
+def truth(rows: pd.DataFrame, manifest: dict) -> dict[tuple[str, str], tuple[str, list[float]]]:
+    """The true main object of every image: the rows with the injected noise undone."""
+    main = {}
+    for r in rows.itertuples():
+        main.setdefault((r.split, r.image_id), (r.class_name, [getattr(r, c) for c in BOX_COLUMNS]))
+    for d in manifest["defects"]:
+        key, fields = (d["split"], d["image_id"]), main.get((d["split"], d["image_id"]))
+        if d["kind"] == "wrong_class":
+            main[key] = (d["true_class"], fields[1])
+        elif "true_box" in d:
+            main[key] = (fields[0], d["true_box"])
+        elif d["kind"] == "missing_box":
+            cells = d["removed_row"]
+            main[key] = (cells[5], [float(v) for v in cells[1:5]])
+    return main
+
+
+def good_model(rows, manifest, root, seed=0):
+    """Held-out predictions of a decent model: the true class at 0.5-0.95, the box within ±5 %."""
+    rng = np.random.default_rng(seed)
+    main = truth(rows, manifest)
+    images = rows.drop_duplicates(["split", "folder", "image_id"])[["split", "folder", "image_id"]]
+    sizes = [Image.open(image_path(root, *key)).size for key in images.itertuples(index=False)]
+    images = images.assign(width=[s[0] for s in sizes], height=[s[1] for s in sizes])
+    probs, boxes = [], []
+    for image in images.itertuples():
+        name, box = main[(image.split, image.image_id)]
+        p = rng.dirichlet(np.ones(len(SNACK_CLASSES))) * 0.5
+        p[SNACK_CLASSES.index(name)] += rng.uniform(0.5, 0.95)
+        probs.append(p / p.sum())
+        w, h = box[1] - box[0], box[3] - box[2]
+        boxes.append(np.array(box) + rng.uniform(-0.05, 0.05, 4) * (w, w, h, h))
+    return images.reset_index(drop=True), np.array(probs), np.clip(np.array(boxes), 0, 1)
+
+
+def test_label_noise_is_recorded_and_keeps_rows_well_formed(noisy_data):
+    root, manifest = noisy_data
+    noise = [d for d in manifest["defects"] if d["expect"] == "review"]
+    assert {d["kind"] for d in noise} == set(JUDGEABLE)
+    assert manifest["params"]["label_noise"] == NOISY.label_noise
+    rows = annotation_rows(root)
+    assert rows.class_name.isin(SNACK_CLASSES).all()
+    assert ((rows.x_min < rows.x_max) & (rows.y_min < rows.y_max)).all()
+    for d in noise:
+        if d["row"] is not None:
+            row = rows[(rows.split == d["split"]) & (rows.row == d["row"])].iloc[0]
+            assert row.image_id == d["image_id"]
+
+
+def test_label_noise_is_off_by_default_and_leaves_the_manifest_as_before(tmp_path):
+    """The pinned default dataset (data.dvc) must not change: no new key, no new kind."""
+    assert SynthParams().label_noise == 0.0
+    tiny = SynthParams(train_images=4, val_images=2, test_images=2, min_side=32, max_side=48)
+    manifest = synth.generate(tmp_path / "data", tiny, progress=False, workers=1)
+    text = (tmp_path / "data" / "defects.json").read_text()
+    assert "label_noise" not in text and '"review"' not in text
+    assert json.loads(text) == manifest
+
+
+def test_the_ranking_finds_each_kind_of_noise_in_twice_as_many_suspects(noisy_data):
+    root, manifest = noisy_data
+    rows = annotation_rows(root)
+    images, probs, boxes = good_model(rows, manifest, root)
+    scored, image_suspects = review.score_rows(rows, images, probs, boxes, list(SNACK_CLASSES))
+    ranked = review.rank(scored, image_suspects)
+    noise = [d for d in manifest["defects"] if d["expect"] == "review"]
+    cut = 2 * len(noise)
+    recall = review.recall_by_kind(ranked, manifest["defects"], cut)
+    for kind in JUDGEABLE:
+        assert recall[kind]["recall"] >= 0.8, (kind, recall)
+    assert review.precision_at(ranked, manifest["defects"], cut) >= 0.4
+
+
+def test_the_review_stage_ranks_the_held_out_rows_and_reports(noisy_data, tmp_path, monkeypatch):
+    """The real stage on real files: validate, dedup, a tiny saved model, an MLflow store."""
+    import mlflow
+    from helpers_model import save_tiny_model
+
+    from pipeline.core.config import DataParams, Params, ValidateParams
+    from pipeline.core.files import write_json
+    from pipeline.core.paths import Outputs
+    from pipeline.integrations import tracking
+    from pipeline.stages import run_stage
+
+    root, manifest = noisy_data
+    monkeypatch.chdir(tmp_path)  # the MLflow store is the project's own, here
+    params = Params(
+        data=DataParams(root=root),
+        validate=ValidateParams(data_docs=False, max_bad_fraction=1.0),
+        review={"gallery_images": 4},
+    )
+    outputs = Outputs(tmp_path / "outputs")
+    run_stage("validate", params, outputs, progress=False)
+    run_stage("dedup", params, outputs, progress=False)
+    classes = json.loads(outputs.classes.read_text())["classes"]
+    save_tiny_model(outputs.train_dir, classes)
+    run = mlflow.MlflowClient(tracking.tracking_uri()).create_run(
+        tracking.setup_experiment(params.mlflow.experiment)
+    )
+    write_json(outputs.mlflow_run, {"run_id": run.info.run_id})
+
+    report = run_stage("review", params, outputs, progress=False)
+    table = pd.read_csv(outputs.review_table)
+    held_out = sum(len(pd.read_csv(outputs.deduped(s))) for s in ("val", "test"))
+    assert (table.row >= 0).sum() == held_out == report["rows"]  # every row, once
+    assert list(table["rank"]) == list(range(1, len(table) + 1))
+    assert table.score.dropna().is_monotonic_increasing
+    assert set(table.kind) <= {"class", "box", "overlooked", "not_judged"}
+    assert outputs.review_gallery.stat().st_size > 0
+    saved = json.loads(outputs.review_report.read_text())
+    assert saved["injected"] == sum(
+        d["expect"] == "review" and d["split"] != "train" for d in manifest["defects"]
+    )
+    assert 0.0 <= saved["precision"] <= 1.0
+    logged = mlflow.MlflowClient(tracking.tracking_uri()).get_run(run.info.run_id)
+    assert "review_rows" in logged.data.metrics
+
+    # The suspects go to Label Studio with the rows of their images, row ids kept.
+    from pipeline.stages.review import export_label_studio
+
+    line = export_label_studio(params, outputs, tmp_path / "ls", top=5)
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
+    assert line.startswith(f"{len(tasks)} Label Studio tasks") and 1 <= len(tasks) <= 5
+    first = table[table.kind != "not_judged"].iloc[0]
+    assert (
+        tasks[0]["data"]["snackloc_image"] == f"{first.split}/{first.folder}/{first.image_id}.jpg"
+    )
+    assert (tmp_path / "ls" / "label_config.xml").read_text().count("<Label ") == len(classes)
+    with pytest.raises(UserError, match="unknown review export format"):
+        export_label_studio(params, outputs, tmp_path / "x", top=5, fmt="cvat")
+
+
+@pytest.mark.parametrize(
+    ("review", "message"),
+    [({"splits": []}, "review.splits"), ({"splits": ["train"]}, "review.splits")],
+)
+def test_review_params_are_checked_with_the_key_named(tmp_path, review, message):
+    from pipeline.core.config import load_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text(json.dumps({"review": review}))
+    with pytest.raises(UserError, match=message):
+        load_params(path)
