@@ -135,8 +135,8 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
     write_json(outputs.review_report, report)
     files = [(outputs.review_table, "review"), (outputs.review_report, "review")]
     tracking.log_to_training_run(
-        params,
-        outputs,
+        params.mlflow.experiment,
+        read_json(outputs.mlflow_run)["run_id"],
         "review",
         {f"review_{k}": float(v) for k, v in report.items()},
         [*files, (picture, "review")],
