@@ -105,7 +105,7 @@ def test_second_repro_is_a_noop_and_a_param_reruns_only_its_stages(project):
 
     model_mtime = (root / "outputs/train/model.keras").stat().st_mtime_ns
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["evaluate"]["batch_size"] = 16
+    params["evaluate"]["gallery_images"] = 4  # read by evaluate alone
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = json.loads(sh("dvc", "status", "--json", cwd=root, env=env).stdout)
     assert set(status) == {"evaluate"}
