@@ -83,7 +83,6 @@ def child_params(recipe: str):
 def run_child(recipe: str, steps: int) -> dict[str, dict[str, float]]:
     """In a child process: build the recipe's model, then measure the three paths."""
     import keras
-    import numpy as np
 
     from pipeline.core.paths import Outputs
     from pipeline.core.startup import allocator, tune_glibc
@@ -143,7 +142,6 @@ def run_child(recipe: str, steps: int) -> dict[str, dict[str, float]]:
     )
     results["allocator"] = allocator()  # type: ignore[assignment]
     results["gpus"] = setup.gpus  # type: ignore[assignment]
-    del np
     return results
 
 
