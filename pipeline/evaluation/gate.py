@@ -89,8 +89,8 @@ def _check_baseline(
     """(passed, reason) for clearing the trivial baseline on each margin metric and the
     gate metric."""
     wanted = {metric: 0.0, **margins}
-    if baseline is None or any(name not in baseline for name in wanted):
-        return [(False, f"no baseline {metric} to compare with")]
+    if missing := [name for name in wanted if baseline is None or name not in baseline]:
+        return [(False, f"no baseline {', '.join(missing)} to compare with")]
     checks = []
     for name, margin in wanted.items():
         value, reference = candidate.get(name), baseline[name]
