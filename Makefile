@@ -22,7 +22,7 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help install run data test test-slow test-scale test-all lint format ui bench audit clean
+.PHONY: help install run data test test-slow test-scale test-opt-in test-all lint format ui bench audit clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -66,7 +66,11 @@ test: install ## lint and run the test suite (offline, CPU)
 test-slow: install ## also the slow end-to-end cases
 	pytest -m "not scale"
 
-test-all: test-slow test-scale ## every test the project has, each once (what CI runs)
+test-opt-in: install ## what `make test` leaves out: the slow cases, then the scale suite
+	pytest -m slow
+	$(MAKE) --no-print-directory test-scale
+
+test-all: test test-opt-in ## every test the project has, each once (what CI runs)
 
 # The scale-out profile (docs/scaling.md): real PostgreSQL, S3 (rclone serve s3), MLflow and
 # Prefect servers on 127.0.0.1. Installs the `scale` dependency group into .venv (`make
