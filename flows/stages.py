@@ -25,6 +25,7 @@ from prefect.states import Failed
 from pipeline.core.config import Params
 from pipeline.core.errors import UserError
 from pipeline.core.paths import Outputs
+from pipeline.ops import children
 from pipeline.stages import STAGES, run_stage
 
 
@@ -106,9 +107,12 @@ def stage_task(
 
 @flow(name="snackloc-pipeline", log_prints=True)
 def pipeline_flow(params: Params, outputs_root: str = "outputs", progress: bool = True):
-    """Every stage in order, each a task; stops at the first failure."""
+    """Every stage in order, each a task; stops at the first failure, or at the next stage
+    after a SIGTERM that a library swallowed (pipeline/ops/children.py)."""
+    children.stop_on_sigterm()  # over Prefect's own handler, which keeps no record
     state = None
     for stage in STAGES:
+        children.raise_if_terminated()
         state = stage_task(stage.name, params, outputs_root, progress, return_state=True)
         if state.is_failed():
             return Failed(message=f"{stage.name}: {state.message}")

@@ -96,6 +96,7 @@ def pipeline(
 ) -> None:
     """Run every stage as a task of one Prefect flow run (no DVC caching: all stages run)."""
     from pipeline.core.config import load_params
+    from pipeline.ops import children
     from pipeline.ops.runlock import run_lock
 
     settings = load_params(params)
@@ -103,6 +104,7 @@ def pipeline(
 
     with run_lock("pipeline"):
         state = pipeline_flow(settings, str(outputs), not quiet, return_state=True)
+    children.raise_if_terminated()  # a SIGTERM swallowed in the last stage still stops
     if not state.is_completed():
         fail(f"pipeline failed: {state.message}")
 

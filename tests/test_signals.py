@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 
 import pytest
 import yaml
@@ -73,3 +74,29 @@ def test_multiworker_launcher_stops_its_workers(tmp_path):
     left = launcher.stop_and_check(signal.SIGTERM, grace=3)
     assert not left, left
     assert launcher.process.returncode == 130, launcher.output
+
+
+SWALLOWED = """
+import os, signal, sys
+from pipeline.ops import children
+children.stop_on_sigterm()
+try:  # a library that keeps every exception for a result nobody reads
+    os.kill(os.getpid(), signal.SIGTERM)
+    [None for _ in range(10**6)]  # the handler runs here
+except BaseException:
+    pass
+print("swallowed", flush=True)
+try:
+    children.raise_if_terminated()
+except children.Terminated:
+    sys.exit(130)
+"""
+
+
+def test_a_sigterm_a_library_swallowed_is_raised_again_where_stopping_is_safe():
+    # `snackloc pipeline` checks before every stage, and once more after the flow
+    run = subprocess.run(
+        [str(BIN / "python"), "-c", SWALLOWED], capture_output=True, text=True, timeout=60
+    )
+    assert "swallowed" in run.stdout, run.stderr
+    assert run.returncode == 130, run.stderr

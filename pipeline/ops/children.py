@@ -4,7 +4,9 @@ reaps what a snackloc command runs (servers, the MLflow UI, training workers).
 - ``stop_on_sigterm`` makes SIGTERM stop a command the way Ctrl+C does: it raises
   ``Terminated`` (a KeyboardInterrupt), so every ``finally``, context manager and atexit
   handler runs: a run lock is released, Prefect stops its temporary server, and children
-  are stopped as below. ``snackloc`` (pipeline/cli.py) installs it for every command.
+  are stopped as below. ``snackloc`` (pipeline/cli.py) installs it for every command. A
+  library that catches every exception can swallow that one: ``raise_if_terminated``
+  raises it again where stopping is safe.
 - ``defer_sigterm`` is for a command with an event loop of its own (``snackloc schedule``):
   SIGTERM only sets an event that the loop checks, so a signal that arrives at any instant
   is acted on. An exception raised from a signal handler lands in whatever code runs then,
@@ -41,14 +43,28 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl+C would raise KeyboardInterrupt (``stop_on_sigterm``)."""
 
 
+_terminated = threading.Event()  # set for good by the first SIGTERM
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
+    _terminated.set()
     raise Terminated(f"signal {signum}")
 
 
 def stop_on_sigterm() -> None:
     """From now on SIGTERM raises ``Terminated`` in the main thread, as Ctrl+C raises
-    KeyboardInterrupt (call from the main thread)."""
+    KeyboardInterrupt (call from the main thread). Prefect's flow engine installs its own
+    handler for the length of a flow run: call again inside the flow to keep this one."""
     signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def raise_if_terminated() -> None:
+    """Raise ``Terminated`` again if SIGTERM came earlier: code that catches every
+    exception and keeps it for a result nobody reads (Prefect runs its fire-and-forget
+    calls so) swallows the first one. Call where stopping is safe: `snackloc pipeline`
+    calls it before every stage and after the flow."""
+    if _terminated.is_set():
+        raise Terminated("SIGTERM received earlier")
 
 
 def defer_sigterm() -> threading.Event:
