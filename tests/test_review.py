@@ -145,16 +145,17 @@ def test_the_review_stage_ranks_the_held_out_rows_and_reports(noisy_data, tmp_pa
 
     report = run_stage("review", params, outputs, progress=False)
     table = pd.read_csv(outputs.review_table)
-    held_out = sum(len(pd.read_csv(outputs.deduped(s))) for s in ("val", "test"))
-    assert (table.row >= 0).sum() == held_out == report["rows"]  # every row, once
+    # every row once: val and test by the model, train by out-of-fold heads
+    every = sum(len(pd.read_csv(outputs.deduped(s))) for s in ("train", "val", "test"))
+    assert (table.row >= 0).sum() == every == report["rows"]
+    assert set(table.split) == {"train", "val", "test"}
+    assert (table[table.split == "train"].kind != "not_judged").any()
     assert list(table["rank"]) == list(range(1, len(table) + 1))
     assert table.score.dropna().is_monotonic_increasing
     assert set(table.kind) <= {"class", "box", "overlooked", "not_judged"}
     assert outputs.review_gallery.stat().st_size > 0
     saved = json.loads(outputs.review_report.read_text())
-    assert saved["injected"] == sum(
-        d["expect"] == "review" and d["split"] != "train" for d in manifest["defects"]
-    )
+    assert saved["injected"] == sum(d["expect"] == "review" for d in manifest["defects"])
     assert 0.0 <= saved["precision"] <= 1.0
     logged = mlflow.MlflowClient(tracking.tracking_uri()).get_run(run.info.run_id)
     assert "review_rows" in logged.data.metrics
@@ -176,7 +177,11 @@ def test_the_review_stage_ranks_the_held_out_rows_and_reports(noisy_data, tmp_pa
 
 @pytest.mark.parametrize(
     ("review", "message"),
-    [({"splits": []}, "review.splits"), ({"splits": ["train"]}, "review.splits")],
+    [
+        ({"splits": []}, "review.splits"),
+        ({"splits": ["train"]}, "review.splits"),
+        ({"folds": 1}, "review.folds"),
+    ],
 )
 def test_review_params_are_checked_with_the_key_named(tmp_path, review, message):
     from pipeline.core.config import load_params
@@ -185,3 +190,12 @@ def test_review_params_are_checked_with_the_key_named(tmp_path, review, message)
     path.write_text(json.dumps({"review": review}))
     with pytest.raises(UserError, match=message):
         load_params(path)
+
+
+def test_every_training_image_is_held_out_by_exactly_one_fold():
+    from pipeline.model.crossval import fold_of
+
+    fold = fold_of(23, 5, seed=3)
+    assert sorted(np.bincount(fold)) == [4, 4, 5, 5, 5]  # balanced, every image once
+    assert (fold == fold_of(23, 5, seed=3)).all()  # seeded: the same folds every run
+    assert (fold != fold_of(23, 5, seed=4)).any()

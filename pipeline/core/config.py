@@ -268,6 +268,17 @@ class ReviewParams(Section):
     batch_size: PositiveInt = 64
     # Top suspects drawn in the gallery (given box dashed, suggested box solid).
     gallery_images: Annotated[int, Field(ge=1, le=64)] = 12
+    # Also rank the train split, from heads trained on the other folds over the trained
+    # backbone's features (pipeline/model/crossval.py); 0 leaves train unranked.
+    folds: Annotated[int, Field(ge=0, le=20)] = 5
+    fold_epochs: Annotated[int, Field(ge=1, le=200)] = 10
+
+    @field_validator("folds")
+    @classmethod
+    def _folds(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("1 fold holds nothing out: 0 (train not ranked) or 2 and more")
+        return value
 
 
 class GateParams(Section):

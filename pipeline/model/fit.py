@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 import pandas as pd
 
 from pipeline.core.config import Params, TrainParams
 from pipeline.model import hardware
 from pipeline.model.callbacks import AtomicBackupAndRestore, DatasetEpoch, HistoryLog, read_history
-from pipeline.model.loader import ImageBatches, ImageCache, SnackDataset, distributed
-from pipeline.model.model import build_model, compile_model, feature_extractor, heads_model
+from pipeline.model.features import backbone_features, targets
+from pipeline.model.loader import ImageCache, SnackDataset, distributed
+from pipeline.model.model import build_model, compile_model, heads_model
 from pipeline.model.recipe import (
     Phase,
     describe_recipe,
@@ -59,23 +59,6 @@ def make_datasets(
     )
     val_ds = SnackDataset(val_samples, **common)
     return train_ds, val_ds
-
-
-def backbone_features(model: keras.Model, ds: SnackDataset, workers: int = 1) -> np.ndarray:
-    """Backbone features of every sample of ``ds``, in sample order; each image runs once.
-
-    ``predict`` runs BatchNorm in inference mode, as a frozen backbone does while training.
-    """
-    unique = list(dict.fromkeys(ds.paths))
-    images = ImageBatches(unique, ds.image_size, ds.batch_size, cache=ds.cache, workers=workers)
-    features = feature_extractor(model).predict(images, verbose=0)
-    row = {path: i for i, path in enumerate(unique)}
-    return features[[row[path] for path in ds.paths]]
-
-
-def targets(ds: SnackDataset) -> dict[str, np.ndarray]:
-    """The (unaugmented) training targets of every sample of ``ds``, in sample order."""
-    return {"class": ds.labels, "box": ds.boxes}
 
 
 @dataclass

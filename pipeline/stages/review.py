@@ -3,8 +3,9 @@
 The trained model did not train on ``review.splits`` (val and test), so its class
 probabilities and box there are honest evidence against a label; they are scored together in
 one pool (pipeline/evaluation/review.py explains the scores and which rows the model can
-judge). The train split is not ranked: its predictions come from a model fit to those very
-labels, which agrees with its own mistakes.
+judge). The train split's own predictions would agree with its mistakes: with
+``review.folds``, it is scored in a pool of its own from out-of-fold heads on the trained
+backbone's features (pipeline/model/crossval.py).
 
 Writes, under outputs/review/:
 - review.csv: every row (and every image whose object looks unboxed), most suspect first,
@@ -23,6 +24,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -35,6 +37,7 @@ from pipeline.data.boxes import iou
 from pipeline.data.contract import BOX_COLUMNS, image_path, read_clean_annotations
 from pipeline.evaluation import review
 from pipeline.integrations import tracking
+from pipeline.model import crossval
 from pipeline.model.loader import SnackDataset, sample_table, select_targets
 from pipeline.model.model import input_size, load_model
 
@@ -42,22 +45,24 @@ log = logging.getLogger(__name__)
 MANIFEST = "defects.json"
 
 
-def load_rows(params: Params, outputs: Outputs, classes: list[str]) -> pd.DataFrame:
-    """The deduplicated rows of every reviewed split, with ``split`` and ``target`` columns."""
+def load_rows(outputs: Outputs, classes: list[str], splits: list[str]) -> pd.DataFrame:
+    """The deduplicated rows of ``splits``, with ``split`` and ``target`` columns."""
     frames = []
-    for split in params.review.splits:
+    for split in splits:
         frame = read_clean_annotations(outputs.deduped(split))
         frames.append(frame[frame.class_name.isin(classes)].assign(split=split))
     rows = pd.concat(frames, ignore_index=True)
     if rows.empty:
-        raise UserError(f"no rows left to review in {', '.join(params.review.splits)}")
+        raise UserError(f"no rows left to review in {', '.join(splits)}")
     chosen = select_targets(rows.assign(_at=rows.index))["_at"]
     return rows.assign(target=rows.index.isin(chosen))
 
 
-def predict(params: Params, outputs: Outputs, rows: pd.DataFrame, classes: list[str]):
-    """One sample per image (with its pixel size), class probabilities and boxes."""
-    model = load_model(outputs.model)
+def predict(
+    params: Params, model: keras.Model, rows: pd.DataFrame, classes: list[str], folds: int = 0
+):
+    """One sample per image (with its pixel size), class probabilities and boxes: the
+    model's own, or with ``folds`` out-of-fold heads' (pipeline/model/crossval.py)."""
     parts = {
         s: rows[rows.split == s].drop(columns=["split", "target"]) for s in rows.split.unique()
     }
@@ -65,7 +70,16 @@ def predict(params: Params, outputs: Outputs, rows: pd.DataFrame, classes: list[
     data = SnackDataset(
         samples, image_size=input_size(model), batch_size=params.review.batch_size, workers=2
     )
-    out = model.predict(data, verbose=0)
+    if folds:
+        train = params.train
+        loss = {
+            "learning_rate": train.learning_rate,
+            "box_loss_weight": train.box_loss_weight,
+            "box_loss": train.box_loss,
+        }
+        out = crossval.out_of_fold(model, data, folds, params.review.fold_epochs, train.seed, loss)
+    else:
+        out = model.predict(data, verbose=0)
     sizes = [Image.open(path).size for path in samples.path]  # the header only
     images = samples[["split", "folder", "image_id"]].assign(
         width=[w for w, _ in sizes], height=[h for _, h in sizes]
@@ -117,10 +131,19 @@ def gallery(ranked: pd.DataFrame, params: Params, path: Path) -> Path:
 def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, Any]:
     """Rank the reviewed splits' rows; write the table, gallery and report; log to MLflow."""
     classes = read_json(outputs.classes)["classes"]
-    rows = load_rows(params, outputs, classes)
-    images, probs, boxes = predict(params, outputs, rows, classes)
-    scored, image_suspects = review.score_rows(rows, images, probs, boxes, classes)
-    ranked = review.rank(scored, image_suspects)
+    model = load_model(outputs.model)
+    pools = [(list(params.review.splits), 0)]  # (splits scored together, folds)
+    if params.review.folds:
+        pools.append((["train"], params.review.folds))
+    scored, suspects = [], []
+    for splits, folds in pools:
+        rows = load_rows(outputs, classes, splits)
+        images, probs, boxes = predict(params, model, rows, classes, folds)
+        pool_rows, pool_images = review.score_rows(rows, images, probs, boxes, classes)
+        scored.append(pool_rows)
+        suspects.append(pool_images)
+    rows = pd.concat(scored, ignore_index=True)
+    ranked = review.rank(rows, pd.concat(suspects, ignore_index=True))
     outputs.review_dir.mkdir(parents=True, exist_ok=True)
     write_csv(outputs.review_table, ranked)
     picture = gallery(ranked, params, outputs.review_gallery)
