@@ -360,12 +360,14 @@ def serve(
 
 @app.command()
 def export(
-    out: Annotated[Path, typer.Option("--out", "-o", help="The .tflite file to write.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The file to write (.tflite, .onnx).")],
     model: ModelOpt = "models:/snackloc@champion",
     classes: ClassesOpt = None,
-    format_: Annotated[str, typer.Option("--format", "-f", help="tflite (LiteRT).")] = "tflite",
+    format_: Annotated[
+        str, typer.Option("--format", "-f", help="tflite (LiteRT) | onnx.")
+    ] = "tflite",
     quantize: Annotated[
-        str, typer.Option("--quantize", help="float32 | float16 | int8.")
+        str, typer.Option("--quantize", help="float32 | float16 | int8 (tflite only).")
     ] = "float32",
     check: Annotated[
         list[Path] | None,
@@ -382,17 +384,19 @@ def export(
         Path | None, typer.Option(help="Image root of annotation CSVs (default: data/).")
     ] = None,
 ) -> None:
-    """Export the model for phones (TensorFlow Lite) and check it against Keras.
+    """Export the model (TensorFlow Lite or ONNX) and check it against Keras.
 
-    Exit status 1 when the exported model's outputs differ by more than the tolerance.
-    A registered model's export is also logged to its training run (under exports/).
+    Exit status 1 when an exported output differs by more than the tolerance.
+    A registered model's export is also logged to its training run (files under exports/,
+    the differences as metrics).
     """
     from pipeline.ops.inputs import collect_images
 
-    if format_ != "tflite":
-        fail(f"unknown --format {format_!r}; this version exports tflite")
-    if quantize not in {"float32", "float16", "int8"}:
-        fail(f"unknown --quantize {quantize!r}; expected float32, float16 or int8")
+    if format_ not in {"tflite", "onnx"}:
+        fail(f"unknown --format {format_!r}; expected tflite or onnx")
+    offered = {"tflite": ("float32", "float16", "int8"), "onnx": ("float32",)}[format_]
+    if quantize not in offered:
+        fail(f"--quantize {quantize!r} is not offered for {format_}: {', '.join(offered)}")
     default = Outputs().deduped("test")
     sources = check if check else ([default] if default.is_file() else [])
     paths = collect_images(sources, data_root)
@@ -400,13 +404,14 @@ def export(
         from pipeline.ops import export as exporting
         from pipeline.ops import predict as predicting
 
-    predictor = predicting.load_predictor(model, classes)
-    result = exporting.export_tflite(predictor, out, quantize, paths, tolerance)
+        predictor = predicting.load_predictor(model, classes)
+        result = exporting.export_model(predictor, out, format_, quantize, paths, tolerance)
     typer.echo(exporting.summary(result))
     if not Path(model).is_file():
         from pipeline.integrations import registry
 
-        run_id = registry.log_export(model, [out, Path(f"{out}.check.json")])
+        files = [out, Path(f"{out}.check.json")]
+        run_id = registry.log_export(model, files, exporting.metrics(result))
         if run_id:
             typer.echo(f"logged to run {run_id} under exports/")
     raise typer.Exit(0 if result.passed else 1)

@@ -144,9 +144,9 @@ def load_version(uri: str) -> tuple[Any, dict[str, Any]]:
         raise ModelNotLoaded(f"cannot load model {uri}: {reason}") from None
 
 
-def log_export(uri: str, files: list[Path]) -> str | None:
-    """Attach exported files (under ``exports/``) to the training run of the model at
-    ``uri``; return the run id (None: the model has no run)."""
+def log_export(uri: str, files: list[Path], metrics: dict[str, float]) -> str | None:
+    """Attach exported files (under ``exports/``) and their check's ``metrics`` to the
+    training run of the model at ``uri``; return the run id (None: the model has no run)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking.tracking_uri())
@@ -155,6 +155,8 @@ def log_export(uri: str, files: list[Path]) -> str | None:
         client = mlflow.MlflowClient()
         for path in files:
             client.log_artifact(run_id, str(path), "exports")
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, value)
     return run_id
 
 
