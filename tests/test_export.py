@@ -132,3 +132,26 @@ def test_pretrained_transfer_model_exports_within_1e3(photos, tmp_path):
         check = export.export_model(predictor, tmp_path / f"p.{fmt}", fmt, "float32", photos, None)
         assert check.passed, export.summary(check)
         assert max(check.max_abs_diff.values()) < 1e-4
+
+
+def test_an_export_is_logged_to_the_models_run_with_its_differences(tmp_path, monkeypatch):
+    import mlflow
+
+    from pipeline.integrations import registry
+
+    class Echo(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+    monkeypatch.chdir(tmp_path)  # MLflow's default experiment writes ./mlruns
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run() as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=[])
+    exported = tmp_path / "m.onnx"
+    exported.write_bytes(b"onnx")
+    metrics = {"export_onnx_float32_max_abs_diff_box": 2e-6, "export_onnx_float32_passed": 1.0}
+    assert registry.log_export(info.model_uri, [exported], metrics) == run.info.run_id
+    client = mlflow.MlflowClient()
+    assert client.get_run(run.info.run_id).data.metrics == metrics
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "exports")] == ["exports/m.onnx"]
