@@ -103,6 +103,12 @@ def test_cli_refuses_what_a_format_does_not_offer_and_fails_over_the_tolerance(
     done = runner.invoke(app, [*args, "-o", str(tmp_path / "s.tflite"), "--quantize", "float16",
                                "--tolerance", "1e-9"])  # fmt: skip
     assert done.exit_code == 1 and "OVER the tolerance" in done.stdout
+    # a failed check says how far Keras' own float32 answer is from float64: here far less
+    # than the half-precision weights' difference, so the export is what differs
+    assert "Keras' own float32 answer against float64" in done.stdout
+    report = json.loads((tmp_path / "s.tflite.check.json").read_text())
+    wide, diffs = report["keras_float32_vs_float64"], report["max_abs_diff"]
+    assert wide.keys() == {"class", "box"} and max(wide.values()) < 1e-5 < max(diffs.values())
     done = runner.invoke(app, [*args, "-o", str(tmp_path / "x"), "--format", "coreml"])
     assert done.exit_code == 2 and "unknown --format 'coreml'" in done.stderr
     onnx_int8 = ["-o", str(tmp_path / "x"), "-f", "onnx", "--quantize", "int8"]

@@ -58,6 +58,9 @@ class ExportCheck:
     keras_ms_per_image: float
     export_ms_per_image: float
     missing_outputs: list[str] = field(default_factory=list)  # Keras has them, the file not
+    # Only when the check fails: Keras' own float32 answer against the same model computed
+    # in float64 (None: not computed, or the model would not rebuild in float64).
+    keras_float32_vs_float64: dict[str, float] | None = None
 
 
 def check_images(predictor: Predictor, paths: list[Path]) -> tuple[np.ndarray, str]:
@@ -90,6 +93,30 @@ def compare(keras_out: converters.Outputs, exported: converters.Outputs) -> dict
     return diffs
 
 
+def float64_gap(
+    model, images: np.ndarray, keras_out: converters.Outputs
+) -> dict[str, float] | None:
+    """How far Keras' float32 outputs are from the same model and weights computed in
+    float64: the rounding that the weights amplify. When it is as large as the export's
+    difference, the model is ill-conditioned and no float32 runtime can do better; when it
+    is far smaller, the export is at fault. None when the model does not rebuild in float64
+    (a layer that fixes its own dtype)."""
+    import keras
+
+    def widen(config):
+        if isinstance(config, dict):
+            return {k: "float64" if k == "dtype" else widen(v) for k, v in config.items()}
+        return [widen(v) for v in config] if isinstance(config, list) else config
+
+    try:
+        wide = keras.Model.from_config(widen(model.get_config()))
+        wide.set_weights([weight.astype("float64") for weight in model.get_weights()])
+        out = wide(images.astype("float64"), training=False)
+        return compare(keras_out, {name: np.asarray(value) for name, value in out.items()})
+    except Exception:  # any layer that will not widen: the check says it was not computed
+        return None
+
+
 def timed(run, images: np.ndarray) -> tuple[converters.Outputs, float]:
     """``run(images)`` and its milliseconds per image (after a first call that traces or
     allocates)."""
@@ -120,11 +147,13 @@ def export_model(
         top1 = float((exported["class"].argmax(1) == keras_out["class"].argmax(1)).mean())
     with atomic_path(out) as tmp:
         tmp.write_bytes(content)
+    passed = max(diffs.values()) <= limit
+    wide = None if passed else float64_gap(predictor.model, images, keras_out)
     check = ExportCheck(
         str(out), fmt, predictor.source, quantize, len(content), len(images), origin, diffs,
-        top1, limit, max(diffs.values()) <= limit, converters.FORMATS[fmt].runtime,
+        top1, limit, passed, converters.FORMATS[fmt].runtime,
         round(keras_ms, 3), round(export_ms, 3),
-        [name for name, diff in diffs.items() if not np.isfinite(diff)],
+        [name for name, diff in diffs.items() if not np.isfinite(diff)], wide,
     )  # fmt: skip
     report = out.with_name(out.name + ".check.json")
     with atomic_path(report) as tmp:
@@ -135,9 +164,9 @@ def export_model(
 def as_record(check: ExportCheck) -> dict:
     """The check as plain JSON (an output the export lacks: null rather than Infinity)."""
     record = asdict(check)
-    record["max_abs_diff"] = {
-        name: diff if np.isfinite(diff) else None for name, diff in check.max_abs_diff.items()
-    }
+    for key in ("max_abs_diff", "keras_float32_vs_float64"):
+        if record[key] is not None:
+            record[key] = {n: d if np.isfinite(d) else None for n, d in record[key].items()}
     return record
 
 
@@ -160,10 +189,17 @@ def summary(check: ExportCheck) -> str:
         f"checked on {check.check_images} against Keras: max |Δ| {diffs} ({verdict} the "
         f"tolerance {check.tolerance:g})",
     ]
-    if check.missing_outputs:
-        lines.append(f"the export lacks the output(s) {', '.join(check.missing_outputs)}")
     if check.top1_agreement is not None:
         lines[-1] += f"; same top-1 class {check.top1_agreement:.0%}"
+    if check.keras_float32_vs_float64 is not None:
+        gaps = ", ".join(f"{n} {d:.2e}" for n, d in check.keras_float32_vs_float64.items())
+        lines.append(
+            f"Keras' own float32 answer against float64: max |Δ| {gaps} (as large as the "
+            "export's: the weights amplify rounding, no float32 runtime does better; far "
+            "smaller: the export is at fault)"
+        )
+    if check.missing_outputs:
+        lines.append(f"the export lacks the output(s) {', '.join(check.missing_outputs)}")
     lines.append(
         f"{check.runtime}: {check.export_ms_per_image:.2f} ms per image "
         f"(Keras, batched: {check.keras_ms_per_image:.2f})"
