@@ -360,14 +360,16 @@ def serve(
 
 @app.command()
 def export(
-    out: Annotated[Path, typer.Option("--out", "-o", help="The file to write (.tflite, .onnx).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="What to write (.tflite, .onnx, .mlpackage).")
+    ],
     model: ModelOpt = "models:/snackloc@champion",
     classes: ClassesOpt = None,
     format_: Annotated[
-        str, typer.Option("--format", "-f", help="tflite (LiteRT) | onnx.")
+        str, typer.Option("--format", "-f", help="tflite (LiteRT) | onnx | coreml.")
     ] = "tflite",
     quantize: Annotated[
-        str, typer.Option("--quantize", help="float32 | float16 | int8 (tflite only).")
+        str, typer.Option("--quantize", help="float32 | float16 (not onnx) | int8 (tflite).")
     ] = "float32",
     check: Annotated[
         list[Path] | None,
@@ -384,17 +386,20 @@ def export(
         Path | None, typer.Option(help="Image root of annotation CSVs (default: data/).")
     ] = None,
 ) -> None:
-    """Export the model (TensorFlow Lite or ONNX) and check it against Keras.
+    """Export the model (TensorFlow Lite, ONNX or Core ML) and check it against Keras.
 
-    Exit status 1 when an exported output differs by more than the tolerance.
+    Exit status 1 when an exported output differs by more than the tolerance (Core ML:
+    when its inputs or outputs differ from the model's; its numbers need macOS).
     A registered model's export is also logged to its training run (files under exports/,
     the differences as metrics).
     """
     from pipeline.ops.inputs import collect_images
 
-    if format_ not in {"tflite", "onnx"}:
-        fail(f"unknown --format {format_!r}; expected tflite or onnx")
-    offered = {"tflite": ("float32", "float16", "int8"), "onnx": ("float32",)}[format_]
+    offers = {"tflite": ("float32", "float16", "int8"), "onnx": ("float32",),
+              "coreml": ("float32", "float16")}  # fmt: skip
+    if format_ not in offers:
+        fail(f"unknown --format {format_!r}; expected tflite, onnx or coreml")
+    offered = offers[format_]
     if quantize not in offered:
         fail(f"--quantize {quantize!r} is not offered for {format_}: {', '.join(offered)}")
     default = Outputs().deduped("test")
@@ -405,7 +410,10 @@ def export(
         from pipeline.ops import predict as predicting
 
         predictor = predicting.load_predictor(model, classes)
-        result = exporting.export_model(predictor, out, format_, quantize, paths, tolerance)
+        if format_ == "coreml":
+            result = exporting.export_coreml(predictor, out, quantize)
+        else:
+            result = exporting.export_model(predictor, out, format_, quantize, paths, tolerance)
     typer.echo(exporting.summary(result))
     if not Path(model).is_file():
         from pipeline.integrations import registry

@@ -161,3 +161,21 @@ def test_an_export_is_logged_to_the_models_run_with_its_differences(tmp_path, mo
     client = mlflow.MlflowClient()
     assert client.get_run(run.info.run_id).data.metrics == metrics
     assert [a.path for a in client.list_artifacts(run.info.run_id, "exports")] == ["exports/m.onnx"]
+
+
+def test_coreml_package_has_the_models_input_and_named_outputs(tmp_path):
+    """Core ML converts here but predicts only on macOS: its interface is what is checked
+    (three classes, so that the class and box outputs cannot be told apart by shape alone
+    were they swapped)."""
+    model_path, classes = save_tiny_model(tmp_path / "model", ["a", "b", "c"])
+    predictor = predict.load_predictor(str(model_path), classes)
+    out = tmp_path / "m.mlpackage"
+    check = export.export_coreml(predictor, out, "float32")
+    assert check.passed and not check.problems and check.max_abs_diff == {}
+    assert check.interface["outputs"] == {"box": [4], "class": [3]}
+    assert check.interface["inputs"] == ["image"] and check.interface["input_float32"]
+    assert check.interface["input_shape_ranges"] == [(1, 64), (32, 32), (32, 32), (3, 3)]
+    assert (out / "Manifest.json").is_file() and check.size_bytes > 0
+    report = json.loads((tmp_path / "m.mlpackage.check.json").read_text())
+    assert report["passed"] is True and "macOS" in report["check_images"]
+    assert "numbers not checked" in export.summary(check)

@@ -154,7 +154,10 @@ def log_export(uri: str, files: list[Path], metrics: dict[str, float]) -> str | 
     if run_id:
         client = mlflow.MlflowClient()
         for path in files:
-            client.log_artifact(run_id, str(path), "exports")
+            if path.is_dir():  # a Core ML package is a folder
+                client.log_artifacts(run_id, str(path), f"exports/{path.name}")
+            else:
+                client.log_artifact(run_id, str(path), "exports")
         for key, value in metrics.items():
             client.log_metric(run_id, key, value)
     return run_id

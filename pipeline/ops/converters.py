@@ -13,6 +13,10 @@ exports and checks the same way.
 - ``onnx``: Keras' ``model.export(format="onnx")`` (tf2onnx underneath), opset
   ``ONNX_OPSET``, input ``image`` with a free ``batch`` dimension; float32 only. Run with
   onnxruntime's CPU provider, in batches.
+- ``coreml``: a Core ML ML program (an ``.mlpackage`` folder) converted by coremltools, input
+  ``image`` (a batch of 1 to ``COREML_MAX_BATCH``), outputs renamed to the model's; float32
+  computes in float32 (coremltools' default is float16), float16 in half precision. Core ML
+  predicts only on macOS: elsewhere the file's interface is checked, not its numbers.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ Outputs = dict[str, np.ndarray]  # a model's named outputs for a batch of images
 Runner = Callable[[np.ndarray], Outputs]
 ONNX_OPSET = 17  # onnxruntime 1.14+, and most phone runtimes of 2023 on
 RUN_BATCH = 32
+COREML_MAX_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -48,11 +53,12 @@ class Format:
 FORMATS = {
     "tflite": Format("tflite", ".tflite", ("float32", "float16", "int8"), "TFLite interpreter"),
     "onnx": Format("onnx", ".onnx", ("float32",), "onnxruntime (CPU)"),
+    "coreml": Format("coreml", ".mlpackage", ("float32", "float16"), "Core ML (macOS only)"),
 }
 
 
-def convert(model, fmt: str, quantize: str, samples: np.ndarray) -> bytes:
-    """The Keras ``model`` as the bytes of a ``fmt`` file (``samples``: calibration images)."""
+def offered(fmt: str, quantize: str) -> None:
+    """Refuse a format or quantization that is not offered, saying what is."""
     if fmt not in FORMATS:
         raise UserError(f"unknown --format {fmt!r}; expected {', '.join(FORMATS)}")
     if quantize not in FORMATS[fmt].quantizations:
@@ -60,6 +66,12 @@ def convert(model, fmt: str, quantize: str, samples: np.ndarray) -> bytes:
             f"--quantize {quantize} is not offered for {fmt}",
             hint=f"{fmt} exports {', '.join(FORMATS[fmt].quantizations)}",
         )
+
+
+def convert(model, fmt: str, quantize: str, samples: np.ndarray) -> bytes:
+    """The Keras ``model`` as the bytes of a ``fmt`` file (``samples``: calibration images);
+    Core ML writes a folder: ``write_coreml``."""
+    offered(fmt, quantize)
     return tflite_bytes(model, quantize, samples) if fmt == "tflite" else onnx_bytes(model)
 
 
@@ -148,3 +160,52 @@ def run_onnx(content: bytes) -> Runner:
         return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(names)}
 
     return run
+
+
+def write_coreml(model, quantize: str, out: Path) -> dict:
+    """Write the model as a Core ML ML program to the folder ``out`` (replaced whole) and
+    return what its interface says (``coreml_interface``), read from the converted program."""
+    import shutil
+
+    import coremltools as ct
+
+    size = tuple(model.input_shape[1:])
+    image = ct.TensorType(
+        name="image", shape=(ct.RangeDim(1, COREML_MAX_BATCH), *size), dtype=np.float32
+    )
+    precision = ct.precision.FLOAT32 if quantize == "float32" else ct.precision.FLOAT16
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")  # "TensorFlow 2.21 has not been tested", tqdm bars
+        converted = ct.convert(
+            model, source="tensorflow", convert_to="mlprogram", inputs=[image],
+            compute_precision=precision,
+        )  # fmt: skip
+    # coremltools names the outputs Identity, Identity_1, ... in the order of Keras'
+    # output_names; the program's own output shapes (checked in coreml_interface) confirm it
+    program = converted._mil_program.functions["main"].outputs
+    spec = converted.get_spec()
+    for old, new in zip([o.name for o in spec.description.output], model.output_names, strict=True):
+        ct.utils.rename_feature(spec, old, new)
+    renamed = ct.models.MLModel(spec, weights_dir=converted.weights_dir, skip_model_load=True)
+    interface = coreml_interface(spec, [tuple(v.shape[1:]) for v in program])
+    with tempfile.TemporaryDirectory(prefix="snackloc-coreml-", dir=out.parent) as folder:
+        renamed.save(str(Path(folder) / out.name))
+        shutil.rmtree(out, ignore_errors=True)
+        (Path(folder) / out.name).rename(out)
+    return interface
+
+
+def coreml_interface(spec, output_shapes: list[tuple]) -> dict:
+    """Input name, type and shape range, and each output's name and shape (after the batch
+    dimension) of a converted Core ML model."""
+    image = spec.description.input[0].type.multiArrayType
+    ranges = [(r.lowerBound, r.upperBound) for r in image.shapeRange.sizeRanges]
+    return {
+        "inputs": [i.name for i in spec.description.input],
+        "input_float32": image.dataType == image.FLOAT32,
+        "input_shape_ranges": ranges,
+        "outputs": {
+            o.name: list(shape)
+            for o, shape in zip(spec.description.output, output_shapes, strict=True)
+        },
+    }

@@ -61,6 +61,9 @@ class ExportCheck:
     # Only when the check fails: Keras' own float32 answer against the same model computed
     # in float64 (None: not computed, or the model would not rebuild in float64).
     keras_float32_vs_float64: dict[str, float] | None = None
+    # Core ML off macOS: the file's interface as converted, and what is wrong with it
+    interface: dict | None = None
+    problems: list[str] = field(default_factory=list)
 
 
 def check_images(predictor: Predictor, paths: list[Path]) -> tuple[np.ndarray, str]:
@@ -179,9 +182,38 @@ def metrics(check: ExportCheck) -> dict[str, float]:
     return {key: value for key, value in values.items() if np.isfinite(value)}
 
 
+def export_coreml(predictor: Predictor, out: Path, quantize: str) -> ExportCheck:
+    """Write the Core ML package ``out`` and check its interface against the Keras model:
+    input ``image`` (float32, size×size×3, a range of batch sizes) and every named output
+    with its shape. Its numbers are not checked: Core ML predicts only on macOS."""
+    converters.offered("coreml", quantize)
+    interface = converters.write_coreml(predictor.model, quantize, out)
+    size = predictor.image_size
+    expected = {name: list(t.shape[1:]) for name, t in predictor.model.output.items()}
+    problems = []
+    if interface["inputs"] != ["image"] or not interface["input_float32"]:
+        problems.append(f"input {interface['inputs']} is not one float32 image")
+    if [tuple(r) for r in interface["input_shape_ranges"][1:]] != [(size, size)] * 2 + [(3, 3)]:
+        problems.append(f"input shapes {interface['input_shape_ranges']}, not n×{size}×{size}×3")
+    if interface["outputs"] != expected:
+        problems.append(f"outputs {interface['outputs']}, Keras answers {expected}")
+    check = ExportCheck(
+        str(out), "coreml", predictor.source, quantize,
+        sum(f.stat().st_size for f in out.rglob("*") if f.is_file()), 0,
+        "none: Core ML predicts only on macOS, so the numbers are not checked here", {},
+        None, TOLERANCE[quantize], not problems, converters.FORMATS["coreml"].runtime, 0.0, 0.0,
+        [n for n in expected if n not in interface["outputs"]], None, interface, problems,
+    )  # fmt: skip
+    with atomic_path(out.with_name(out.name + ".check.json")) as tmp:
+        tmp.write_text(json.dumps(as_record(check), indent=2) + "\n")
+    return check
+
+
 def summary(check: ExportCheck) -> str:
     """What the command prints."""
     verdict = "within" if check.passed else "OVER"
+    if check.interface is not None:
+        return coreml_summary(check)
     diffs = ", ".join(f"{name} {diff:.2e}" for name, diff in check.max_abs_diff.items())
     lines = [
         f"wrote {check.file} ({check.size_bytes / 1e6:.2f} MB, {check.format} "
@@ -205,3 +237,17 @@ def summary(check: ExportCheck) -> str:
         f"(Keras, batched: {check.keras_ms_per_image:.2f})"
     )
     return "\n".join(lines)
+
+
+def coreml_summary(check: ExportCheck) -> str:
+    """What the command prints for a Core ML package (interface checked, numbers not)."""
+    outputs = ", ".join(f"{n} {shape}" for n, shape in check.interface["outputs"].items())
+    verdict = "matches the Keras model" if check.passed else "DIFFERS: " + "; ".join(check.problems)
+    return (
+        f"wrote {check.file} ({check.size_bytes / 1e6:.2f} MB, coreml {check.quantize}) from "
+        f"{check.source}\n"
+        f"interface: input image (float32, batch {check.interface['input_shape_ranges'][0]}), "
+        f"outputs {outputs}: {verdict}\n"
+        "numbers not checked: Core ML predicts only on macOS (there, compare with "
+        "coremltools' MLModel.predict)"
+    )
