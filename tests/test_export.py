@@ -109,8 +109,8 @@ def test_cli_refuses_what_a_format_does_not_offer_and_fails_over_the_tolerance(
     report = json.loads((tmp_path / "s.tflite.check.json").read_text())
     wide, diffs = report["keras_float32_vs_float64"], report["max_abs_diff"]
     assert wide.keys() == {"class", "box"} and max(wide.values()) < 1e-5 < max(diffs.values())
-    done = runner.invoke(app, [*args, "-o", str(tmp_path / "x"), "--format", "coreml"])
-    assert done.exit_code == 2 and "unknown --format 'coreml'" in done.stderr
+    done = runner.invoke(app, [*args, "-o", str(tmp_path / "x"), "--format", "openvino"])
+    assert done.exit_code == 2 and "unknown --format 'openvino'" in done.stderr
     onnx_int8 = ["-o", str(tmp_path / "x"), "-f", "onnx", "--quantize", "int8"]
     done = runner.invoke(app, [*args, *onnx_int8])
     assert done.exit_code == 2 and "not offered for onnx" in done.stderr
@@ -169,13 +169,13 @@ def test_coreml_package_has_the_models_input_and_named_outputs(tmp_path):
     were they swapped)."""
     model_path, classes = save_tiny_model(tmp_path / "model", ["a", "b", "c"])
     predictor = predict.load_predictor(str(model_path), classes)
-    out = tmp_path / "m.mlpackage"
+    out = tmp_path / "m"  # any name: the package is written as named
     check = export.export_coreml(predictor, out, "float32")
     assert check.passed and not check.problems and check.max_abs_diff == {}
     assert check.interface["outputs"] == {"box": [4], "class": [3]}
     assert check.interface["inputs"] == ["image"] and check.interface["input_float32"]
     assert check.interface["input_shape_ranges"] == [(1, 64), (32, 32), (32, 32), (3, 3)]
     assert (out / "Manifest.json").is_file() and check.size_bytes > 0
-    report = json.loads((tmp_path / "m.mlpackage.check.json").read_text())
+    report = json.loads((tmp_path / "m.check.json").read_text())
     assert report["passed"] is True and "macOS" in report["check_images"]
     assert "numbers not checked" in export.summary(check)

@@ -189,9 +189,10 @@ def write_coreml(model, quantize: str, out: Path) -> dict:
     renamed = ct.models.MLModel(spec, weights_dir=converted.weights_dir, skip_model_load=True)
     interface = coreml_interface(spec, [tuple(v.shape[1:]) for v in program])
     with tempfile.TemporaryDirectory(prefix="snackloc-coreml-", dir=out.parent) as folder:
-        renamed.save(str(Path(folder) / out.name))
+        package = Path(folder) / "model.mlpackage"  # coremltools adds the suffix if absent
+        renamed.save(str(package))
         shutil.rmtree(out, ignore_errors=True)
-        (Path(folder) / out.name).rename(out)
+        package.rename(out)
     return interface
 
 
