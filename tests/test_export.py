@@ -143,15 +143,16 @@ def test_pretrained_transfer_model_exports_within_1e3(photos, tmp_path):
 def test_an_export_is_logged_to_the_models_run_with_its_differences(tmp_path, monkeypatch):
     import mlflow
 
-    from pipeline.integrations import registry
+    from pipeline.integrations import registry, tracking
 
     class Echo(mlflow.pyfunc.PythonModel):
         def predict(self, context, model_input, params=None):
             return model_input
 
     monkeypatch.chdir(tmp_path)  # MLflow's default experiment writes ./mlruns
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)  # what log_export reads
+    tracking.use_store(store)  # this process only, the variable put back
     with mlflow.start_run() as run:
         info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=[])
     exported = tmp_path / "m.onnx"
