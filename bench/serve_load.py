@@ -69,14 +69,42 @@ class LoadResult:
     p90_ms: float
     p99_ms: float
     max_ms: float
+    # CPU seconds the path used: the serving process (the server, or this process for the
+    # in-process paths) and, for servers, the client threads of this process. On a shared
+    # machine wall-clock throughput moves with other work; CPU per request does not.
+    server_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+
+    @property
+    def server_cpu_ms(self) -> float:
+        return self.server_cpu_s * 1000 / self.requests
 
     @property
     def throughput(self) -> float:
         return self.requests / self.seconds
 
 
-def run_load(name: str, call: Callable[[int], None], requests: int, clients: int) -> LoadResult:
-    """Send ``requests`` calls (``call(i)``) from ``clients`` threads; time each one."""
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process (default: this one), all its threads, and of
+    its child processes (the workers of a server)."""
+    import psutil
+
+    process = psutil.Process(pid)
+    total = 0.0
+    for each in [process, *(process.children(recursive=True) if pid else [])]:
+        try:
+            times = each.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def run_load(
+    name: str, call: Callable[[int], None], requests: int, clients: int, server: int | None = None
+) -> LoadResult:
+    """Send ``requests`` calls (``call(i)``) from ``clients`` threads; time each one and
+    count the CPU used by this process and by the ``server`` process (a pid) meanwhile."""
     for i in range(WARMUP):
         call(i)
     latencies = np.zeros(requests)
@@ -97,18 +125,22 @@ def run_load(name: str, call: Callable[[int], None], requests: int, clients: int
             latencies[i] = time.perf_counter() - started
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
+    own_cpu, server_cpu = cpu_seconds(), cpu_seconds(server) if server else 0.0
     started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     seconds = time.perf_counter() - started
+    own_cpu = cpu_seconds() - own_cpu
+    server_cpu = cpu_seconds(server) - server_cpu if server else own_cpu
     if errors:
         print(f"  {name}: {len(errors)} errors, first: {errors[0]}", file=sys.stderr)
     p50, p90, p99 = np.percentile(latencies * 1000, [50, 90, 99])
     return LoadResult(
-        name, requests, clients, len(errors), seconds, p50, p90, p99, latencies.max() * 1000
-    )
+        name, requests, clients, len(errors), seconds, p50, p90, p99, latencies.max() * 1000,
+        server_cpu, own_cpu if server else 0.0,
+    )  # fmt: skip
 
 
 def free_port() -> int:
@@ -206,15 +238,19 @@ def model_alone(predictor, arrays: list[np.ndarray], images: int, batch: int = 3
     predictor.infer(stack)  # warm-up
     calls = max(1, images // batch)
     latencies = np.zeros(calls)
+    cpu = cpu_seconds()
     started = time.perf_counter()
     for i in range(calls):
         begun = time.perf_counter()
         predictor.infer(stack)
         latencies[i] = time.perf_counter() - begun
     seconds = time.perf_counter() - started
+    cpu = cpu_seconds() - cpu
     p50, p90, p99 = np.percentile(latencies * 1000, [50, 90, 99])
     name = f"model alone, batches of {batch}"
-    return LoadResult(name, calls * batch, 1, 0, seconds, p50, p90, p99, latencies.max() * 1000)
+    return LoadResult(
+        name, calls * batch, 1, 0, seconds, p50, p90, p99, latencies.max() * 1000, cpu
+    )
 
 
 def synthetic_images(count: int, folder: Path) -> list[Path]:
@@ -258,6 +294,7 @@ def test_images(count: int) -> list[Path]:
 
 def table(results: list[LoadResult]) -> str:
     """The figures side by side, one column per path."""
+    base = results[0]
     rows = [
         ("requests / clients", lambda r: f"{r.requests} / {r.clients}"),
         ("errors", lambda r: str(r.errors)),
@@ -267,6 +304,12 @@ def table(results: list[LoadResult]) -> str:
         ("latency p90 (ms)", lambda r: f"{r.p90_ms:.1f}"),
         ("latency p99 (ms)", lambda r: f"{r.p99_ms:.1f}"),
         ("latency max (ms)", lambda r: f"{r.max_ms:.1f}"),
+        ("CPU ms per request, serving", lambda r: f"{r.server_cpu_ms:.2f}"),
+        ("CPU ms per request, clients", lambda r: f"{r.client_cpu_s * 1000 / r.requests:.2f}"),
+        (
+            "share of the model alone, by CPU",
+            lambda r: f"{base.server_cpu_ms / r.server_cpu_ms:.0%}",
+        ),
         ("wall time (s)", lambda r: f"{r.seconds:.1f}"),
     ]
     lines = ["| | " + " | ".join(r.name for r in results) + " |"]
@@ -329,7 +372,7 @@ def main() -> None:
     serve_args = ["--classes", args.classes] if args.classes else []
     with ModelServer(args.model, 1, scratch / "snackloc-serve.log", serve_args) as server:
         call = http_caller(server.port, jpegs, "/predict", "image/jpeg")
-        results.append(run_load("snackloc serve (JPEG)", call, n, c))
+        results.append(run_load("snackloc serve (JPEG)", call, n, c, server.process.pid))
     if not args.no_mlflow and args.model.startswith("models:/"):
         bodies = [json.dumps({"inputs": [a.astype("float32").tolist()]}).encode() for a in arrays]
         with ModelServer(args.model, args.workers, scratch / "mlflow-serve.log") as server:
@@ -339,6 +382,7 @@ def main() -> None:
                     http_caller(server.port, bodies),
                     n,
                     c,
+                    server.process.pid,
                 )
             )
     print(table(results))

@@ -362,12 +362,16 @@ def serve(
 
 @app.command()
 def export(
-    out: Annotated[Path, typer.Option("--out", "-o", help="The .tflite file to write.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="What to write (.tflite, .onnx, .mlpackage).")
+    ],
     model: ModelOpt = "models:/snackloc@champion",
     classes: ClassesOpt = None,
-    format_: Annotated[str, typer.Option("--format", "-f", help="tflite (LiteRT).")] = "tflite",
+    format_: Annotated[
+        str, typer.Option("--format", "-f", help="tflite (LiteRT) | onnx | coreml.")
+    ] = "tflite",
     quantize: Annotated[
-        str, typer.Option("--quantize", help="float32 | float16 | int8.")
+        str, typer.Option("--quantize", help="float32 | float16 (not onnx) | int8 (tflite).")
     ] = "float32",
     check: Annotated[
         list[Path] | None,
@@ -384,17 +388,22 @@ def export(
         Path | None, typer.Option(help="Image root of annotation CSVs (default: data/).")
     ] = None,
 ) -> None:
-    """Export the model for phones (TensorFlow Lite) and check it against Keras.
+    """Export the model (TensorFlow Lite, ONNX or Core ML) and check it against Keras.
 
-    Exit status 1 when the exported model's outputs differ by more than the tolerance.
-    A registered model's export is also logged to its training run (under exports/).
+    Exit status 1 when an exported output differs by more than the tolerance (Core ML:
+    when its inputs or outputs differ from the model's; its numbers need macOS).
+    A registered model's export is also logged to its training run (files under exports/,
+    the differences as metrics).
     """
     from pipeline.ops.inputs import collect_images
 
-    if format_ != "tflite":
-        fail(f"unknown --format {format_!r}; this version exports tflite")
-    if quantize not in {"float32", "float16", "int8"}:
-        fail(f"unknown --quantize {quantize!r}; expected float32, float16 or int8")
+    offers = {"tflite": ("float32", "float16", "int8"), "onnx": ("float32",),
+              "coreml": ("float32", "float16")}  # fmt: skip
+    if format_ not in offers:
+        fail(f"unknown --format {format_!r}; expected tflite, onnx or coreml")
+    offered = offers[format_]
+    if quantize not in offered:
+        fail(f"--quantize {quantize!r} is not offered for {format_}: {', '.join(offered)}")
     default = Outputs().deduped("test")
     sources = check if check else ([default] if default.is_file() else [])
     paths = collect_images(sources, data_root)
@@ -402,13 +411,17 @@ def export(
         from pipeline.ops import export as exporting
         from pipeline.ops import predict as predicting
 
-    predictor = predicting.load_predictor(model, classes)
-    result = exporting.export_tflite(predictor, out, quantize, paths, tolerance)
+        predictor = predicting.load_predictor(model, classes)
+        if format_ == "coreml":
+            result = exporting.export_coreml(predictor, out, quantize)
+        else:
+            result = exporting.export_model(predictor, out, format_, quantize, paths, tolerance)
     typer.echo(exporting.summary(result))
     if not Path(model).is_file():
         from pipeline.integrations import registry
 
-        run_id = registry.log_export(model, [out, Path(f"{out}.check.json")])
+        files = [out, Path(f"{out}.check.json")]
+        run_id = registry.log_export(model, files, exporting.metrics(result))
         if run_id:
             typer.echo(f"logged to run {run_id} under exports/")
     raise typer.Exit(0 if result.passed else 1)

@@ -144,9 +144,9 @@ def load_version(uri: str) -> tuple[Any, dict[str, Any]]:
         raise ModelNotLoaded(f"cannot load model {uri}: {reason}") from None
 
 
-def log_export(uri: str, files: list[Path]) -> str | None:
-    """Attach exported files (under ``exports/``) to the training run of the model at
-    ``uri``; return the run id (None: the model has no run)."""
+def log_export(uri: str, files: list[Path], metrics: dict[str, float]) -> str | None:
+    """Attach exported files (under ``exports/``) and their check's ``metrics`` to the
+    training run of the model at ``uri``; return the run id (None: the model has no run)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking.tracking_uri())
@@ -154,7 +154,12 @@ def log_export(uri: str, files: list[Path]) -> str | None:
     if run_id:
         client = mlflow.MlflowClient()
         for path in files:
-            client.log_artifact(run_id, str(path), "exports")
+            if path.is_dir():  # a Core ML package is a folder
+                client.log_artifacts(run_id, str(path), f"exports/{path.name}")
+            else:
+                client.log_artifact(run_id, str(path), "exports")
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, value)
     return run_id
 
 

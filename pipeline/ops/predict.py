@@ -60,9 +60,15 @@ class Predictor:
         call = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
         object.__setattr__(self, "_call", call)
 
+    def outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every named output of the model, as it computes it, for a (n, size, size, 3)
+        batch (what an export is checked on, whatever heads the model has)."""
+        out = self._call(np.asarray(batch, dtype="float32"))
+        return {name: np.asarray(value) for name, value in out.items()}
+
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities and clipped, ordered boxes of a (n, size, size, 3) batch."""
-        out = self._call(np.asarray(batch, dtype="float32"))
+        out = self.outputs(batch)
         probs = np.asarray(out["class"], dtype="float64")
         return probs, clip_and_order(np.asarray(out["box"], dtype="float64"))
 
