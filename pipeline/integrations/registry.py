@@ -149,7 +149,7 @@ def log_export(uri: str, files: list[Path], metrics: dict[str, float]) -> str | 
     training run of the model at ``uri``; return the run id (None: the model has no run)."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    tracking.use_store(tracking.tracking_uri())  # leaves MLFLOW_TRACKING_URI as it was
     run_id = mlflow.models.get_model_info(uri).run_id
     if run_id:
         client = mlflow.MlflowClient()
