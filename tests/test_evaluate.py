@@ -214,3 +214,15 @@ def test_gallery_picks_best_worst_and_random():
     assert picks["worst"].image_id.tolist() == ["img2"]
     assert len(picks["random"]) == 1
     assert len(plots.pick_gallery(table, 5)["best"]) == 2
+
+
+@pytest.mark.parametrize("dashed", [False, True])
+def test_a_collapsed_box_is_drawn_not_refused(dashed):
+    from PIL import Image
+
+    from pipeline.evaluation.drawing import draw_box
+
+    image = Image.new("RGB", (64, 48), "gray")
+    for pixels in [(10, 11, 5, 30), (10, 10, 5, 5), (3, 40, 20, 21)]:  # under 2 px across
+        draw_box(image, pixels, "cake 0.10", dashed=dashed)
+    assert image.getcolors(64 * 48) != [(64 * 48, (128, 128, 128))]  # something was drawn

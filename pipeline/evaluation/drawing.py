@@ -68,7 +68,9 @@ def draw_box(
         _dashed_rectangle(draw, (x0, y0, x1, y1), "white", width)
     else:
         draw.rectangle((x0, y0, x1, y1), outline="black", width=width + 2)
-        draw.rectangle((x0 + 1, y0 + 1, x1 - 1, y1 - 1), outline="white", width=width)
+        # A box under 2 px across (a collapsed prediction) still gets its white line.
+        inner = (x0 + 1, y0 + 1, max(x0 + 1, x1 - 1), max(y0 + 1, y1 - 1))
+        draw.rectangle(inner, outline="white", width=width)
     font = _font(max(12, round(min(image.size) / 20)))
     stroke = max(1, width // 2 + 1)
     text_xy = (x0 + width + 3, y0 + width + 2)
