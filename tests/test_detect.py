@@ -194,3 +194,17 @@ def test_a_detector_is_gated_on_map50_the_two_heads_on_their_metric():
             model=DETECT_MODEL.model_copy(update={"weights": "x.h5"}),
             train=TrainParams(cache_features=True, augment=NO_AUGMENT),
         )
+
+
+def test_an_import_of_many_multi_object_images_suggests_the_detector():
+    from pipeline.data.formats import importing
+
+    counts = {"train": 8, "val": 1, "test": 1}
+    report = {
+        "images": counts, "rows": counts, "split": {"from": "source"}, "source": "src",
+        "format": "voc", "out": "data", "folder_from": "largest", "jpeg_copied": 10,
+        "converted_to_jpeg": 0, "warnings": [], "problems": [], "multi_object_share": 0.5,
+    }  # fmt: skip
+    assert "model.task: detect" in importing.import_summary(report)
+    report["multi_object_share"] = 0.1
+    assert "model.task: detect" not in importing.import_summary(report)
