@@ -21,6 +21,7 @@ from pipeline.model.detect_head import decode_shares, encode_shares
 from pipeline.model.detect_targets import assign, pad_boxes
 from pipeline.model.loader import SnackDataset, every_box, sample_table
 from pipeline.model.model import cell_centres, load_model
+from pipeline.ops.predict import load_predictor, predict_images
 
 DETECT_MODEL = TINY_MODEL.model_copy(update={"task": "detect", "image_size": 64})
 COLUMNS = ["image_id", "x_min", "x_max", "y_min", "y_max", "class_name", "folder"]
@@ -149,6 +150,15 @@ def test_the_detector_trains_and_its_saved_model_returns_final_boxes(tmp_path):
     for i, n in enumerate(counts):
         assert set(out["classes"][i, n:].tolist()) <= {-1}
         assert ((out["boxes"][i, :n] >= 0) & (out["boxes"][i, :n] <= 1)).all()
+    # `snackloc predict` lists every detection beside the one-box answer.
+    (tmp_path / "classes.json").write_text('{"classes": ["x", "y"]}')
+    predictor = load_predictor(str(tmp_path / "model.keras"), tmp_path / "classes.json")
+    images = sorted((tmp_path / "data").rglob("*.jpg"))[:2]
+    for result in predict_images(predictor, images):
+        assert result.class_name in {"x", "y"} and isinstance(result.detections, list)
+        assert all(
+            set(d) == {"class_name", "score", "box", "box_pixels"} for d in result.detections
+        )
 
 
 def test_coco_metrics_on_hand_made_boxes():

@@ -60,9 +60,14 @@ class Predictor:
         call = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
         object.__setattr__(self, "_call", call)
 
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the model for a (n, size, size, 3) batch (a detector's lists too)."""
+        out = self._call(np.asarray(batch, dtype="float32"))
+        return {name: np.asarray(value) for name, value in out.items()}
+
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities and clipped, ordered boxes of a (n, size, size, 3) batch."""
-        out = self._call(np.asarray(batch, dtype="float32"))
+        out = self.run(batch)
         probs = np.asarray(out["class"], dtype="float64")
         return probs, clip_and_order(np.asarray(out["box"], dtype="float64"))
 
@@ -81,6 +86,8 @@ class Result:
     height: int | None = None
     drawn: str | None = None
     error: str | None = None
+    # A detector's every object, best first: class_name, score, box, box_pixels.
+    detections: list[dict[str, Any]] | None = None
 
     def fill(
         self, classes: list[str], prob: np.ndarray, box: np.ndarray, top_k: int = TOP_K
@@ -96,6 +103,22 @@ class Result:
         self.box = [round(float(v), 4) for v in box]
         self.box_pixels = to_pixels(box, self.width, self.height)
         return self
+
+    def fill_detections(self, classes: list[str], out: dict[str, np.ndarray], row: int) -> None:
+        """Set ``detections`` from row ``row`` of a detector's outputs (``Predictor.run``)."""
+        count = int(out["num_detections"][row])
+        boxes = clip_and_order(np.asarray(out["boxes"][row, :count], dtype="float64"))
+        self.detections = [
+            {
+                "class_name": classes[int(label)],
+                "score": round(float(score), 4),
+                "box": [round(float(v), 4) for v in box],
+                "box_pixels": to_pixels(box, self.width, self.height),
+            }
+            for box, score, label in zip(
+                boxes, out["scores"][row, :count], out["classes"][row, :count], strict=True
+            )
+        ]
 
 
 def load_predictor(model: str = DEFAULT_MODEL, classes_file: Path | None = None) -> Predictor:
@@ -228,9 +251,15 @@ def predict_images(
                     loaded.append((result, item[0]))
                 results.append(result)
             if loaded:
-                probs, boxes = predictor.infer(np.stack([array for _, array in loaded]))
-                for (result, _), prob, box in zip(loaded, probs, boxes, strict=True):
+                out = predictor.run(np.stack([array for _, array in loaded]))
+                probs = np.asarray(out["class"], dtype="float64")
+                boxes = clip_and_order(np.asarray(out["box"], dtype="float64"))
+                for row, ((result, _), prob, box) in enumerate(
+                    zip(loaded, probs, boxes, strict=True)
+                ):
                     result.fill(predictor.classes, prob, box, top_k)
+                    if "boxes" in out:  # a detector: every object as well
+                        result.fill_detections(predictor.classes, out, row)
                     if out_dir is not None:
                         _draw(result, out_dir, used)
             bar.update(len(chunk))
