@@ -124,7 +124,7 @@ def test_an_untrained_model_on_real_photos_is_reported_below_the_baseline(real_p
     params = real_params(root)
     classes = ["raccoon"]
     model = build_model(len(classes), params.model)
-    results, _, predictions = evaluate.score_splits(params, outputs, model, classes)
+    results, _, predictions, _ = evaluate.score_splits(params, outputs, model, classes)
     per_class = metrics.per_class_table(predictions, classes)
     margins = params.evaluate.baseline_margin
     text = evaluate.summary_markdown(results, per_class, "test", [], "run", margins)

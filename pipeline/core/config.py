@@ -101,7 +101,26 @@ BACKBONE_ALPHAS: dict[str, tuple[float, ...]] = {
 WEIGHT_FILE_SUFFIXES: tuple[str, ...] = (".keras", ".h5", ".hdf5")
 
 
+class DetectParams(Section):
+    """The detector's settings (``model.task: detect``; pipeline/model/detect_*.py)."""
+
+    # Boxes per training image the loader keeps (the largest first); the rest are dropped.
+    max_boxes: Annotated[int, Field(ge=1, le=200)] = 20
+    # Detections the saved model returns per image after non-maximum suppression.
+    max_detections: Annotated[int, Field(ge=1, le=300)] = 100
+    # Detections scoring below this are not returned (COCO scoring wants a low one).
+    score_threshold: Fraction = 0.05
+    # Non-maximum suppression: a box overlapping a better one of its class by more is dropped.
+    iou_threshold: Fraction = 0.5
+    # Centre sampling: a cell learns a box when its centre lies inside the box and within
+    # this many cells of the box centre (FCOS: 1.5 strides).
+    center_radius: Annotated[float, Field(gt=0, le=8)] = 1.5
+
+
 class ModelParams(Section):
+    # "localize": the book's two heads, one class and one box per image; "detect": every
+    # object of the image, with class, score and box, from a per-cell head (docs/detection.md).
+    task: Literal["localize", "detect"] = "localize"
     # mobilenet (v1, the book's) | mobilenet_v2 | mobilenet_v3_small | mobilenet_v3_large
     backbone: Literal["mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"] = (
         "mobilenet"
@@ -121,6 +140,7 @@ class ModelParams(Section):
     # Output of the pooled head: "sigmoid": every prediction is a valid box (in [0, 1],
     # min <= max); "linear": the book's unbounded Dense(4).
     box_output: Literal["sigmoid", "linear"] = "sigmoid"
+    detect: DetectParams = DetectParams()
 
     @field_validator("weights")
     @classmethod
@@ -242,8 +262,9 @@ class TrainParams(Section):
 
 
 GateMetric = Literal[
-    "accuracy", "top3_accuracy", "mean_iou", "median_iou", "iou50_rate", "iou75_rate", "corloc"
-]
+    "accuracy", "top3_accuracy", "mean_iou", "median_iou", "iou50_rate", "iou75_rate", "corloc",
+    "map", "map50", "ar100", "agnostic_recall50",
+]  # fmt: skip
 
 
 class EvaluateParams(Section):
@@ -285,6 +306,8 @@ class GateParams(Section):
     """When a new model version may replace the champion (pipeline/evaluation/gate.py)."""
 
     metric: GateMetric = "corloc"
+    # The gate metric of a detector (model.task: detect): COCO mAP at IoU 0.5.
+    detect_metric: GateMetric = "map50"
     # Promote only when the metric beats the champion's by at least this much (and by > 0).
     margin: Annotated[float, Field(ge=0, le=1)] = 0.01
     # The candidate must also beat the trivial baseline on the gate metric.
@@ -323,6 +346,11 @@ class Params(Section):
         if self.train.cache_features and not self.model.pretrained:
             # Only a pretrained backbone has a frozen phase to cache features for.
             raise ValueError("train.cache_features needs pretrained model.weights (not none)")
+        if self.model.task == "detect" and (
+            self.train.cache_features or self.train.strategy == "multi_worker"
+        ):
+            # Not wired for the detector's targets (every box of an image).
+            raise ValueError("model.task detect supports neither cache_features nor multi_worker")
         return self
 
 

@@ -7,7 +7,8 @@ becomes ``champion`` only when all of these hold (params ``register.gate``):
 2. it clears the trivial baseline (``beat_baseline``): by more than 0 on the gate metric,
    and by ``evaluate.baseline_margin`` on each metric listed there (mean IoU at least
    0.05 above the mean box by default): a model at the baseline is no model;
-3. it beats the current champion on the gate metric by at least ``margin`` (and by more
+3. it beats the current champion on the gate metric (``metric``; for a detector
+   ``detect_metric``, see ``for_task``) by at least ``margin`` (and by more
    than 0: a tie keeps the champion), both scored on the same test split. With no champion
    yet, this check passes; with a champion whose metrics are not comparable, it fails.
 
@@ -123,6 +124,14 @@ def _check_champion(metric: str, value: float, champion: Champion | None, margin
         f"({delta:+.4f}, margin {margin:g}{note})"
     )
     return passed, reason, reference
+
+
+def for_task(gate: GateParams, task: str) -> GateParams:
+    """The gate that judges a model of ``task`` (``model.task``): a detector is compared on
+    ``detect_metric`` (COCO mAP@.5), the two-head model on ``metric``."""
+    if task == "detect":
+        return gate.model_copy(update={"metric": gate.detect_metric})
+    return gate
 
 
 def decide(

@@ -79,12 +79,18 @@ def baseline(
 ) -> dict[str, float]:
     """Majority class and mean target box of the training set, scored like the model."""
     n = len(samples)
-    majority = int(train.label.mode().iloc[0])
-    probs = np.zeros((n, len(classes)))
-    probs[:, majority] = 1.0
-    boxes = np.repeat(train[BOX_COLUMNS].to_numpy().mean(axis=0, keepdims=True), n, axis=0)
-    same = best_iou_same_class(samples, rows, np.full(n, majority), boxes, classes)
+    probs, boxes = baseline_answer(train, n, len(classes))
+    same = best_iou_same_class(samples, rows, probs.argmax(axis=1), boxes, classes)
     return score(samples.label.to_numpy(), samples[BOX_COLUMNS].to_numpy(), probs, boxes, same)
+
+
+def baseline_answer(train: pd.DataFrame, n: int, num_classes: int) -> tuple[np.ndarray, ...]:
+    """The trivial baseline's class probabilities and boxes for ``n`` images: the training
+    set's majority class (probability 1) and mean target box."""
+    probs = np.zeros((n, num_classes))
+    probs[:, int(train.label.mode().iloc[0])] = 1.0
+    boxes = np.repeat(train[BOX_COLUMNS].to_numpy().mean(axis=0, keepdims=True), n, axis=0)
+    return probs, boxes
 
 
 def clears(value: float, reference: float, margin: float) -> bool:

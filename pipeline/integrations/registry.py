@@ -132,6 +132,8 @@ def load_version(uri: str) -> tuple[Any, dict[str, Any]]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from pipeline.model import detect_decode  # noqa: F401  registers the detector's layers
+
     tracking.use_store(tracking.tracking_uri())
     try:
         metadata = mlflow.models.get_model_info(uri).metadata or {}

@@ -1,4 +1,5 @@
-"""Box-aware augmentation on uint8 images (H, W, 3) with one normalized box each.
+"""Box-aware augmentation on uint8 images (H, W, 3) with one normalized box each (or, for
+the detector, every box of the image: ``augment_boxes``).
 
 Every geometric transform moves the box with the pixels: a box drawn into the image before
 augmentation is where the transformed box says it is after (tests/test_augment.py).
@@ -15,9 +16,10 @@ from pipeline.core.config import AugmentParams
 
 
 def hflip(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror left-right: x' = 1 - x, and x_min/x_max swap."""
-    x_min, x_max, y_min, y_max = box
-    return image[:, ::-1], np.array([1 - x_max, 1 - x_min, y_min, y_max], dtype=box.dtype)
+    """Mirror left-right: x' = 1 - x, and x_min/x_max swap (one box (4,) or many (n, 4))."""
+    b = box
+    flipped = np.stack([1 - b[..., 1], 1 - b[..., 0], b[..., 2], b[..., 3]], axis=-1)
+    return image[:, ::-1], flipped.astype(box.dtype)
 
 
 def visible_fraction(box: np.ndarray, crop: np.ndarray) -> float:
@@ -26,6 +28,11 @@ def visible_fraction(box: np.ndarray, crop: np.ndarray) -> float:
     h = max(0.0, min(box[3], crop[3]) - max(box[2], crop[2]))
     area = (box[1] - box[0]) * (box[3] - box[2])
     return float(w * h / area) if area > 0 else 0.0
+
+
+def visible_fractions(boxes: np.ndarray, crop: np.ndarray) -> np.ndarray:
+    """``visible_fraction`` of each of the boxes (n, 4)."""
+    return np.array([visible_fraction(box, crop) for box in boxes])
 
 
 def sample_crop(
@@ -60,7 +67,8 @@ def sample_canvas(rng: np.random.Generator, max_zoom_out: float) -> np.ndarray:
 def crop_resize(
     image: np.ndarray, box: np.ndarray, crop: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Resample the window ``crop`` of the image to the original size; re-express the box.
+    """Resample the window ``crop`` of the image to the original size; re-express the box
+    (one box (4,) or many (n, 4)).
 
     The window may reach outside the image (a zoom out): that part is filled with the
     image's mean colour.
@@ -77,7 +85,16 @@ def crop_resize(
             (w, h), Image.Transform.EXTENT, extent, Image.Resampling.BILINEAR, fillcolor=fill
         )
     cw, ch = x1 - x0, y1 - y0
-    new = np.array([(box[0] - x0) / cw, (box[1] - x0) / cw, (box[2] - y0) / ch, (box[3] - y0) / ch])
+    b = box
+    new = np.stack(
+        [
+            (b[..., 0] - x0) / cw,
+            (b[..., 1] - x0) / cw,
+            (b[..., 2] - y0) / ch,
+            (b[..., 3] - y0) / ch,
+        ],
+        axis=-1,
+    )
     return np.asarray(pil), np.clip(new, 0.0, 1.0).astype(box.dtype)
 
 
@@ -117,3 +134,28 @@ def augment(
     if settings.color_jitter > 0:
         return color_jitter(image, settings.color_jitter, rng), box
     return image.astype(np.float32), box
+
+
+def augment_boxes(
+    image: np.ndarray, boxes: np.ndarray, settings: AugmentParams, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``augment`` for every box of an image (n, 4): the detector's targets.
+
+    A crop must keep ``min_visible`` of the largest box (the image's main object, as the
+    one-box target is); every box of which the crop keeps less is dropped. Returns the float32
+    image, the moved boxes and which of the given boxes remain (a boolean mask).
+    """
+    keep = np.ones(len(boxes), dtype=bool)
+    if settings.zoom_out > 1.0 and rng.random() < 0.5:
+        image, boxes = crop_resize(image, boxes, sample_canvas(rng, settings.zoom_out))
+    elif settings.crop_scale[0] < 1.0 and len(boxes):
+        main = boxes[np.argmax((boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2]))]
+        crop = sample_crop(main, rng, settings.crop_scale, settings.min_visible)
+        if crop is not None:
+            keep = visible_fractions(boxes, crop) >= settings.min_visible
+            image, boxes = crop_resize(image, boxes, crop)
+    if settings.hflip and rng.random() < 0.5:
+        image, boxes = hflip(image, boxes)
+    if settings.color_jitter > 0:
+        return color_jitter(image, settings.color_jitter, rng), boxes, keep
+    return image.astype(np.float32), boxes, keep

@@ -22,6 +22,9 @@ import pandas as pd
 from pipeline.core.config import Params, TrainParams
 from pipeline.model import hardware
 from pipeline.model.callbacks import AtomicBackupAndRestore, DatasetEpoch, HistoryLog, read_history
+from pipeline.model.detect_decode import inference_model
+from pipeline.model.detect_head import grid_of, is_detector
+from pipeline.model.detect_loss import compile_detector
 from pipeline.model.features import backbone_features, targets
 from pipeline.model.loader import ImageCache, SnackDataset, distributed
 from pipeline.model.model import build_model, compile_model, heads_model
@@ -48,6 +51,7 @@ def make_datasets(
         paths = train_samples.path.tolist() + val_samples.path.tolist()
         cache = ImageCache(paths, size, workers=train.workers, progress=progress)
     common = {
+        **detection_targets(params),
         "image_size": size,
         "batch_size": train.batch_size,
         "cache": cache,
@@ -58,7 +62,17 @@ def make_datasets(
         train_samples, shuffle=True, augment=train.augment, seed=train.seed, **common
     )
     val_ds = SnackDataset(val_samples, **common)
+    if params.model.task == "detect":  # every box of each image (train.load_samples adds them)
+        train_ds.objects = train_samples.objects.tolist()
+        val_ds.objects = val_samples.objects.tolist()
     return train_ds, val_ds
+
+
+def detection_targets(params: Params) -> dict[str, Any]:
+    """SnackDataset arguments of the detector's targets (none for the two heads)."""
+    if params.model.task != "detect":
+        return {}
+    return {"max_boxes": params.model.detect.max_boxes}
 
 
 @dataclass
@@ -103,6 +117,8 @@ def fit(
             patience = params.train.early_stopping_patience
             log.info("early stopping: no better val_loss for %d epochs", patience)
             break
+    if is_detector(model):  # saved with its final answer: boxes after NMS
+        model = inference_model(model, params.model.detect)
     return FitResult(model, read_history(history.path), history.epochs_run)
 
 
@@ -126,18 +142,7 @@ def fit_phase(
     ema = ema_momentum_for(train.ema_momentum, steps_per_epoch * (phase.end - phase.start))
     if ema != train.ema_momentum:
         log.info("weight averaging momentum %.3f for this short phase", ema)
-    with setup.strategy.scope():
-        compile_model(
-            target,
-            train.learning_rate,
-            train.box_loss_weight,
-            train.box_loss,
-            train.weight_decay,
-            jit_compile=setup.jit_compile,
-            run_eagerly=setup.run_eagerly,
-            label_smoothing=train.label_smoothing,
-            ema_momentum=ema,
-        )
+    compile_phase(target, model, params, setup, ema)
     schedule = keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate_for(epoch, params))
     # Validate with the averaged weights, the ones the run keeps.
     swap = [keras.callbacks.SwapEMAWeights()] if ema else []
@@ -156,6 +161,39 @@ def fit_phase(
         verbose=verbose,
     )
     return bool(stopper) and stopper[0].stopped_epoch > 0
+
+
+def compile_phase(
+    target: keras.Model, model: keras.Model, params: Params, setup: hardware.Setup, ema: float
+) -> None:
+    """Compile what a phase trains (``target``: the model or its heads) with its task's loss."""
+    train = params.train
+    with setup.strategy.scope():
+        if is_detector(model):
+            detect = params.model.detect
+            compile_detector(
+                target,
+                grid_of(model),
+                detect.center_radius,
+                train.learning_rate,
+                train.box_loss_weight,
+                train.weight_decay,
+                jit_compile=setup.jit_compile,
+                run_eagerly=setup.run_eagerly,
+                ema_momentum=ema,
+            )
+        else:
+            compile_model(
+                target,
+                train.learning_rate,
+                train.box_loss_weight,
+                train.box_loss,
+                train.weight_decay,
+                jit_compile=setup.jit_compile,
+                run_eagerly=setup.run_eagerly,
+                label_smoothing=train.label_smoothing,
+                ema_momentum=ema,
+            )
 
 
 def phase_data(

@@ -24,7 +24,9 @@ from tqdm.auto import tqdm
 
 from pipeline.core.config import AugmentParams
 from pipeline.data.contract import BOX_COLUMNS, image_path, load_image_array
-from pipeline.model.augment import augment
+from pipeline.model.augment import augment, augment_boxes
+from pipeline.model.detect_head import CELLS
+from pipeline.model.detect_targets import pad_boxes
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -61,6 +63,22 @@ def sample_table(
         for s, f, i in zip(samples.split, samples.folder, samples.image_id, strict=True)
     ]
     return samples
+
+
+def every_box(samples: pd.DataFrame, frame: pd.DataFrame, classes: list[str]) -> list[np.ndarray]:
+    """Per sample (one per image), every box of its image with the class index: (n, 5) rows
+    of x_min, x_max, y_min, y_max, class. The detector's targets; rows of other classes
+    than ``classes`` are left out, as ``sample_table`` leaves them out."""
+    index = {name: i for i, name in enumerate(classes)}
+    known = frame[frame.class_name.isin(classes)]
+    groups = {
+        key: np.column_stack(
+            [g[BOX_COLUMNS].to_numpy("float32"), g.class_name.map(index).to_numpy("float32")]
+        )
+        for key, g in known.groupby(["folder", "image_id"], sort=False)
+    }
+    empty = np.zeros((0, 5), dtype="float32")
+    return [groups.get(key, empty) for key in zip(samples.folder, samples.image_id, strict=True)]
 
 
 class ImageCache:
@@ -126,6 +144,10 @@ class SnackDataset(keras.utils.PyDataset):
     transforms each image with its box (pipeline/model/augment.py). Random draws are seeded per
     (epoch, batch), so a batch is the same whichever worker thread builds it. Without a
     cache, images are decoded per batch by the PyDataset worker threads.
+
+    Given ``objects`` (``every_box``, one array per sample), it yields the detector's batches
+    instead: (images, {"cells": every box of each image, padded to ``max_boxes`` rows}), see
+    ``detect_targets.pad_boxes``; augmentation moves every box and drops those a crop cuts.
     """
 
     def __init__(
@@ -137,9 +159,13 @@ class SnackDataset(keras.utils.PyDataset):
         augment: AugmentParams | None = None,
         seed: int = 0,
         cache: ImageCache | None = None,
+        objects: list[np.ndarray] | None = None,
+        max_boxes: int = 20,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        self.objects = objects
+        self.max_boxes = max_boxes
         self.paths = samples.path.tolist()
         self.labels = samples.label.to_numpy(dtype="int64")
         self.boxes = samples[BOX_COLUMNS].to_numpy(dtype="float32")
@@ -180,6 +206,8 @@ class SnackDataset(keras.utils.PyDataset):
     def _load(self, picks: np.ndarray, draw: list[int]):
         """The samples ``picks``, augmented with random draws seeded by ``draw``."""
         images = np.stack([read_image(self.paths[i], self.image_size, self.cache) for i in picks])
+        if self.objects is not None:
+            return self._load_objects(images, picks, draw)
         boxes = self.boxes[picks].copy()
         if self.augment is None:
             images = images.astype("float32")
@@ -191,6 +219,19 @@ class SnackDataset(keras.utils.PyDataset):
             images = np.stack([img for img, _ in out]).astype("float32")
             boxes = np.stack([box for _, box in out]).astype("float32")
         return images, {"class": self.labels[picks], "box": boxes}
+
+    def _load_objects(self, images: np.ndarray, picks: np.ndarray, draw: list[int]):
+        """The detector's batch of ``picks``: every box of each image, padded."""
+        rng = np.random.default_rng(draw) if self.augment is not None else None
+        out_images, targets = [], []
+        for image, i in zip(images, picks, strict=True):
+            boxes, labels = self.objects[i][:, :4], self.objects[i][:, 4]
+            if rng is not None:
+                image, boxes, keep = augment_boxes(image, boxes, self.augment, rng)
+                boxes, labels = boxes[keep], labels[keep]
+            out_images.append(image)
+            targets.append(pad_boxes(boxes, labels, self.max_boxes))
+        return np.stack(out_images).astype("float32"), {CELLS: np.stack(targets)}
 
     def _epoch_order(self, epoch: int | None = None) -> np.ndarray:
         order = np.arange(len(self.paths))

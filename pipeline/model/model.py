@@ -29,16 +29,14 @@ def build_model(num_classes: int, params: ModelParams) -> keras.Model:
     class: GlobalAveragePooling → Dropout → Dense(num_classes, softmax)
     box:   Conv2D → BatchNorm → ReLU, then ``grid_box_head`` or ``pooled_box_head``
            (``model.box_head``)
-    """
-    size = params.image_size
-    image = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
-    if FAMILIES[params.backbone].rescales_input:
-        scaled = image  # MobileNetV3 rescales 0-255 pixels itself
-    else:
-        # MobileNet v1 and v2 expect [-1, 1].
-        scaled = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(image)
-    features = build_backbone(params)(scaled)
 
+    With ``model.task: detect``, the detector's training model instead (detect_head.py).
+    """
+    if params.task == "detect":
+        from pipeline.model.detect_head import build_detector
+
+        return build_detector(num_classes, params)
+    image, features = image_features(params)
     pooled = layers.GlobalAveragePooling2D(name="class_pool")(features)
     pooled = layers.Dropout(params.dropout, name="class_dropout")(pooled)
     class_out = layers.Dense(num_classes, activation="softmax", name="class", dtype="float32")(
@@ -50,6 +48,26 @@ def build_model(num_classes: int, params: ModelParams) -> keras.Model:
     x = layers.ReLU(name="box_relu")(x)
     box_out = grid_box_head(x) if params.head == "grid" else pooled_box_head(x, params.box_output)
     return keras.Model(image, {"class": class_out, "box": box_out}, name="snackloc")
+
+
+def image_features(params: ModelParams):
+    """The model's pixel input and the backbone's feature map of it (shared by every head)."""
+    size = params.image_size
+    image = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
+    if FAMILIES[params.backbone].rescales_input:
+        scaled = image  # MobileNetV3 rescales 0-255 pixels itself
+    else:
+        # MobileNet v1 and v2 expect [-1, 1].
+        scaled = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(image)
+    return image, build_backbone(params)(scaled)
+
+
+def cell_centres(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalized (x, y) centres of the cells of a height x width grid, row by row."""
+    centre_y, centre_x = np.meshgrid(
+        (np.arange(height) + 0.5) / height, (np.arange(width) + 0.5) / width, indexing="ij"
+    )
+    return centre_x.ravel(), centre_y.ravel()
 
 
 def pooled_box_head(x, kind: str):
@@ -97,13 +115,9 @@ def grid_box_head(x):
     # Shares of the room to the left, right, top and bottom edges; half of it at the start.
     distances = layers.Conv2D(4, 1, activation="sigmoid", name="box_distances")(x)
     distances = layers.Reshape((cells, 4), name="box_distances_flat")(distances)
-    centre_y, centre_x = np.meshgrid(
-        (np.arange(height) + 0.5) / height, (np.arange(width) + 0.5) / width, indexing="ij"
-    )
-    centres = np.stack([centre_x.ravel(), centre_x.ravel(), centre_y.ravel(), centre_y.ravel()], 1)
-    room = np.stack(
-        [centre_x.ravel(), 1 - centre_x.ravel(), centre_y.ravel(), 1 - centre_y.ravel()], 1
-    )
+    centre_x, centre_y = cell_centres(height, width)
+    centres = np.stack([centre_x, centre_x, centre_y, centre_y], 1)
+    room = np.stack([centre_x, 1 - centre_x, centre_y, 1 - centre_y], 1)
     flat = layers.Reshape((cells * 4,), name="box_distances_vector")(distances)
     reach = _fixed_dense(np.diag(room.ravel()), "box_reach_of_room")(flat)
     reach = layers.Reshape((cells, 4), name="box_reach")(reach)
@@ -262,16 +276,10 @@ def compile_model(
     ``jit_compile`` (XLA) and ``run_eagerly`` come from pipeline/model/hardware.py. Also compiles a
     ``heads_model``.
     """
-    ema = {"use_ema": ema_momentum > 0, "ema_momentum": ema_momentum or 0.99}
     # One class leaves nothing to smooth (and Keras warns about a one-unit cross-entropy).
     smoothing = label_smoothing if model.get_layer("class").units > 1 else 0.0
-    optimizer = (
-        keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **ema)
-        if weight_decay > 0
-        else keras.optimizers.Adam(learning_rate, **ema)
-    )
     model.compile(
-        optimizer=optimizer,
+        optimizer=make_optimizer(learning_rate, weight_decay, ema_momentum),
         loss={"class": class_loss(smoothing), "box": BOX_LOSSES[box_loss]},
         loss_weights={"class": 1.0, "box": box_loss_weight},
         metrics={
@@ -284,8 +292,19 @@ def compile_model(
     )
 
 
+def make_optimizer(learning_rate: float, weight_decay: float, ema_momentum: float):
+    """AdamW (decoupled weight decay) when ``weight_decay`` > 0, else Adam (the book); with a
+    moving average of the weights when ``ema_momentum`` > 0."""
+    ema = {"use_ema": ema_momentum > 0, "ema_momentum": ema_momentum or 0.99}
+    if weight_decay > 0:
+        return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **ema)
+    return keras.optimizers.Adam(learning_rate, **ema)
+
+
 def load_model(path) -> keras.Model:
     """Load a saved model for inference (safe mode on: no code runs from the file)."""
+    from pipeline.model import detect_decode  # noqa: F401  registers the detector's layers
+
     return keras.saving.load_model(path, compile=False, safe_mode=True)
 
 

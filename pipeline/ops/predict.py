@@ -62,7 +62,7 @@ class Predictor:
 
     def outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Every named output of the model, as it computes it, for a (n, size, size, 3)
-        batch (what an export is checked on, whatever heads the model has)."""
+        batch (a detector's lists too; what an export is checked on)."""
         out = self._call(np.asarray(batch, dtype="float32"))
         return {name: np.asarray(value) for name, value in out.items()}
 
@@ -87,6 +87,8 @@ class Result:
     height: int | None = None
     drawn: str | None = None
     error: str | None = None
+    # A detector's every object, best first: class_name, score, box, box_pixels.
+    detections: list[dict[str, Any]] | None = None
 
     def fill(
         self, classes: list[str], prob: np.ndarray, box: np.ndarray, top_k: int = TOP_K
@@ -102,6 +104,22 @@ class Result:
         self.box = [round(float(v), 4) for v in box]
         self.box_pixels = to_pixels(box, self.width, self.height)
         return self
+
+    def fill_detections(self, classes: list[str], out: dict[str, np.ndarray], row: int) -> None:
+        """Set ``detections`` from row ``row`` of a detector's outputs (``Predictor.run``)."""
+        count = int(out["num_detections"][row])
+        boxes = clip_and_order(np.asarray(out["boxes"][row, :count], dtype="float64"))
+        self.detections = [
+            {
+                "class_name": classes[int(label)],
+                "score": round(float(score), 4),
+                "box": [round(float(v), 4) for v in box],
+                "box_pixels": to_pixels(box, self.width, self.height),
+            }
+            for box, score, label in zip(
+                boxes, out["scores"][row, :count], out["classes"][row, :count], strict=True
+            )
+        ]
 
 
 def load_predictor(model: str = DEFAULT_MODEL, classes_file: Path | None = None) -> Predictor:
@@ -234,9 +252,15 @@ def predict_images(
                     loaded.append((result, item[0]))
                 results.append(result)
             if loaded:
-                probs, boxes = predictor.infer(np.stack([array for _, array in loaded]))
-                for (result, _), prob, box in zip(loaded, probs, boxes, strict=True):
+                out = predictor.outputs(np.stack([array for _, array in loaded]))
+                probs = np.asarray(out["class"], dtype="float64")
+                boxes = clip_and_order(np.asarray(out["box"], dtype="float64"))
+                for row, ((result, _), prob, box) in enumerate(
+                    zip(loaded, probs, boxes, strict=True)
+                ):
                     result.fill(predictor.classes, prob, box, top_k)
+                    if "boxes" in out:  # a detector: every object as well
+                        result.fill_detections(predictor.classes, out, row)
                     if out_dir is not None:
                         _draw(result, out_dir, used)
             bar.update(len(chunk))

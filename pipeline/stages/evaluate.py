@@ -1,10 +1,12 @@
 """Stage "evaluate": score the trained model on the held-out splits (metrics.py definitions).
 
 Writes, under outputs/evaluate/:
-- metrics.json: headline metrics of each split and of the trivial baseline on it
+- metrics.json: headline metrics (the book's and COCO's, coco.py) of each split and of the
+  trivial baseline on it
   (``test``, ``test_baseline``, ``val``, ``val_baseline``) — the DVC metrics file;
 - predictions.csv: one row per image and split, with target, prediction and IoU;
-- per_class.csv: accuracy, mean IoU, IoU≥0.5 rate and CorLoc per split and class;
+- per_class.csv: accuracy, mean IoU, IoU≥0.5 rate, CorLoc, boxes and COCO AP per split and
+  class;
 - splits.json: images and a data fingerprint per split (the promotion gate compares them);
 - plots/: confusion matrix, IoU histogram, per-class bars, training curves and galleries of
   the best, worst and random predictions of the primary split (``evaluate.split``);
@@ -29,6 +31,7 @@ from pipeline.core.files import read_json, write_csv, write_json, write_text
 from pipeline.core.paths import Outputs
 from pipeline.data.boxes import clip_and_order
 from pipeline.data.contract import BOX_COLUMNS, read_clean_annotations
+from pipeline.evaluation import coco
 from pipeline.evaluation import metrics as scoring
 from pipeline.integrations import tracking
 from pipeline.model.loader import SnackDataset, sample_table
@@ -63,11 +66,32 @@ def fingerprint(samples: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
-def predict(model, samples: pd.DataFrame, size: int, batch_size: int):
-    """Class probabilities and raw boxes for every sample, in order."""
+def predict(model, samples: pd.DataFrame, size: int, batch_size: int) -> dict[str, np.ndarray]:
+    """Every output of the model for every sample, in order: ``class`` probabilities and the
+    raw ``box``; a detector's lists as well (coco.model_detections reads them)."""
     data = SnackDataset(samples, image_size=size, batch_size=batch_size, workers=2)
-    out = model.predict(data, verbose=0)
-    return np.asarray(out["class"], dtype="float64"), np.asarray(out["box"], dtype="float64")
+    return {name: np.asarray(v) for name, v in model.predict(data, verbose=0).items()}
+
+
+def evaluate_split(
+    model,
+    samples: pd.DataFrame,
+    rows: pd.DataFrame,
+    classes: list[str],
+    image_size: int,
+    batch_size: int,
+) -> tuple[dict[str, float], pd.DataFrame, pd.DataFrame]:
+    """Headline metrics (the book's and COCO's), the prediction table and the per-class AP
+    of one model on one split."""
+    out = predict(model, samples, image_size, batch_size)
+    probs, boxes = out["class"].astype("float64"), out["box"].astype("float64")
+    same = scoring.best_iou_same_class(samples, rows, probs.argmax(axis=1), boxes, classes)
+    labels, targets = samples.label.to_numpy(), samples[BOX_COLUMNS].to_numpy()
+    scores = scoring.score(labels, targets, probs, clip_and_order(boxes), same)
+    truth = coco.ground_truth(samples, rows, classes)
+    detection, per_class_ap = coco.coco_scores(truth, coco.model_detections(out), len(classes))
+    table = scoring.prediction_table(samples, classes, probs, boxes, same)
+    return scores | detection, table, per_class_ap
 
 
 def evaluate_model(
@@ -79,30 +103,40 @@ def evaluate_model(
     batch_size: int,
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """Headline metrics and the prediction table of one model on one split."""
-    probs, boxes = predict(model, samples, image_size, batch_size)
-    same = scoring.best_iou_same_class(samples, rows, probs.argmax(axis=1), boxes, classes)
-    labels, targets = samples.label.to_numpy(), samples[BOX_COLUMNS].to_numpy()
-    scores = scoring.score(labels, targets, probs, clip_and_order(boxes), same)
-    return scores, scoring.prediction_table(samples, classes, probs, boxes, same)
+    scores, table, _ = evaluate_split(model, samples, rows, classes, image_size, batch_size)
+    return scores, table
+
+
+def baseline_scores(
+    train: pd.DataFrame, samples: pd.DataFrame, rows: pd.DataFrame, classes: list[str]
+) -> dict[str, float]:
+    """The trivial baseline on a split: the book's metrics and COCO's (one box per image)."""
+    probs, boxes = scoring.baseline_answer(train, len(samples), len(classes))
+    truth = coco.ground_truth(samples, rows, classes)
+    detection, _ = coco.coco_scores(truth, coco.one_box_detections(probs, boxes), len(classes))
+    return scoring.baseline(train, samples, rows, classes) | detection
 
 
 def score_splits(
     params: Params, outputs: Outputs, model, classes: list[str]
-) -> tuple[dict[str, dict], dict[str, dict], pd.DataFrame]:
-    """Metrics and baseline of every configured split, their fingerprints, all predictions."""
+) -> tuple[dict[str, dict], dict[str, dict], pd.DataFrame, pd.DataFrame]:
+    """Metrics and baseline of every configured split, their fingerprints, all predictions
+    and the per-class COCO AP."""
     train_rows = read_clean_annotations(outputs.deduped("train"))
     train = sample_table({"train": train_rows}, classes, params.data.root, params.train.target)
     size, batch = input_size(model), params.evaluate.batch_size
-    results, splits, tables = {}, {}, []
+    results, splits, tables, aps = {}, {}, [], []
     for split in splits_to_score(params.evaluate):
         rows, samples = load_split(params, outputs, split, classes)
-        results[split], predictions = evaluate_model(model, samples, rows, classes, size, batch)
-        base = results[f"{split}_baseline"] = scoring.baseline(train, samples, rows, classes)
+        results[split], predictions, ap = evaluate_split(model, samples, rows, classes, size, batch)
+        base = results[f"{split}_baseline"] = baseline_scores(train, samples, rows, classes)
         for name in params.evaluate.baseline_margin:  # into metrics.json and MLflow
             results[split][f"{name}_over_baseline"] = results[split][name] - base[name]
         splits[split] = {"images": len(samples), "fingerprint": fingerprint(samples)}
         tables.append(predictions)
-    return results, splits, pd.concat(tables, ignore_index=True)
+        aps.append(ap.assign(split=split, class_name=[classes[c] for c in ap["class"]]))
+    per_class_ap = pd.concat(aps, ignore_index=True).drop(columns="class")
+    return results, splits, pd.concat(tables, ignore_index=True), per_class_ap
 
 
 def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, Any]:
@@ -111,8 +145,10 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
 
     classes = read_json(outputs.classes)["classes"]
     model = load_model(outputs.model)
-    results, splits, predictions = score_splits(params, outputs, model, classes)
-    per_class = scoring.per_class_table(predictions, classes)
+    results, splits, predictions, per_class_ap = score_splits(params, outputs, model, classes)
+    per_class = scoring.per_class_table(predictions, classes).merge(
+        per_class_ap, on=["split", "class_name"], how="left"
+    )
 
     primary = params.evaluate.split
     history = pd.read_csv(outputs.history) if outputs.history.is_file() else None
@@ -184,7 +220,8 @@ def _metrics_rows(results: dict) -> list[str]:
     splits = [k for k in results if not k.endswith("_baseline")]
     header = ["metric"] + [f"{s} {kind}" for s in splits for kind in ("model", "baseline")]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    for name in ("images", *scoring.HEADLINE):
+    names = ("images", *scoring.HEADLINE, *coco.DETECTION)
+    for name in (n for n in names if all(n in values for values in results.values())):
         cells = [name]
         for s in splits:
             for key in (s, f"{s}_baseline"):

@@ -186,13 +186,14 @@ def decide(
 ) -> gate.Decision:
     """The gate's decision on version ``number``, scored by ``metrics`` (evaluate's)."""
     split = params.evaluate.split
+    rules = gate.for_task(params.register_.gate, params.model.task)
     if champion is not None and champion.version == number:
-        return gate.already_champion(number, metrics[split], params.register_.gate)
+        return gate.already_champion(number, metrics[split], rules)
     return gate.decide(
         metrics[split],
         metrics.get(f"{split}_baseline"),
         champion,
-        params.register_.gate,
+        rules,
         params.evaluate.baseline_margin,
     )
 

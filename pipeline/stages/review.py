@@ -38,6 +38,7 @@ from pipeline.data.contract import BOX_COLUMNS, image_path, read_clean_annotatio
 from pipeline.evaluation import review
 from pipeline.integrations import tracking
 from pipeline.model import crossval
+from pipeline.model.detect_head import is_detector
 from pipeline.model.loader import SnackDataset, sample_table, select_targets
 from pipeline.model.model import input_size, load_model
 
@@ -133,8 +134,10 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
     classes = read_json(outputs.classes)["classes"]
     model = load_model(outputs.model)
     pools = [(list(params.review.splits), 0)]  # (splits scored together, folds)
-    if params.review.folds:
+    if params.review.folds and not is_detector(model):
         pools.append((["train"], params.review.folds))
+    elif params.review.folds:  # the folds refit the two heads; a detector has other heads
+        log.warning("review: train is not ranked for a detector (review.folds needs two heads)")
     scored, suspects = [], []
     for splits, folds in pools:
         rows = load_rows(outputs, classes, splits)

@@ -30,7 +30,7 @@ from pipeline.integrations import tracking
 from pipeline.model import backbones, hardware
 from pipeline.model.callbacks import EpochMetricsLogger, read_history
 from pipeline.model.fit import FitResult, fit, make_datasets
-from pipeline.model.loader import SnackDataset, sample_table
+from pipeline.model.loader import SnackDataset, every_box, sample_table
 
 log = logging.getLogger(__name__)
 
@@ -190,17 +190,23 @@ def run_worker(
 
 
 def load_samples(params: Params, outputs: Outputs) -> tuple[list[str], pd.DataFrame, pd.DataFrame]:
-    """Class list, training samples and validation samples (one per image)."""
+    """Class list, training samples and validation samples (one per image); for the
+    detector with an ``objects`` column: every box of the image (``loader.every_box``)."""
     classes = read_json(outputs.classes)["classes"]
     root = params.data.root
     train = read_clean_annotations(outputs.deduped("train"))
     val = read_clean_annotations(outputs.deduped("val"))
-    train_samples = sample_table({"train": train}, classes, root, params.train.target)
+    detect = params.model.task == "detect"  # one sample per image, with every box of it
+    rule = "image" if detect else params.train.target
+    train_samples = sample_table({"train": train}, classes, root, rule)
     if params.train.subset < 1.0:
         train_samples = train_samples.sample(
             frac=params.train.subset, random_state=params.train.seed
         ).sort_index()
     val_samples = sample_table({"val": val}, classes, root, "image")
+    if detect:
+        train_samples["objects"] = every_box(train_samples, train, classes)
+        val_samples["objects"] = every_box(val_samples, val, classes)
     for split, samples in (("train", train_samples), ("val", val_samples)):
         if samples.empty:
             raise no_images_error(split, root, outputs)

@@ -481,6 +481,7 @@ def import_dataset(
             raise UserError(f"{src}: no image could be imported\n{format_problems(ctx.problems)}")
         report = import_report(src, out, options, split_from, written, ctx.problems)
         report.update(format=source.fmt, format_detected=options.fmt == AUTO)
+        report.update(multi_object_share=multi_object_share(images))
         write_json(tmp / IMPORT_REPORT, report)
     return report
 
@@ -539,9 +540,18 @@ def split_warnings(
     return found
 
 
+def multi_object_share(images: list[SourceImage]) -> float:
+    """Share of the imported images with two boxes or more."""
+    return sum(len(image.boxes) >= 2 for image in images) / max(len(images), 1)
+
+
 # --------------------------------------------------------------------------------------
 # What the CLI prints
 # --------------------------------------------------------------------------------------
+
+
+# From this share of multi-object images on, the summary suggests the detector.
+MULTI_OBJECT_HINT = 0.3
 
 
 def import_summary(report: dict[str, Any]) -> str:
@@ -561,6 +571,12 @@ def import_summary(report: dict[str, Any]) -> str:
         f"{report['jpeg_copied']} JPEGs copied, {report['converted_to_jpeg']} converted to JPEG",
     ]
     lines += [f"warning: {line}" for line in report.get("warnings", [])]
+    share = report.get("multi_object_share", 0.0)
+    if share >= MULTI_OBJECT_HINT:
+        lines.append(
+            f"{share:.0%} of the images hold two objects or more: the two-head model boxes one "
+            "of them; `model.task: detect` in params.yaml finds every one (docs/detection.md)"
+        )
     problems = problem_records(report)
     if problems:
         report_path = Path(report["out"]) / IMPORT_REPORT

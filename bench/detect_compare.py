@@ -1,0 +1,124 @@
+"""The book's two heads and the detector side by side on the embedded synthetic data.
+
+One process: validate and dedup once, then for each task (``model.task: localize`` and
+``detect``) and seed, `train` and `evaluate` into a folder of their own (every model sees the
+same images), and one table of the test split's figures: COCO mAP@.5, mAP@[.5:.95], AR@100 and
+the class-agnostic recall at IoU >= 0.5 over every ground-truth box (the one-box model scored
+as one detection per image), the book's metrics (from each model's one-box answer) and the
+training time. Everything else is params.yaml's defaults (random init).
+
+    python bench/detect_compare.py                        # both tasks, seeds 42 and 7
+    python bench/detect_compare.py --epochs 10 --seeds 42  # a quicker look
+
+Helpers (running a stage, merging params, median/range cells) are recipe_compare.py's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recipe_compare import ROOT, cell, merge, parse_set, snackloc
+
+from pipeline.core.files import read_json
+
+TASKS = ("localize", "detect")
+ROWS = (
+    "map50", "map", "ar100", "agnostic_recall50",
+    "accuracy", "mean_iou", "iou50_rate", "corloc",
+)  # fmt: skip
+
+
+def task_params(task: str, data: Path, seed: int, epochs: int | None, changes: dict) -> dict:
+    """params.yaml with the task, the dataset and the seed (and --epochs, --set)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = merge(params, {"data": {"root": str(data.resolve())}, "model": {"task": task}})
+    params["train"]["seed"] = seed
+    if epochs:
+        params["train"]["epochs"] = epochs
+    params["mlflow"] = {"experiment": "bench-detect"}
+    return merge(params, changes)
+
+
+def run_task(task: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
+    """Train and evaluate one task with one seed; its test figures and training time."""
+    folder = args.workdir / f"{task}-seed{seed}"
+    outputs = folder / "outputs"
+    shutil.rmtree(folder, ignore_errors=True)
+    for stage in ("validate", "dedup"):
+        shutil.copytree(args.workdir / "outputs" / stage, outputs / stage)
+    params = task_params(task, args.data, seed, args.epochs, args.changes)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    started = time.perf_counter()
+    for stage in ("train", "evaluate"):
+        snackloc(stage, "-q", "-p", str(folder / "params.yaml"), "--outputs", str(outputs),
+                 cwd=folder, log=folder / f"{stage}.log")  # fmt: skip
+    print(f"{task}, seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
+    figures = read_json(outputs / "evaluate" / "metrics.json")[args.split]
+    train = read_json(outputs / "train" / "metrics.json")
+    return {**figures, "train_seconds": train["train_seconds"]}
+
+
+def table(results: dict[str, list[dict]], split: str) -> str:
+    """One row per metric, one column per task (median (min–max) over the seeds)."""
+    seeds = max(len(runs) for runs in results.values())
+    first = next(iter(results.values()))[0]
+    lines = [
+        f"### {split} split: {int(first['images'])} images, {seeds} seed(s), median (min–max)",
+        "",
+        "| metric | " + " | ".join(results) + " |",
+        "|---" * (len(results) + 1) + "|",
+    ]
+    for row in (*ROWS, "train_seconds"):
+        cells = [cell([run[row] for run in runs], row) for runs in results.values()]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    if set(TASKS) <= set(results):
+        pairs = zip(results["localize"], results["detect"], strict=False)
+        ratio = [d["map50"] / max(lo["map50"], 1e-9) for lo, d in pairs]
+        lines += ["", f"detector mAP@.5 / one-box mAP@.5, per seed: {np.round(ratio, 2).tolist()}"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT / "data")
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".snackloc" / "bench-detect")
+    parser.add_argument("--epochs", type=int, default=None, help="default: params.yaml's")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7])
+    parser.add_argument("--split", default="test", choices=["test", "val"])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--set", dest="changes", action="append", default=[],
+                        help="a param of both tasks, e.g. train.batch_size=16")  # fmt: skip
+    args = parser.parse_args()
+    args.changes = parse_set(args.changes)
+    if not (args.data / "annotations-train.csv").is_file():
+        sys.exit(f"no {args.data}/annotations-train.csv: run `make data` first")
+    args.workdir = args.workdir.resolve()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{args.workdir / 'mlflow.db'}")
+    prepare = args.workdir / "params-prepare.yaml"
+    prepare.write_text(yaml.safe_dump(task_params("localize", args.data, 0, None, {})))
+    for stage in ("validate", "dedup"):
+        snackloc(stage, "-q", "-p", str(prepare), "--outputs", str(args.workdir / "outputs"),
+                 cwd=args.workdir, log=args.workdir / "stages.log")  # fmt: skip
+    results: dict[str, list[dict]] = {task: [] for task in args.tasks}
+    for seed in args.seeds:  # seed by seed: each finished seed is a complete comparison
+        for task in args.tasks:
+            results[task].append(run_task(task, seed, args))
+            (args.workdir / "results.json").write_text(json.dumps(results, indent=1))
+    text = table(results, args.split)
+    (args.workdir / "results.md").write_text(text + "\n")
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    main()

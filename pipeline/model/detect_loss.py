@@ -1,0 +1,66 @@
+"""The detector's loss: sigmoid focal loss on every cell's classes, GIoU + L1 on the boxes
+of the cells that learn one (detect_targets.py), both divided by the batch's positive cells.
+
+Focal loss (Lin et al. 2017) down-weights the many easy background cells; the box terms are
+the two-head model's ``giou_l1_loss`` (model.py), applied per cell.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from pipeline.model.detect_head import CELLS
+from pipeline.model.detect_targets import assign
+from pipeline.model.model import giou_l1_loss, make_optimizer
+
+FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0  # RetinaNet's values
+
+
+def focal_loss(targets, logits):
+    """Sigmoid focal loss per element (targets 0/1, same shape as logits)."""
+    ce = ops.binary_crossentropy(targets, logits, from_logits=True)
+    p = ops.sigmoid(logits)
+    p_t = targets * p + (1 - targets) * (1 - p)
+    alpha_t = targets * FOCAL_ALPHA + (1 - targets) * (1 - FOCAL_ALPHA)
+    return alpha_t * (1 - p_t) ** FOCAL_GAMMA * ce
+
+
+def detection_loss(grid: tuple[int, int], radius: float, box_weight: float):
+    """Loss function of the ``cells`` output against (batch, max_boxes, 5) ground truth.
+
+    Per image: its summed cell losses x batch size / positive cells of the batch, so that
+    Keras' mean over the batch is the sum over the batch divided by its positives (FCOS).
+    """
+
+    def loss(y_true, y_pred):
+        y_pred = ops.cast(y_pred, "float32")
+        boxes, logits = y_pred[..., :4], y_pred[..., 4:]
+        target_boxes, target_classes, positive = assign(y_true, grid, radius, logits.shape[-1])
+        classes = ops.sum(focal_loss(target_classes, logits), axis=(1, 2))
+        per_cell = giou_l1_loss(ops.reshape(target_boxes, (-1, 4)), ops.reshape(boxes, (-1, 4)))
+        box = ops.sum(ops.reshape(per_cell, ops.shape(positive)) * positive, axis=1)
+        batch = ops.cast(ops.shape(positive)[0], "float32")
+        return (classes + box_weight * box) * batch / ops.maximum(ops.sum(positive), 1.0)
+
+    return loss
+
+
+def compile_detector(
+    model: keras.Model,
+    grid: tuple[int, int],
+    radius: float,
+    learning_rate: float,
+    box_loss_weight: float,
+    weight_decay: float = 0.0,
+    jit_compile: bool | str = "auto",
+    run_eagerly: bool = False,
+    ema_momentum: float = 0.0,
+) -> None:
+    """The detector's counterpart of ``model.compile_model``: the same optimizer, its loss."""
+    model.compile(
+        optimizer=make_optimizer(learning_rate, weight_decay, ema_momentum),
+        loss={CELLS: detection_loss(grid, radius, box_loss_weight)},
+        jit_compile=jit_compile,
+        run_eagerly=run_eagerly,
+    )
