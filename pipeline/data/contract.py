@@ -215,13 +215,7 @@ def load_image_array(path: Path, size: int) -> np.ndarray:
 
 def decode_for_model(source: Path | BinaryIO, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """``load_image_array`` of a file or of bytes, with the (width, height) of the image as
-    displayed (full size, EXIF applied). The one decode of every model input: training,
-    evaluation, `snackloc predict` and `snackloc serve` all call it.
-
-    A JPEG decodes at the smallest DCT scale (1/2, 1/4 or 1/8) whose both sides are still
-    ``size`` or more: a 640×480 photo for a 128 or 160 px model decodes at 320×240, about
-    2-3× faster than in full, and libjpeg's scaled decoding averages the pixels it drops, as
-    the bilinear squash from full size does (docs/serving.md, "Decoding")."""
-    image, shown = open_displayed_sized(source, size)
+    displayed (full size, EXIF applied). One decode, at reduced scale for big JPEGs."""
+    image, shown = open_displayed_sized(source, size * 2)
     image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(image, dtype=np.uint8), shown
