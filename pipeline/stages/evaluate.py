@@ -94,19 +94,6 @@ def evaluate_split(
     return scores | detection, table, per_class_ap
 
 
-def evaluate_model(
-    model,
-    samples: pd.DataFrame,
-    rows: pd.DataFrame,
-    classes: list[str],
-    image_size: int,
-    batch_size: int,
-) -> tuple[dict[str, float], pd.DataFrame]:
-    """Headline metrics and the prediction table of one model on one split."""
-    scores, table, _ = evaluate_split(model, samples, rows, classes, image_size, batch_size)
-    return scores, table
-
-
 def baseline_scores(
     train: pd.DataFrame, samples: pd.DataFrame, rows: pd.DataFrame, classes: list[str]
 ) -> dict[str, float]:
