@@ -41,7 +41,8 @@ def out_of_fold(
     features = backbone_features(model, ds)
     wanted = targets(ds)
     fold = fold_of(len(features), folds, seed)
-    out = {"class": None, "box": None}
+    shapes = {name: tensor.shape[-1] for name, tensor in heads_model(model).output.items()}
+    out = {name: np.zeros((len(features), width), "float64") for name, width in shapes.items()}
     for k in range(folds):
         held, rest = fold == k, fold != k
         keras.utils.set_random_seed(seed + k)
@@ -57,8 +58,5 @@ def out_of_fold(
         )
         predicted = heads(features[held], training=False)  # no predict(): no retracing
         for name in out:
-            values = keras.ops.convert_to_numpy(predicted[name])
-            if out[name] is None:
-                out[name] = np.zeros((len(features), values.shape[-1]), "float64")
-            out[name][held] = values
+            out[name][held] = keras.ops.convert_to_numpy(predicted[name])
     return out
