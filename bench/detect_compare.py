@@ -1,14 +1,23 @@
-"""The book's two heads and the detector side by side on the embedded synthetic data.
+"""The book's two heads and the detector side by side, on the embedded synthetic data or on
+real photos.
 
 One process: validate and dedup once, then for each task (``model.task: localize`` and
 ``detect``) and seed, `train` and `evaluate` into a folder of their own (every model sees the
-same images), and one table of the test split's figures: COCO mAP@.5, mAP@[.5:.95], AR@100 and
-the class-agnostic recall at IoU >= 0.5 over every ground-truth box (the one-box model scored
-as one detection per image), the book's metrics (from each model's one-box answer) and the
-training time. Everything else is params.yaml's defaults (random init).
+same images), and one table of the scored split's figures: COCO mAP@.5, mAP@[.5:.95], AR@100
+and the class-agnostic recall at IoU >= 0.5 over every ground-truth box (the one-box model
+scored as one detection per image), the book's metrics (from each model's one-box answer) and
+the training time. Everything else is params.yaml's defaults (random init).
 
     python bench/detect_compare.py                        # both tasks, seeds 42 and 7
     python bench/detect_compare.py --epochs 10 --seeds 42  # a quicker look
+
+Real photos, as a user would run them: ``--photos`` imports a Pascal VOC folder with
+`snackloc data import` (classes: auto) and ``--pretrained`` trains from a Keras MobileNetV2
+file (alpha 1.0, 160 px) with the transfer recipe; ``--split val+test`` scores the val and
+test images together (a small real set's splits are a few dozen images each):
+
+    python bench/detect_compare.py --photos ../shared/real-photos/raccoon-voc \
+        --pretrained ../shared/pretrained/mobilenet_v2_1.0_160_dogs.h5 --split val+test
 
 Helpers (running a stage, merging params, median/range cells) are recipe_compare.py's.
 """
@@ -24,10 +33,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe_compare import ROOT, cell, merge, parse_set, snackloc
+from recipe_compare import PRETRAINED_MODEL, ROOT, cell, merge, parse_set, snackloc
 
 from pipeline.core.files import read_json
 
@@ -38,15 +48,42 @@ ROWS = (
 )  # fmt: skip
 
 
-def task_params(task: str, data: Path, seed: int, epochs: int | None, changes: dict) -> dict:
-    """params.yaml with the task, the dataset and the seed (and --epochs, --set)."""
+BOTH = "val+test"  # --split: the val and test images scored together
+
+
+def task_params(task: str, args: argparse.Namespace, seed: int, epochs: int | None) -> dict:
+    """params.yaml with the task, the dataset, the weights and the seed (and --epochs, --set)."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params = merge(params, {"data": {"root": str(data.resolve())}, "model": {"task": task}})
+    model = {"task": task}
+    if args.pretrained:
+        model |= {**PRETRAINED_MODEL, "weights": str(args.pretrained.resolve())}
+    params = merge(params, {"data": args.data_params, "model": model})
     params["train"]["seed"] = seed
     if epochs:
         params["train"]["epochs"] = epochs
     params["mlflow"] = {"experiment": "bench-detect"}
-    return merge(params, changes)
+    return merge(params, args.changes)
+
+
+def val_test_scores(folder: Path) -> dict[str, float]:
+    """The evaluate stage's metrics of the trained model over the val and test images as one
+    set (its own `evaluate_split`, on both splits' samples)."""
+    from pipeline.core.config import load_params
+    from pipeline.core.paths import Outputs
+    from pipeline.data.contract import read_clean_annotations
+    from pipeline.model.loader import sample_table  # imports Keras: not for --help
+    from pipeline.model.model import input_size, load_model
+    from pipeline.stages.evaluate import evaluate_split
+
+    params, outputs = load_params(folder / "params.yaml"), Outputs(folder / "outputs")
+    classes = read_json(outputs.classes)["classes"]
+    split_rows = {s: read_clean_annotations(outputs.deduped(s)) for s in ("val", "test")}
+    samples = sample_table(split_rows, classes, params.data.root, "image")
+    rows = pd.concat(split_rows.values(), ignore_index=True)
+    model = load_model(outputs.model)
+    size, batch = input_size(model), params.evaluate.batch_size
+    scores, _, _ = evaluate_split(model, samples, rows, classes, size, batch)
+    return {**scores, "images": len(samples)}
 
 
 def run_task(task: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
@@ -56,14 +93,17 @@ def run_task(task: str, seed: int, args: argparse.Namespace) -> dict[str, float]
     shutil.rmtree(folder, ignore_errors=True)
     for stage in ("validate", "dedup"):
         shutil.copytree(args.workdir / "outputs" / stage, outputs / stage)
-    params = task_params(task, args.data, seed, args.epochs, args.changes)
+    params = task_params(task, args, seed, args.epochs)
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     started = time.perf_counter()
     for stage in ("train", "evaluate"):
         snackloc(stage, "-q", "-p", str(folder / "params.yaml"), "--outputs", str(outputs),
                  cwd=folder, log=folder / f"{stage}.log")  # fmt: skip
     print(f"{task}, seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
-    figures = read_json(outputs / "evaluate" / "metrics.json")[args.split]
+    if args.split == BOTH:
+        figures = val_test_scores(folder)
+    else:
+        figures = read_json(outputs / "evaluate" / "metrics.json")[args.split]
     train = read_json(outputs / "train" / "metrics.json")
     return {**figures, "train_seconds": train["train_seconds"]}
 
@@ -88,25 +128,53 @@ def table(results: dict[str, list[dict]], split: str) -> str:
     return "\n".join(lines)
 
 
+def dataset(args: argparse.Namespace) -> dict:
+    """The data params: --data as it is, or --photos imported into the workdir once."""
+    if args.photos is None:
+        if not (args.data / "annotations-train.csv").is_file():
+            sys.exit(f"no {args.data}/annotations-train.csv: run `make data` first")
+        return {"root": str(args.data.resolve())}
+    if not args.photos.is_dir():
+        sys.exit(f"{args.photos}: no such folder (--photos)")
+    data = args.workdir / "data"
+    if not (data / "annotations-train.csv").is_file():
+        snackloc("data", "import", str(args.photos.resolve()), "--format", "voc",
+                 "--out", str(data), cwd=args.workdir, log=args.workdir / "import.log")  # fmt: skip
+    return {"root": str(data), "classes": "auto"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT / "data")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".snackloc" / "bench-detect")
     parser.add_argument("--epochs", type=int, default=None, help="default: params.yaml's")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7])
-    parser.add_argument("--split", default="test", choices=["test", "val"])
+    parser.add_argument("--split", default="test", choices=["test", "val", BOTH])
+    parser.add_argument(
+        "--photos",
+        type=Path,
+        default=None,
+        help="a Pascal VOC folder, imported into the workdir (instead of --data)",
+    )
+    parser.add_argument(
+        "--pretrained",
+        type=Path,
+        default=None,
+        help="a Keras MobileNetV2 file (alpha 1.0, 160 px): the transfer recipe",
+    )
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--set", dest="changes", action="append", default=[],
                         help="a param of both tasks, e.g. train.batch_size=16")  # fmt: skip
     args = parser.parse_args()
     args.changes = parse_set(args.changes)
-    if not (args.data / "annotations-train.csv").is_file():
-        sys.exit(f"no {args.data}/annotations-train.csv: run `make data` first")
     args.workdir = args.workdir.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
+    args.data_params = dataset(args)
+    if args.pretrained and not args.pretrained.is_file():
+        sys.exit(f"{args.pretrained}: pretrained weights not found")
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{args.workdir / 'mlflow.db'}")
     prepare = args.workdir / "params-prepare.yaml"
-    prepare.write_text(yaml.safe_dump(task_params("localize", args.data, 0, None, {})))
+    prepare.write_text(yaml.safe_dump(task_params("localize", args, 0, None)))
     for stage in ("validate", "dedup"):
         snackloc(stage, "-q", "-p", str(prepare), "--outputs", str(args.workdir / "outputs"),
                  cwd=args.workdir, log=args.workdir / "stages.log")  # fmt: skip
