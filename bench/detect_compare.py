@@ -65,25 +65,47 @@ def task_params(task: str, args: argparse.Namespace, seed: int, epochs: int | No
     return merge(params, args.changes)
 
 
-def val_test_scores(folder: Path) -> dict[str, float]:
-    """The evaluate stage's metrics of the trained model over the val and test images as one
-    set (its own `evaluate_split`, on both splits' samples)."""
+def split_scores(folder: Path, split: str, nms: dict | None = None) -> dict[str, float]:
+    """The evaluate stage's metrics of a trained model on ``split`` (val+test: both as one
+    set), by its own `evaluate_split`; ``nms`` changes a detector's model.detect decoding
+    params (max_detections, score_threshold, iou_threshold) without retraining."""
+    import keras
+
     from pipeline.core.config import load_params
     from pipeline.core.paths import Outputs
     from pipeline.data.contract import read_clean_annotations
+    from pipeline.model.detect_decode import inference_model
+    from pipeline.model.detect_head import CELLS
     from pipeline.model.loader import sample_table  # imports Keras: not for --help
     from pipeline.model.model import input_size, load_model
     from pipeline.stages.evaluate import evaluate_split
 
     params, outputs = load_params(folder / "params.yaml"), Outputs(folder / "outputs")
     classes = read_json(outputs.classes)["classes"]
-    split_rows = {s: read_clean_annotations(outputs.deduped(s)) for s in ("val", "test")}
+    splits = ("val", "test") if split == BOTH else (split,)
+    split_rows = {s: read_clean_annotations(outputs.deduped(s)) for s in splits}
     samples = sample_table(split_rows, classes, params.data.root, "image")
     rows = pd.concat(split_rows.values(), ignore_index=True)
     model = load_model(outputs.model)
+    if nms:
+        cells = keras.Model(model.inputs, {CELLS: model.get_layer("detections").input})
+        model = inference_model(cells, params.model.detect.model_copy(update=nms))
     size, batch = input_size(model), params.evaluate.batch_size
     scores, _, _ = evaluate_split(model, samples, rows, classes, size, batch)
     return {**scores, "images": len(samples)}
+
+
+def rescore(args: argparse.Namespace) -> str:
+    """The trained detectors of the workdir (--seeds) decoded with each --nms setting."""
+    settings = [{}, *(parse_set(item.split(",")) for item in args.nms)]
+    names = ["as trained", *args.nms]
+    lines = ["| seed | decoding | " + " | ".join(ROWS[:4]) + " |", "|---" * 6 + "|"]
+    for seed in args.seeds:
+        for name, nms in zip(names, settings, strict=True):
+            figures = split_scores(args.workdir / f"detect-seed{seed}", args.split, nms)
+            cells = " | ".join(f"{figures[row]:.3f}" for row in ROWS[:4])
+            lines.append(f"| {seed} | {name} | {cells} |")
+    return "\n".join(lines)
 
 
 def run_task(task: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
@@ -101,11 +123,48 @@ def run_task(task: str, seed: int, args: argparse.Namespace) -> dict[str, float]
                  cwd=folder, log=folder / f"{stage}.log")  # fmt: skip
     print(f"{task}, seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
     if args.split == BOTH:
-        figures = val_test_scores(folder)
+        figures = split_scores(folder, BOTH)
     else:
         figures = read_json(outputs / "evaluate" / "metrics.json")[args.split]
     train = read_json(outputs / "train" / "metrics.json")
     return {**figures, "train_seconds": train["train_seconds"]}
+
+
+def step_times(args: argparse.Namespace, steps: int, rounds: int = 5) -> str:
+    """Median seconds per training step of each task, measured in turns (module docstring)."""
+    from pipeline.core.config import Params
+    from pipeline.core.paths import Outputs
+    from pipeline.model import hardware
+    from pipeline.model.fit import compile_phase, make_datasets
+    from pipeline.model.model import build_model
+    from pipeline.model.recipe import head_epochs, plan_phases, set_trainable
+    from pipeline.stages.train import load_samples
+
+    steppers = {}
+    for task in args.tasks:
+        params = Params.model_validate(task_params(task, args, args.seeds[0], args.epochs))
+        setup = hardware.configure(params.train)
+        classes, train, val = load_samples(params, Outputs(args.workdir / "outputs"))
+        batch = make_datasets(params, train, val, progress=False)[0][0]
+        model = build_model(len(classes), params.model)
+        phase = plan_phases(params.train.epochs, head_epochs(params))[-1]
+        set_trainable(model, phase, params)
+        compile_phase(model, model, params, setup, params.train.ema_momentum)
+        model.train_on_batch(*batch)  # trace
+        steppers[task] = (model, batch)
+    seconds: dict[str, list[float]] = {task: [] for task in steppers}
+    for _ in range(rounds):
+        for task, (model, batch) in steppers.items():
+            started = time.perf_counter()
+            for _ in range(steps):
+                model.train_on_batch(*batch)
+            seconds[task].append((time.perf_counter() - started) / steps)
+    lines = [f"{task}: {np.median(s):.3f} s/step ({min(s):.3f}–{max(s):.3f})"
+             for task, s in seconds.items()]  # fmt: skip
+    if set(TASKS) <= set(seconds):
+        ratio = np.median(seconds["detect"]) / np.median(seconds["localize"])
+        lines.append(f"detect / localize step: {ratio:.2f}")
+    return "\n".join(lines)
 
 
 def table(results: dict[str, list[dict]], split: str) -> str:
@@ -162,6 +221,11 @@ def main() -> None:
         default=None,
         help="a Keras MobileNetV2 file (alpha 1.0, 160 px): the transfer recipe",
     )
+    parser.add_argument("--step-time", type=int, default=0, metavar="N",
+                        help="measure the training step only: N steps per round")  # fmt: skip
+    parser.add_argument("--nms", action="append", default=[], metavar="KEY=VALUE,...",
+                        help="rescore the workdir's trained detectors with these model.detect "
+                        "decoding params, e.g. iou_threshold=0.6 (no training)")  # fmt: skip
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--set", dest="changes", action="append", default=[],
                         help="a param of both tasks, e.g. train.batch_size=16")  # fmt: skip
@@ -173,11 +237,17 @@ def main() -> None:
     if args.pretrained and not args.pretrained.is_file():
         sys.exit(f"{args.pretrained}: pretrained weights not found")
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{args.workdir / 'mlflow.db'}")
+    if args.nms:  # the detectors trained before: no stage runs
+        print(rescore(args))
+        return
     prepare = args.workdir / "params-prepare.yaml"
     prepare.write_text(yaml.safe_dump(task_params("localize", args, 0, None)))
     for stage in ("validate", "dedup"):
         snackloc(stage, "-q", "-p", str(prepare), "--outputs", str(args.workdir / "outputs"),
                  cwd=args.workdir, log=args.workdir / "stages.log")  # fmt: skip
+    if args.step_time:
+        print(step_times(args, args.step_time))
+        return
     results: dict[str, list[dict]] = {task: [] for task in args.tasks}
     for seed in args.seeds:  # seed by seed: each finished seed is a complete comparison
         for task in args.tasks:

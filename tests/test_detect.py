@@ -5,22 +5,32 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
+from helpers_model import save_tiny_backbone
 from helpers_tiny import NO_AUGMENT, TINY_MODEL
 from PIL import Image
 
-from pipeline.core.config import AugmentParams, DetectParams, GateParams, Params, TrainParams
+from pipeline.core.config import (
+    AugmentParams,
+    DetectParams,
+    GateParams,
+    Params,
+    TrainParams,
+    TransferParams,
+)
 from pipeline.data.boxes import iou
 from pipeline.evaluation import coco, gate
 from pipeline.model import hardware
 from pipeline.model.augment import augment_boxes, crop_resize, visible_fraction
 from pipeline.model.detect_decode import DetectionDecoder
 from pipeline.model.detect_head import decode_shares, encode_shares
+from pipeline.model.detect_loss import detection_loss
 from pipeline.model.detect_targets import assign, pad_boxes
 from pipeline.model.loader import SnackDataset, every_box, sample_table
-from pipeline.model.model import cell_centres, load_model
+from pipeline.model.model import backbone_of, build_model, cell_centres, load_model
 from pipeline.ops.predict import load_predictor, predict_images
 
 DETECT_MODEL = TINY_MODEL.model_copy(update={"task": "detect", "image_size": 64})
@@ -78,6 +88,23 @@ def test_cells_learn_the_smallest_box_whose_centre_region_they_are_in():
     np.testing.assert_allclose(boxes[cell(2, 0)], [0.0, 0.5, 0.0, 1.0])
     assert positive[cell(1, 3)] == 0 and classes[cell(1, 3)].tolist() == [0, 0]  # right half
     assert gt[2, 4] == -1  # the padding row is nobody's target
+
+
+def test_the_quality_target_asks_a_half_fitting_box_for_a_half_score():
+    # One box over the whole image: all 4 cells of a 2 x 2 grid learn it, and all predict
+    # its left half (IoU 0.5). The loss over the class-0 logit of every cell:
+    gt = pad_boxes(np.array([[0.0, 1.0, 0.0, 1.0]]), np.array([0]), 2)[None]
+    logits = np.linspace(-4, 4, 81)
+
+    def losses(target: str) -> np.ndarray:
+        cells = np.zeros((len(logits), 4, 6), dtype="float32")
+        cells[:, :, :4] = [0.0, 0.5, 0.0, 1.0]
+        cells[:, :, 4], cells[:, :, 5] = logits[:, None], -9.0
+        loss = detection_loss((2, 2), 1.5, 0.0, target)  # class terms only
+        return np.asarray(loss(np.repeat(gt, len(logits), 0), cells))
+
+    assert logits[losses("iou").argmin()] == pytest.approx(0.0)  # sigmoid(0) = IoU 0.5
+    assert np.all(np.diff(losses("onehot")) < 0)  # focal loss: the higher the better
 
 
 def test_nms_keeps_the_best_of_overlapping_boxes_per_class():
@@ -159,6 +186,46 @@ def test_the_detector_trains_and_its_saved_model_returns_final_boxes(tmp_path):
         assert all(
             set(d) == {"class_name", "score", "box", "box_pixels"} for d in result.detections
         )
+
+
+class BackboneAtPhaseStart(keras.callbacks.Callback):
+    """The backbone's weights (BatchNorm statistics included) as each phase starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.snapshots: list[list[np.ndarray]] = []
+
+    def on_train_begin(self, logs=None):
+        self.snapshots.append(backbone_of(self.model).get_weights())
+
+
+def test_the_detector_follows_the_transfer_recipe_on_a_pretrained_backbone(tmp_path):
+    # Real photos take this path: heads on the frozen pretrained backbone, then fine-tuning
+    # with the backbone's BatchNorm statistics kept (docs/training.md).
+    pretrained = save_tiny_backbone(tmp_path / "pretrained")
+    params = Params(
+        model=pretrained.model_copy(update={"task": "detect", "image_size": 64}),
+        train=TrainParams(
+            epochs=2, batch_size=4, augment=NO_AUGMENT, transfer=TransferParams(head_epochs=1)
+        ),
+    )
+    setup = dataclasses.replace(hardware.configure(params.train), run_eagerly=True)
+    train_ds, probe = detect_dataset(tmp_path / "data"), BackboneAtPhaseStart()
+    from pipeline.model import fit as engine
+
+    result = engine.fit(params, 2, train_ds, train_ds, tmp_path / "b", setup, [probe], verbose=0)
+    built = backbone_of(build_model(2, params.model))  # the file's weights
+    assert len(probe.snapshots) == 2  # two phases
+    for snapshot in probe.snapshots:  # the frozen phase left the backbone as it was loaded
+        assert all(np.array_equal(a, b) for a, b in zip(built.get_weights(), snapshot, strict=True))
+    tuned = backbone_of(result.model)
+    assert not np.array_equal(tuned.layers[1].get_weights()[0], built.layers[1].get_weights()[0])
+    for layer in tuned.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            np.testing.assert_array_equal(
+                layer.moving_mean, built.get_layer(layer.name).moving_mean
+            )
+    assert np.isfinite(result.history.loss).all()
 
 
 def test_coco_metrics_on_hand_made_boxes():

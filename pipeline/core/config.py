@@ -115,6 +115,13 @@ class DetectParams(Section):
     # Centre sampling: a cell learns a box when its centre lies inside the box and within
     # this many cells of the box centre (FCOS: 1.5 strides).
     center_radius: Annotated[float, Field(gt=0, le=8)] = 1.5
+    # The class target of a cell that learns a box: "onehot" (focal loss, 1 for its class) or
+    # "iou" (quality focal loss: the IoU of the cell's predicted box, so that scores rank the
+    # well-placed boxes first).
+    class_target: Literal["onehot", "iou"] = "onehot"
+    # Extra Conv2D 3x3 + BatchNorm + ReLU layers of the class logits alone (0: they share the
+    # box's one conv layer).
+    class_convs: Annotated[int, Field(ge=0, le=4)] = 0
 
 
 class ModelParams(Section):

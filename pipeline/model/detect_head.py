@@ -84,12 +84,17 @@ def build_detector(num_classes: int, params: ModelParams) -> keras.Model:
     x = layers.Conv2D(params.box_head_filters, 3, padding="same", name="detect_conv")(x)
     x = layers.BatchNormalization(momentum=SCRATCH_BN_MOMENTUM, name="detect_bn")(x)
     x = layers.ReLU(name="detect_relu")(x)
+    c = x
+    for i in range(params.detect.class_convs):  # the class logits' own layers, if any
+        c = layers.Conv2D(params.box_head_filters, 3, padding="same", name=f"detect_cls_conv{i}")(c)
+        c = layers.BatchNormalization(momentum=SCRATCH_BN_MOMENTUM, name=f"detect_cls_bn{i}")(c)
+        c = layers.ReLU(name=f"detect_cls_relu{i}")(c)
     logits = layers.Conv2D(
         num_classes,
         1,
         name="detect_class_logits",
         bias_initializer=keras.initializers.Constant(-math.log((1 - PRIOR) / PRIOR)),
-    )(x)
+    )(c)
     shares = layers.Conv2D(4, 1, activation="sigmoid", name="detect_shares")(x)
     cells = logits.shape[1] * logits.shape[2]
     boxes = CellBoxes(name="detect_boxes", dtype="float32")(shares)

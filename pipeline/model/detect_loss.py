@@ -2,7 +2,10 @@
 of the cells that learn one (detect_targets.py), both divided by the batch's positive cells.
 
 Focal loss (Lin et al. 2017) down-weights the many easy background cells; the box terms are
-the two-head model's ``giou_l1_loss`` (model.py), applied per cell.
+the two-head model's ``giou_l1_loss`` (model.py), applied per cell. With ``class_target:
+iou`` the class target of a positive cell is the IoU of its predicted box with its target
+box (not differentiated), under quality focal loss (Li et al. 2020, GFL): a cell's score then
+estimates how well its box fits, and non-maximum suppression keeps the better-placed box.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from keras import ops
 
 from pipeline.model.detect_head import CELLS
 from pipeline.model.detect_targets import assign
-from pipeline.model.model import giou_l1_loss, make_optimizer
+from pipeline.model.model import box_iou, giou_l1_loss, make_optimizer
 
 FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0  # RetinaNet's values
+QUALITY_BETA = 2.0  # GFL's value
 
 
 def focal_loss(targets, logits):
@@ -26,7 +30,15 @@ def focal_loss(targets, logits):
     return alpha_t * (1 - p_t) ** FOCAL_GAMMA * ce
 
 
-def detection_loss(grid: tuple[int, int], radius: float, box_weight: float):
+def quality_focal_loss(targets, logits):
+    """Quality focal loss per element (GFL): targets are soft scores in [0, 1]."""
+    ce = ops.binary_crossentropy(targets, logits, from_logits=True)
+    return ops.abs(targets - ops.sigmoid(logits)) ** QUALITY_BETA * ce
+
+
+def detection_loss(
+    grid: tuple[int, int], radius: float, box_weight: float, class_target: str = "onehot"
+):
     """Loss function of the ``cells`` output against (batch, max_boxes, 5) ground truth.
 
     Per image: its summed cell losses x batch size / positive cells of the batch, so that
@@ -37,8 +49,14 @@ def detection_loss(grid: tuple[int, int], radius: float, box_weight: float):
         y_pred = ops.cast(y_pred, "float32")
         boxes, logits = y_pred[..., :4], y_pred[..., 4:]
         target_boxes, target_classes, positive = assign(y_true, grid, radius, logits.shape[-1])
-        classes = ops.sum(focal_loss(target_classes, logits), axis=(1, 2))
-        per_cell = giou_l1_loss(ops.reshape(target_boxes, (-1, 4)), ops.reshape(boxes, (-1, 4)))
+        flat_targets, flat_boxes = ops.reshape(target_boxes, (-1, 4)), ops.reshape(boxes, (-1, 4))
+        if class_target == "iou":
+            fit = ops.stop_gradient(box_iou(flat_targets, flat_boxes))
+            target_classes = target_classes * ops.reshape(fit, ops.shape(positive))[..., None]
+            classes = ops.sum(quality_focal_loss(target_classes, logits), axis=(1, 2))
+        else:
+            classes = ops.sum(focal_loss(target_classes, logits), axis=(1, 2))
+        per_cell = giou_l1_loss(flat_targets, flat_boxes)
         box = ops.sum(ops.reshape(per_cell, ops.shape(positive)) * positive, axis=1)
         batch = ops.cast(ops.shape(positive)[0], "float32")
         return (classes + box_weight * box) * batch / ops.maximum(ops.sum(positive), 1.0)
@@ -56,11 +74,12 @@ def compile_detector(
     jit_compile: bool | str = "auto",
     run_eagerly: bool = False,
     ema_momentum: float = 0.0,
+    class_target: str = "onehot",
 ) -> None:
     """The detector's counterpart of ``model.compile_model``: the same optimizer, its loss."""
     model.compile(
         optimizer=make_optimizer(learning_rate, weight_decay, ema_momentum),
-        loss={CELLS: detection_loss(grid, radius, box_loss_weight)},
+        loss={CELLS: detection_loss(grid, radius, box_loss_weight, class_target)},
         jit_compile=jit_compile,
         run_eagerly=run_eagerly,
     )

@@ -181,6 +181,7 @@ def compile_phase(
                 jit_compile=setup.jit_compile,
                 run_eagerly=setup.run_eagerly,
                 ema_momentum=ema,
+                class_target=detect.class_target,
             )
         else:
             compile_model(
