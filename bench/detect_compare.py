@@ -130,6 +130,24 @@ def run_task(task: str, seed: int, args: argparse.Namespace) -> dict[str, float]
     return {**figures, "train_seconds": train["train_seconds"]}
 
 
+def multiply_adds(model) -> int:
+    """Multiply-adds of one image's forward pass through the model's convolutions and dense
+    layers (nested models included): a count that does not depend on the host."""
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += multiply_adds(layer)
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+            kernel = layer.kernel.shape  # (kh, kw, in, out) or (kh, kw, in, multiplier)
+            _, height, width, _ = layer.output.shape
+            total += height * width * int(np.prod(kernel))
+        elif isinstance(layer, keras.layers.Dense):
+            total += int(np.prod(layer.kernel.shape))
+    return total
+
+
 def step_times(args: argparse.Namespace, steps: int, rounds: int = 5) -> str:
     """Median seconds per training step of each task, measured in turns (module docstring)."""
     from pipeline.core.config import Params
@@ -152,6 +170,7 @@ def step_times(args: argparse.Namespace, steps: int, rounds: int = 5) -> str:
         compile_phase(model, model, params, setup, params.train.ema_momentum)
         model.train_on_batch(*batch)  # trace
         steppers[task] = (model, batch)
+        print(f"{task}: {multiply_adds(model) / 1e6:.1f} M multiply-adds per image", flush=True)
     seconds: dict[str, list[float]] = {task: [] for task in steppers}
     for _ in range(rounds):
         for task, (model, batch) in steppers.items():

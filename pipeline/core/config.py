@@ -122,6 +122,9 @@ class DetectParams(Section):
     # Extra Conv2D 3x3 + BatchNorm + ReLU layers of the class logits alone (0: they share the
     # box's one conv layer).
     class_convs: Annotated[int, Field(ge=0, le=4)] = 0
+    # Where the head's Conv2D 3x3 runs: 16 (on the backbone's map upsampled to stride 16) or
+    # 32 (on the backbone's map, then upsampled: a quarter of the multiply-adds, a wider view).
+    conv_stride: Literal[16, 32] = 16
 
 
 class ModelParams(Section):

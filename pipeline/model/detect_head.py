@@ -75,15 +75,21 @@ class CellBoxes(layers.Layer):
 
 
 def build_detector(num_classes: int, params: ModelParams) -> keras.Model:
-    """Backbone → upsample x2 → Conv2D, BatchNorm, ReLU → per-cell class logits and box.
+    """Backbone → upsample x2 → Conv2D, BatchNorm, ReLU → per-cell class logits and box
+    (``detect.conv_stride`` 32: the Conv2D before the upsampling; ``detect.class_convs``:
+    the class logits' own Conv2D layers).
 
     Output ``cells``: (batch, cells, 4 + num_classes), see the module docstring.
     """
-    image, features = image_features(params)
-    x = layers.UpSampling2D(2, interpolation="bilinear", name="detect_upsample")(features)
+    image, x = image_features(params)
+    upsample = layers.UpSampling2D(2, interpolation="bilinear", name="detect_upsample")
+    if params.detect.conv_stride == 16:
+        x = upsample(x)
     x = layers.Conv2D(params.box_head_filters, 3, padding="same", name="detect_conv")(x)
     x = layers.BatchNormalization(momentum=SCRATCH_BN_MOMENTUM, name="detect_bn")(x)
     x = layers.ReLU(name="detect_relu")(x)
+    if params.detect.conv_stride == 32:
+        x = upsample(x)
     c = x
     for i in range(params.detect.class_convs):  # the class logits' own layers, if any
         c = layers.Conv2D(params.box_head_filters, 3, padding="same", name=f"detect_cls_conv{i}")(c)
