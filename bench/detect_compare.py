@@ -160,7 +160,9 @@ def step_times(args: argparse.Namespace, steps: int, rounds: int = 5) -> str:
 
     steppers = {}
     for task in args.tasks:
-        params = Params.model_validate(task_params(task, args, args.seeds[0], args.epochs))
+        values = task_params(task, args, args.seeds[0], args.epochs)
+        values["train"]["cache_images"] = False  # one batch is used: decode no more
+        params = Params.model_validate(values)
         setup = hardware.configure(params.train)
         classes, train, val = load_samples(params, Outputs(args.workdir / "outputs"))
         batch = make_datasets(params, train, val, progress=False)[0][0]

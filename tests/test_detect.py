@@ -26,7 +26,7 @@ from pipeline.evaluation import coco, gate
 from pipeline.model import hardware
 from pipeline.model.augment import augment_boxes, crop_resize, visible_fraction
 from pipeline.model.detect_decode import DetectionDecoder
-from pipeline.model.detect_head import decode_shares, encode_shares
+from pipeline.model.detect_head import decode_shares, encode_shares, grid_of
 from pipeline.model.detect_loss import detection_loss
 from pipeline.model.detect_targets import assign, pad_boxes
 from pipeline.model.loader import SnackDataset, every_box, sample_table
@@ -105,6 +105,19 @@ def test_the_quality_target_asks_a_half_fitting_box_for_a_half_score():
 
     assert logits[losses("iou").argmin()] == pytest.approx(0.0)  # sigmoid(0) = IoU 0.5
     assert np.all(np.diff(losses("onehot")) < 0)  # focal loss: the higher the better
+
+
+def test_the_head_options_keep_the_grid_and_move_the_conv():
+    def built(**detect):
+        model = DETECT_MODEL.model_copy(update={"detect": DetectParams(**detect)})
+        return build_model(2, model)
+
+    at16, at32, own = built(), built(conv_stride=32), built(class_convs=1)
+    for model in (at16, at32, own):
+        assert grid_of(model) == (4, 4) and model.output["cells"].shape[1:] == (16, 6)
+    assert at16.get_layer("detect_conv").output.shape[1:3] == (4, 4)
+    assert at32.get_layer("detect_conv").output.shape[1:3] == (2, 2)  # before the upsampling
+    assert own.get_layer("detect_cls_conv0").output.shape[1:3] == (4, 4)
 
 
 def test_nms_keeps_the_best_of_overlapping_boxes_per_class():
