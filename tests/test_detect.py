@@ -107,17 +107,16 @@ def test_the_quality_target_asks_a_half_fitting_box_for_a_half_score():
     assert np.all(np.diff(losses("onehot")) < 0)  # focal loss: the higher the better
 
 
-def test_the_head_options_keep_the_grid_and_move_the_conv():
+def test_the_conv_stride_keeps_the_grid_and_moves_the_conv():
     def built(**detect):
         model = DETECT_MODEL.model_copy(update={"detect": DetectParams(**detect)})
         return build_model(2, model)
 
-    at16, at32, own = built(), built(conv_stride=32), built(class_convs=1)
-    for model in (at16, at32, own):
+    at16, at32 = built(conv_stride=16), built(conv_stride=32)
+    for model in (at16, at32):
         assert grid_of(model) == (4, 4) and model.output["cells"].shape[1:] == (16, 6)
     assert at16.get_layer("detect_conv").output.shape[1:3] == (4, 4)
     assert at32.get_layer("detect_conv").output.shape[1:3] == (2, 2)  # before the upsampling
-    assert own.get_layer("detect_cls_conv0").output.shape[1:3] == (4, 4)
 
 
 def test_nms_keeps_the_best_of_overlapping_boxes_per_class():

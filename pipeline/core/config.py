@@ -118,13 +118,10 @@ class DetectParams(Section):
     # The class target of a cell that learns a box: "onehot" (focal loss, 1 for its class) or
     # "iou" (quality focal loss: the IoU of the cell's predicted box, so that scores rank the
     # well-placed boxes first).
-    class_target: Literal["onehot", "iou"] = "onehot"
-    # Extra Conv2D 3x3 + BatchNorm + ReLU layers of the class logits alone (0: they share the
-    # box's one conv layer).
-    class_convs: Annotated[int, Field(ge=0, le=4)] = 0
+    class_target: Literal["onehot", "iou"] = "iou"
     # Where the head's Conv2D 3x3 runs: 16 (on the backbone's map upsampled to stride 16) or
     # 32 (on the backbone's map, then upsampled: a quarter of the multiply-adds, a wider view).
-    conv_stride: Literal[16, 32] = 16
+    conv_stride: Literal[16, 32] = 32
 
 
 class ModelParams(Section):

@@ -1,8 +1,9 @@
 """The detector's head: every cell of the feature grid predicts class scores and a box.
 
-An anchor-free per-cell head in the FCOS line (Tian et al. 2019): on the backbone's feature
-map, upsampled once (stride 16: a 128 px image gives an 8 x 8 grid, so that two objects
-side by side fall in different cells), each cell predicts
+An anchor-free per-cell head in the FCOS line (Tian et al. 2019): a Conv2D 3x3 on the
+backbone's feature map, then upsampled once (stride 16: a 128 px image gives an 8 x 8 grid,
+so that two objects side by side fall in different cells; ``detect.conv_stride: 16``
+upsamples before the Conv2D, at four times its multiply-adds), and each cell predicts
 
 - one logit per class (sigmoid, not softmax: a cell may see no object at all), and
 - the distances from its centre to the box's left, right, top and bottom edges, each a
@@ -75,9 +76,8 @@ class CellBoxes(layers.Layer):
 
 
 def build_detector(num_classes: int, params: ModelParams) -> keras.Model:
-    """Backbone → upsample x2 → Conv2D, BatchNorm, ReLU → per-cell class logits and box
-    (``detect.conv_stride`` 32: the Conv2D before the upsampling; ``detect.class_convs``:
-    the class logits' own Conv2D layers).
+    """Backbone → Conv2D, BatchNorm, ReLU → upsample x2 → per-cell class logits and box
+    (``detect.conv_stride`` 16: the upsampling before the Conv2D).
 
     Output ``cells``: (batch, cells, 4 + num_classes), see the module docstring.
     """
@@ -90,17 +90,12 @@ def build_detector(num_classes: int, params: ModelParams) -> keras.Model:
     x = layers.ReLU(name="detect_relu")(x)
     if params.detect.conv_stride == 32:
         x = upsample(x)
-    c = x
-    for i in range(params.detect.class_convs):  # the class logits' own layers, if any
-        c = layers.Conv2D(params.box_head_filters, 3, padding="same", name=f"detect_cls_conv{i}")(c)
-        c = layers.BatchNormalization(momentum=SCRATCH_BN_MOMENTUM, name=f"detect_cls_bn{i}")(c)
-        c = layers.ReLU(name=f"detect_cls_relu{i}")(c)
     logits = layers.Conv2D(
         num_classes,
         1,
         name="detect_class_logits",
         bias_initializer=keras.initializers.Constant(-math.log((1 - PRIOR) / PRIOR)),
-    )(c)
+    )(x)
     shares = layers.Conv2D(4, 1, activation="sigmoid", name="detect_shares")(x)
     cells = logits.shape[1] * logits.shape[2]
     boxes = CellBoxes(name="detect_boxes", dtype="float32")(shares)
