@@ -87,6 +87,7 @@ def run_child(recipe: str, steps: int) -> dict[str, dict[str, float]]:
     from pipeline.core.paths import Outputs
     from pipeline.core.startup import allocator, tune_glibc
     from pipeline.model import hardware
+    from pipeline.model.callbacks import KeepFreedMemory
     from pipeline.model.fit import make_datasets
     from pipeline.model.model import build_model, compile_model
     from pipeline.model.recipe import head_epochs, plan_phases, set_trainable
@@ -120,7 +121,10 @@ def run_child(recipe: str, steps: int) -> dict[str, dict[str, float]]:
 
     def fit_on(data):
         def go(n: int) -> None:
-            model.fit(data, epochs=1, steps_per_epoch=n, verbose=0, shuffle=False)
+            model.fit(
+                data, epochs=1, steps_per_epoch=n, verbose=0, shuffle=False,
+                callbacks=[KeepFreedMemory()],  # as the train stage's fit
+            )  # fmt: skip
 
         return go
 
