@@ -229,6 +229,7 @@ def test_the_stage_resumes_in_the_same_mlflow_run(tmp_path, monkeypatch):
     import mlflow
 
     from pipeline.core.paths import Outputs
+    from pipeline.integrations import tracking
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -276,7 +277,7 @@ def test_the_stage_resumes_in_the_same_mlflow_run(tmp_path, monkeypatch):
     assert list(pd.read_csv(outputs.history).epoch) == [1, 2]
     assert not (outputs.train_backup).exists()
     run_id = json.loads(outputs.mlflow_run.read_text())["run_id"]
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(tracking.tracking_uri())  # the store the stage logged to
     steps = [m.step for m in client.get_metric_history(run_id, "val_class_accuracy")]
     assert steps == [0, 1]  # one MLflow run holds both epochs
     assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1

@@ -35,7 +35,6 @@ def connect(uri: str):
     """An MlflowClient whose tracking and registry both use ``uri``."""
     import mlflow
 
-    tracking.use_store(uri)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -93,17 +92,19 @@ def log_model_version(
 
     prediction = {k: np.asarray(v) for k, v in model.predict(example, verbose=0).items()}
     with tracking.resumed_training_run(experiment, train_run_id, "register") as run:
-        info = mlflow.tensorflow.log_model(
-            model,
-            name="model",
-            signature=infer_signature(example, prediction),
-            input_example=example,
-            pip_requirements=requirements,
-            metadata=metadata,
-        )
+        run_id = run.info.run_id
+        with tracking.model_logging_run(run_id):
+            info = mlflow.tensorflow.log_model(
+                model,
+                name="model",
+                signature=infer_signature(example, prediction),
+                input_example=example,
+                pip_requirements=requirements,
+                metadata=metadata,
+            )
     client = connect(tracking.tracking_uri())
-    version = create_version(client, name, info, run.info.run_id)
-    return version, run.info.run_id
+    version = create_version(client, name, info, run_id)
+    return version, run_id
 
 
 def create_version(client, name: str, info, run_id: str) -> str:
@@ -151,10 +152,11 @@ def log_export(uri: str, files: list[Path], metrics: dict[str, float]) -> str | 
     training run of the model at ``uri``; return the run id (None: the model has no run)."""
     import mlflow
 
-    tracking.use_store(tracking.tracking_uri())  # leaves MLFLOW_TRACKING_URI as it was
+    store = tracking.tracking_uri()
+    tracking.use_store(store)  # for get_model_info; leaves MLFLOW_TRACKING_URI as it was
     run_id = mlflow.models.get_model_info(uri).run_id
     if run_id:
-        client = mlflow.MlflowClient()
+        client = connect(store)
         for path in files:
             if path.is_dir():  # a Core ML package is a folder
                 client.log_artifacts(run_id, str(path), f"exports/{path.name}")
