@@ -54,8 +54,7 @@ from prefect.states import Completed, State
 from pipeline.core.errors import UserError
 from pipeline.core.paths import Outputs
 from pipeline.data.inbox import inbox_has_data, merge_inbox
-from pipeline.evaluation.gate import CHALLENGER, CHAMPION
-from pipeline.integrations.registry import METRIC_PREFIX, tag_numbers
+from pipeline.integrations.registry import CHALLENGER, CHAMPION, METRIC_PREFIX, tag_numbers
 from pipeline.ops.runlock import RunLocked, run_lock
 from pipeline.stages import STAGES
 
