@@ -16,7 +16,7 @@ import typer
 
 from pipeline.core import env
 from pipeline.core.errors import UserError
-from pipeline.core.paths import Outputs
+from pipeline.core.paths import OUTPUTS_ROOT, Outputs
 from pipeline.ops.review_commands import review_app
 from pipeline.stages import NAMES, STAGES, Stage, run_stage
 
@@ -62,7 +62,7 @@ def _stage_command(stage: Stage, group: typer.Typer | None = None) -> None:
     def command(
         ctx: typer.Context,
         params: ParamsOpt = Path("params.yaml"),
-        outputs: OutputsOpt = Path("outputs"),
+        outputs: OutputsOpt = OUTPUTS_ROOT,
         quiet: QuietOpt = False,
     ) -> None:
         from pipeline.core.config import load_params
@@ -91,7 +91,7 @@ for _stage in STAGES:
 @app.command()
 def pipeline(
     params: ParamsOpt = Path("params.yaml"),
-    outputs: OutputsOpt = Path("outputs"),
+    outputs: OutputsOpt = OUTPUTS_ROOT,
     quiet: QuietOpt = False,
 ) -> None:
     """Run every stage as a task of one Prefect flow run (no DVC caching: all stages run)."""
@@ -441,7 +441,7 @@ def promote(
     version: Annotated[str, typer.Argument(help="The model version to make @champion.")],
     reason: Annotated[str, typer.Option(help="Why; kept in the tags and history.")] = "",
     params: ParamsOpt = Path("params.yaml"),
-    outputs: OutputsOpt = Path("outputs"),
+    outputs: OutputsOpt = OUTPUTS_ROOT,
 ) -> None:
     """Make a registered version the @champion by hand (recorded in outputs/register/)."""
     from pipeline.core.config import load_params
@@ -454,7 +454,7 @@ def promote(
 def rollback(
     reason: Annotated[str, typer.Option(help="Why; kept in the tags and history.")] = "",
     params: ParamsOpt = Path("params.yaml"),
-    outputs: OutputsOpt = Path("outputs"),
+    outputs: OutputsOpt = OUTPUTS_ROOT,
 ) -> None:
     """Give @champion back to the version the current champion replaced."""
     from pipeline.core.config import load_params
