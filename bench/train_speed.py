@@ -93,8 +93,11 @@ def run_child(recipe: str, steps: int) -> dict[str, dict[str, float]]:
     from pipeline.model.recipe import head_epochs, plan_phases, set_trainable
     from pipeline.stages.train import load_samples
 
-    if os.environ.get("BENCH_TUNE_GLIBC"):
+    tuned = bool(os.environ.get("BENCH_TUNE_GLIBC"))
+    if tuned:
         tune_glibc()
+    # The train stage's own callback; left out for glibc "as it comes", which it would tune.
+    keep = [KeepFreedMemory()] if tuned or allocator() == "tcmalloc" else []
     params = child_params(recipe)
     t = params.train
     setup = hardware.configure(t)
@@ -123,7 +126,7 @@ def run_child(recipe: str, steps: int) -> dict[str, dict[str, float]]:
         def go(n: int) -> None:
             model.fit(
                 data, epochs=1, steps_per_epoch=n, verbose=0, shuffle=False,
-                callbacks=[KeepFreedMemory()],  # as the train stage's fit
+                callbacks=keep,
             )  # fmt: skip
 
         return go
