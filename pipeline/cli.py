@@ -252,6 +252,26 @@ def _experiment_name(params: Path) -> str:
 
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="MLflow model URI or a .keras file.")]
+ScoreThresholdOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="A detector's: list detections scoring at least this (default: the model's "
+        "model.detect.score_threshold). Below the model's own it lists nothing more: "
+        "non-maximum suppression inside the model has dropped those boxes.",
+        show_default=False,
+    ),
+]
+MaxDetectionsOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="A detector's: list at most this many detections per image, best first "
+        "(default: the model's model.detect.max_detections, also the most it can list).",
+        show_default=False,
+    ),
+]
 ClassesOpt = Annotated[
     Path | None,
     typer.Option(
@@ -277,7 +297,10 @@ def predict(
         typer.Option("--output", "-o", help="Write the results to this .csv or .json file."),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Also write each image with its box drawn here.")
+        Path | None,
+        typer.Option(
+            help="Also write each image with its box (a detector's: every box) drawn here."
+        ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, max=1024, help="Images per batch.")] = 32,
@@ -286,10 +309,14 @@ def predict(
         Path | None,
         typer.Option(help="Image root of annotation CSVs (default: the CSV's folder, else data/)."),
     ] = None,
+    score_threshold: ScoreThresholdOpt = None,
+    max_detections: MaxDetectionsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Predict class, probability and box of images: one model load, batches of images.
 
+    A detector (model.task: detect) also lists every object: class, score, normalized and
+    pixel box (--json; with -o a CSV row per detection).
     A file that cannot be read is reported and skipped (exit status 1); the rest still run.
     """
     from pipeline.ops.inputs import collect_images
@@ -303,7 +330,9 @@ def predict(
     with env.quiet_native_startup():
         from pipeline.ops import predict as predicting
 
-    options = predicting.Options(out, output, json_output, batch_size, top_k, not quiet)
+    options = predicting.Options(
+        out, output, json_output, batch_size, top_k, not quiet, score_threshold, max_detections
+    )
     raise typer.Exit(predicting.main(paths, model, classes, options))
 
 
@@ -323,11 +352,14 @@ def serve(
     ] = 5.0,
     decode_threads: Annotated[int, typer.Option(min=1, help="Threads decoding images.")] = 2,
     max_body_mb: Annotated[float, typer.Option(min=0.01, help="Largest request body (MB).")] = 20,
+    score_threshold: ScoreThresholdOpt = None,
+    max_detections: MaxDetectionsOpt = None,
 ) -> None:
     """Serve the model over HTTP with dynamic batching, until Ctrl+C or SIGTERM.
 
     POST images (raw JPEG/PNG bytes, multipart, base64 or pixel arrays in JSON) to
-    /predict; GET /health, /ready and /metrics. See docs/serving.md.
+    /predict; GET /health, /ready and /metrics. A detector answers every object too
+    (?score_threshold= and ?max_detections= per request). See docs/serving.md.
     """
     from pipeline.ops import servers
 
@@ -346,7 +378,10 @@ def serve(
         from pipeline.ops import serve as serving
 
     predictor = predicting.load_predictor(model, classes)
-    settings = serving.ServeSettings(max_batch, max_wait_ms, decode_threads, max_body_mb)
+    settings = serving.ServeSettings(
+        max_batch, max_wait_ms, decode_threads, max_body_mb,
+        score_threshold=score_threshold, max_detections=max_detections,
+    )  # fmt: skip
     url = f"http://{servers.client_host(host)}:{port}"
 
     def ready() -> None:
