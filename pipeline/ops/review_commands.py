@@ -13,9 +13,9 @@ from typing import Annotated
 
 import typer
 
+from pipeline.ops.cli_options import OutputsOpt, ParamsOpt
+
 review_app = typer.Typer()
-ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameters file.")]
-OutputsOpt = Annotated[Path, typer.Option("--outputs", help="Root of the stage outputs.")]
 
 
 @review_app.command("export")
