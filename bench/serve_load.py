@@ -18,8 +18,10 @@ are real test images of the project (``outputs/dedup/annotations-test.csv``) or,
 ``--synthetic``, generated 640×480 photo-like JPEGs.
 
 A detector (``model.task: detect``, or ``--untrained --task detect``) goes through the same
-paths: its answers carry ``detections`` (up to ``model.detect.max_detections`` per image;
-an untrained detector lists that many for every image, the most JSON a request can get).
+paths: its answers carry ``detections`` (up to ``model.detect.max_detections`` per image).
+The untrained one is saved with a score threshold of 0, so that every image lists that
+many: the most work and JSON a request can get (with the default 0.05 it lists none: its
+class logits start at the focal-loss prior, 0.01).
 
 Usage (~2-4 min on 2 cores):
   .venv/bin/python bench/serve_load.py [--model models:/snackloc@champion | model.keras
@@ -285,7 +287,8 @@ def untrained_model(folder: Path, task: str = "localize") -> tuple[Path, Path]:
     names = [f"class{i}" for i in range(20)]
     params = load_params(ROOT / "params.yaml").model.model_copy(update={"task": task})
     built = build_model(len(names), params)
-    (inference_model(built, params.detect) if task == "detect" else built).save(model)
+    every = params.detect.model_copy(update={"score_threshold": 0.0})  # module docstring
+    (inference_model(built, every) if task == "detect" else built).save(model)
     classes.write_text(json.dumps({"classes": names}))
     return model, classes
 
