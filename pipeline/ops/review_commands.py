@@ -14,10 +14,9 @@ from typing import Annotated
 import typer
 
 from pipeline.core.paths import OUTPUTS_ROOT
+from pipeline.ops.cli_options import OutputsOpt, ParamsOpt
 
 review_app = typer.Typer()
-ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameters file.")]
-OutputsOpt = Annotated[Path, typer.Option("--outputs", help="Root of the stage outputs.")]
 
 
 @review_app.command("export")
