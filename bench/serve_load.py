@@ -17,10 +17,16 @@ or an HTTP status other than 200). Ten warm-up requests per path are not counted
 are real test images of the project (``outputs/dedup/annotations-test.csv``) or, with
 ``--synthetic``, generated 640×480 photo-like JPEGs.
 
+A detector (``model.task: detect``, or ``--untrained --task detect``) goes through the same
+paths: its answers carry ``detections`` (up to ``model.detect.max_detections`` per image).
+The untrained one is saved with a score threshold of 0, so that every image lists that
+many: the most work and JSON a request can get (with the default 0.05 it lists none: its
+class logits start at the focal-loss prior, 0.01).
+
 Usage (~2-4 min on 2 cores):
   .venv/bin/python bench/serve_load.py [--model models:/snackloc@champion | model.keras
-      --classes classes.json | --untrained] [--requests 1000] [--clients 8] [--workers 1]
-      [--synthetic] [--no-mlflow] [--json results.json]
+      --classes classes.json | --untrained [--task detect]] [--requests 1000] [--clients 8]
+      [--workers 1] [--synthetic] [--no-mlflow] [--json results.json]
 """
 
 from __future__ import annotations
@@ -269,15 +275,20 @@ def synthetic_images(count: int, folder: Path) -> list[Path]:
     return paths
 
 
-def untrained_model(folder: Path) -> tuple[Path, Path]:
-    """The default architecture (params.yaml), untrained: same speed as a trained one."""
+def untrained_model(folder: Path, task: str = "localize") -> tuple[Path, Path]:
+    """The default architecture (params.yaml) for ``task``, untrained: same speed as a
+    trained one (a detector saved with its decoder, as the train stage saves it)."""
     from pipeline.core.config import load_params
+    from pipeline.model.detect_decode import inference_model
     from pipeline.model.model import build_model
 
     folder.mkdir(parents=True, exist_ok=True)
     model, classes = folder / "model.keras", folder / "classes.json"
     names = [f"class{i}" for i in range(20)]
-    build_model(len(names), load_params(ROOT / "params.yaml").model).save(model)
+    params = load_params(ROOT / "params.yaml").model.model_copy(update={"task": task})
+    built = build_model(len(names), params)
+    every = params.detect.model_copy(update={"score_threshold": 0.0})  # module docstring
+    (inference_model(built, every) if task == "detect" else built).save(model)
     classes.write_text(json.dumps({"classes": names}))
     return model, classes
 
@@ -324,6 +335,8 @@ def main() -> None:
     parser.add_argument("--model", default="models:/snackloc@champion")
     parser.add_argument("--classes", help="class list JSON of a .keras model")
     parser.add_argument("--untrained", action="store_true", help="the default architecture")
+    parser.add_argument("--task", choices=["localize", "detect"], default="localize",
+                        help="with --untrained: the two heads or the detector")  # fmt: skip
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1, help="`mlflow models serve -w`")
@@ -336,7 +349,8 @@ def main() -> None:
     os.chdir(ROOT)
     scratch = ROOT / "outputs" / "serve_load"
     if args.untrained:
-        model, classes = untrained_model(scratch / "untrained")
+        folder = "untrained" if args.task == "localize" else f"untrained-{args.task}"
+        model, classes = untrained_model(scratch / folder, args.task)
         args.model, args.classes = str(model), str(classes)
     classes = Path(args.classes) if args.classes else None
     predictor = load_predictor(args.model, classes)

@@ -87,13 +87,17 @@ def run_child(recipe: str, steps: int) -> dict[str, dict[str, float]]:
     from pipeline.core.paths import Outputs
     from pipeline.core.startup import allocator, tune_glibc
     from pipeline.model import hardware
+    from pipeline.model.callbacks import KeepFreedMemory
     from pipeline.model.fit import make_datasets
     from pipeline.model.model import build_model, compile_model
     from pipeline.model.recipe import head_epochs, plan_phases, set_trainable
     from pipeline.stages.train import load_samples
 
-    if os.environ.get("BENCH_TUNE_GLIBC"):
+    tuned = bool(os.environ.get("BENCH_TUNE_GLIBC"))
+    if tuned:
         tune_glibc()
+    # The train stage's own callback; left out for glibc "as it comes", which it would tune.
+    keep = [KeepFreedMemory()] if tuned or allocator() == "tcmalloc" else []
     params = child_params(recipe)
     t = params.train
     setup = hardware.configure(t)
@@ -120,7 +124,10 @@ def run_child(recipe: str, steps: int) -> dict[str, dict[str, float]]:
 
     def fit_on(data):
         def go(n: int) -> None:
-            model.fit(data, epochs=1, steps_per_epoch=n, verbose=0, shuffle=False)
+            model.fit(
+                data, epochs=1, steps_per_epoch=n, verbose=0, shuffle=False,
+                callbacks=keep,
+            )  # fmt: skip
 
         return go
 

@@ -52,10 +52,9 @@ from prefect.runner import Runner
 from prefect.states import Completed, State
 
 from pipeline.core.errors import UserError
-from pipeline.core.paths import Outputs
+from pipeline.core.paths import OUTPUTS_ROOT, Outputs
 from pipeline.data.inbox import inbox_has_data, merge_inbox
-from pipeline.evaluation.gate import CHALLENGER, CHAMPION
-from pipeline.integrations.registry import METRIC_PREFIX, tag_numbers
+from pipeline.integrations.registry import CHALLENGER, CHAMPION, METRIC_PREFIX, tag_numbers
 from pipeline.ops.runlock import RunLocked, run_lock
 from pipeline.stages import STAGES
 
@@ -339,7 +338,7 @@ def _retrain_locked(project: str, source: str, inbox: str | None, commit: bool) 
     logger.info("retraining: %s", "; ".join(change["reasons"]))
     for stage in STAGES:  # in order, each a task: the flow run shows every stage
         repro_stage(project, stage.name)
-    record = json.loads(Outputs(Path(project) / "outputs").registry_record.read_text())
+    record = json.loads(Outputs(Path(project) / OUTPUTS_ROOT).registry_record.read_text())
     promoted = record.get("champion_after") == record.get("version")
     commit_id = None
     if commit and promoted:

@@ -24,7 +24,7 @@ from prefect.states import Failed
 
 from pipeline.core.config import Params
 from pipeline.core.errors import UserError
-from pipeline.core.paths import Outputs
+from pipeline.core.paths import OUTPUTS_ROOT, Outputs
 from pipeline.ops import children
 from pipeline.stages import STAGES, run_stage
 
@@ -83,7 +83,7 @@ def summary_markdown(stage: str, result: dict[str, Any]) -> str:
 
 @task(cache_policy=NO_CACHE, task_run_name="{stage}")
 def stage_task(
-    stage: str, params: Params, outputs_root: str = "outputs", progress: bool = True
+    stage: str, params: Params, outputs_root: str = str(OUTPUTS_ROOT), progress: bool = True
 ) -> dict[str, Any]:
     """One stage's plain function; its summary becomes a Prefect artifact.
 
@@ -106,7 +106,7 @@ def stage_task(
 
 
 @flow(name="snackloc-pipeline", log_prints=True)
-def pipeline_flow(params: Params, outputs_root: str = "outputs", progress: bool = True):
+def pipeline_flow(params: Params, outputs_root: str = str(OUTPUTS_ROOT), progress: bool = True):
     """Every stage in order, each a task; stops at the first failure, or at the next stage
     after a SIGTERM that a library swallowed (pipeline/ops/children.py)."""
     children.stop_on_sigterm()  # over Prefect's own handler, which keeps no record
@@ -127,7 +127,7 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="Run every stage in one Prefect flow run.")
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--outputs", default="outputs")
+    parser.add_argument("--outputs", default=str(OUTPUTS_ROOT))
     args = parser.parse_args()
     env.configure()
     pipeline_flow(load_params(args.params), args.outputs)

@@ -16,7 +16,8 @@ import typer
 
 from pipeline.core import env
 from pipeline.core.errors import UserError
-from pipeline.core.paths import Outputs
+from pipeline.core.paths import OUTPUTS_ROOT, Outputs
+from pipeline.ops import cli_options as opts
 from pipeline.ops.review_commands import review_app
 from pipeline.stages import NAMES, STAGES, Stage, run_stage
 
@@ -31,10 +32,6 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Create and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-
-ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameters file.")]
-OutputsOpt = Annotated[Path, typer.Option("--outputs", help="Root of the stage outputs.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -61,9 +58,9 @@ def _stage_command(stage: Stage, group: typer.Typer | None = None) -> None:
 
     def command(
         ctx: typer.Context,
-        params: ParamsOpt = Path("params.yaml"),
-        outputs: OutputsOpt = Path("outputs"),
-        quiet: QuietOpt = False,
+        params: opts.ParamsOpt = Path("params.yaml"),
+        outputs: opts.OutputsOpt = OUTPUTS_ROOT,
+        quiet: opts.QuietOpt = False,
     ) -> None:
         from pipeline.core.config import load_params
         from pipeline.ops.runlock import run_lock
@@ -90,9 +87,9 @@ for _stage in STAGES:
 
 @app.command()
 def pipeline(
-    params: ParamsOpt = Path("params.yaml"),
-    outputs: OutputsOpt = Path("outputs"),
-    quiet: QuietOpt = False,
+    params: opts.ParamsOpt = Path("params.yaml"),
+    outputs: opts.OutputsOpt = OUTPUTS_ROOT,
+    quiet: opts.QuietOpt = False,
 ) -> None:
     """Run every stage as a task of one Prefect flow run (no DVC caching: all stages run)."""
     from pipeline.core.config import load_params
@@ -112,9 +109,9 @@ def pipeline(
 @data_app.command("synth")
 def data_synth(
     out: Annotated[Path, typer.Option(help="Folder to write the dataset into.")] = Path("data"),
-    params: ParamsOpt = Path("params.yaml"),
+    params: opts.ParamsOpt = Path("params.yaml"),
     force: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
-    quiet: QuietOpt = False,
+    quiet: opts.QuietOpt = False,
 ) -> None:
     """Generate the synthetic snacks dataset (deterministic from synth.seed)."""
     from pipeline.core.config import load_params
@@ -218,7 +215,7 @@ def ui(
         str,
         typer.Option(help="Interface; keep 127.0.0.1 unless an authenticating proxy is in front."),
     ] = "127.0.0.1",
-    params: ParamsOpt = Path("params.yaml"),
+    params: opts.ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Open the MLflow UI over the project's tracking store (until Ctrl+C or SIGTERM)."""
     from pipeline.integrations import tracking
@@ -251,15 +248,6 @@ def _experiment_name(params: Path) -> str:
     return load_params(params).mlflow.experiment if params.is_file() else MlflowParams().experiment
 
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="MLflow model URI or a .keras file.")]
-ClassesOpt = Annotated[
-    Path | None,
-    typer.Option(
-        help="Class list JSON for a .keras model (default: outputs/validate/classes.json)."
-    ),
-]
-
-
 @app.command()
 def predict(
     images: Annotated[
@@ -270,14 +258,14 @@ def predict(
             show_default=False,
         ),
     ],
-    model: ModelOpt = "models:/snackloc@champion",
-    classes: ClassesOpt = None,
+    model: opts.ModelOpt = "models:/snackloc@champion",
+    classes: opts.ClassesOpt = None,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Write the results to this .csv or .json file."),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Also write each image with its box drawn here.")
+        Path | None, typer.Option(help="Also write each image with its box(es) drawn here.")
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, max=1024, help="Images per batch.")] = 32,
@@ -286,10 +274,13 @@ def predict(
         Path | None,
         typer.Option(help="Image root of annotation CSVs (default: the CSV's folder, else data/)."),
     ] = None,
-    quiet: QuietOpt = False,
+    score_threshold: opts.ScoreThresholdOpt = None,
+    max_detections: opts.MaxDetectionsOpt = None,
+    quiet: opts.QuietOpt = False,
 ) -> None:
     """Predict class, probability and box of images: one model load, batches of images.
 
+    A detector also lists every object (class, score, box; -o CSV: a row per detection).
     A file that cannot be read is reported and skipped (exit status 1); the rest still run.
     """
     from pipeline.ops.inputs import collect_images
@@ -303,14 +294,16 @@ def predict(
     with env.quiet_native_startup():
         from pipeline.ops import predict as predicting
 
-    options = predicting.Options(out, output, json_output, batch_size, top_k, not quiet)
+    options = predicting.Options(
+        out, output, json_output, batch_size, top_k, not quiet, score_threshold, max_detections
+    )
     raise typer.Exit(predicting.main(paths, model, classes, options))
 
 
 @app.command()
 def serve(
-    model: ModelOpt = "models:/snackloc@champion",
-    classes: ClassesOpt = None,
+    model: opts.ModelOpt = "models:/snackloc@champion",
+    classes: opts.ClassesOpt = None,
     host: Annotated[
         str, typer.Option(help="Interface; no authentication: keep 127.0.0.1 or use a proxy.")
     ] = "127.0.0.1",
@@ -323,11 +316,14 @@ def serve(
     ] = 5.0,
     decode_threads: Annotated[int, typer.Option(min=1, help="Threads decoding images.")] = 2,
     max_body_mb: Annotated[float, typer.Option(min=0.01, help="Largest request body (MB).")] = 20,
+    score_threshold: opts.ScoreThresholdOpt = None,
+    max_detections: opts.MaxDetectionsOpt = None,
 ) -> None:
     """Serve the model over HTTP with dynamic batching, until Ctrl+C or SIGTERM.
 
     POST images (raw JPEG/PNG bytes, multipart, base64 or pixel arrays in JSON) to
-    /predict; GET /health, /ready and /metrics. See docs/serving.md.
+    /predict; GET /health, /ready and /metrics. A detector answers every object too
+    (?score_threshold= and ?max_detections= per request). See docs/serving.md.
     """
     from pipeline.ops import servers
 
@@ -346,7 +342,10 @@ def serve(
         from pipeline.ops import serve as serving
 
     predictor = predicting.load_predictor(model, classes)
-    settings = serving.ServeSettings(max_batch, max_wait_ms, decode_threads, max_body_mb)
+    settings = serving.ServeSettings(
+        max_batch, max_wait_ms, decode_threads, max_body_mb,
+        score_threshold=score_threshold, max_detections=max_detections,
+    )  # fmt: skip
     url = f"http://{servers.client_host(host)}:{port}"
 
     def ready() -> None:
@@ -365,8 +364,8 @@ def export(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="What to write (.tflite, .onnx, .mlpackage).")
     ],
-    model: ModelOpt = "models:/snackloc@champion",
-    classes: ClassesOpt = None,
+    model: opts.ModelOpt = "models:/snackloc@champion",
+    classes: opts.ClassesOpt = None,
     format_: Annotated[
         str, typer.Option("--format", "-f", help="tflite (LiteRT) | onnx | coreml.")
     ] = "tflite",
@@ -440,8 +439,8 @@ def _echo_record(record: dict) -> None:
 def promote(
     version: Annotated[str, typer.Argument(help="The model version to make @champion.")],
     reason: Annotated[str, typer.Option(help="Why; kept in the tags and history.")] = "",
-    params: ParamsOpt = Path("params.yaml"),
-    outputs: OutputsOpt = Path("outputs"),
+    params: opts.ParamsOpt = Path("params.yaml"),
+    outputs: opts.OutputsOpt = OUTPUTS_ROOT,
 ) -> None:
     """Make a registered version the @champion by hand (recorded in outputs/register/)."""
     from pipeline.core.config import load_params
@@ -453,8 +452,8 @@ def promote(
 @app.command()
 def rollback(
     reason: Annotated[str, typer.Option(help="Why; kept in the tags and history.")] = "",
-    params: ParamsOpt = Path("params.yaml"),
-    outputs: OutputsOpt = Path("outputs"),
+    params: opts.ParamsOpt = Path("params.yaml"),
+    outputs: opts.OutputsOpt = OUTPUTS_ROOT,
 ) -> None:
     """Give @champion back to the version the current champion replaced."""
     from pipeline.core.config import load_params

@@ -133,6 +133,39 @@ def test_nms_keeps_the_best_of_overlapping_boxes_per_class():
     assert np.asarray(out["class"])[0].argmax() == 0
 
 
+@pytest.mark.parametrize("max_detections", [5, 60])
+def test_nms_per_class_in_one_call_is_tensorflows_combined_nms(max_detections):
+    """Classes shifted apart, one NMS per image (what exports to TFLite builtins and ONNX)
+    lists what tf.image.combined_non_max_suppression does, as a set per image."""
+    import tensorflow as tf
+
+    from pipeline.ops.export import compare_detections
+
+    rng = np.random.default_rng(4)
+    corner = rng.uniform(0, 0.7, (6, 40, 2))
+    size = rng.uniform(0.05, 0.3, (6, 40, 2))
+    cells = np.concatenate(
+        [corner[..., :1], corner[..., :1] + size[..., :1], corner[..., 1:],
+         corner[..., 1:] + size[..., 1:], rng.normal(-1, 2, (6, 40, 3))], axis=-1,
+    ).astype("float32")  # fmt: skip
+    got = {k: np.asarray(v) for k, v in DetectionDecoder(max_detections, 0.1, 0.4)(cells).items()}
+    yxyx = cells[..., [2, 0, 3, 1]][:, :, None, :]
+    ref = tf.image.combined_non_max_suppression(
+        yxyx, tf.sigmoid(cells[..., 4:]), max_detections, max_detections, 0.4, 0.1,
+        clip_boxes=False,
+    )  # fmt: skip
+    expected = {
+        "boxes": np.asarray(ref.nmsed_boxes)[..., [1, 3, 0, 2]],
+        "scores": np.asarray(ref.nmsed_scores),
+        "classes": np.asarray(ref.nmsed_classes).astype(int),
+        "num_detections": np.asarray(ref.valid_detections),
+    }
+    assert expected["num_detections"].min() > 0
+    diffs, total, unmatched = compare_detections(expected, got)
+    assert unmatched == 0 and total == expected["num_detections"].sum()
+    assert max(diffs.values()) < 1e-6, diffs
+
+
 def test_the_loader_yields_every_box_of_an_image_padded(tmp_path):
     images, targets = detect_dataset(tmp_path)[0]
     assert images.shape == (4, 64, 64, 3)

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from helpers_data import scene_image, write_image
 from helpers_env import ROOT
-from helpers_model import save_tiny_model
+from helpers_model import jitter_weights, save_tiny_detector, save_tiny_model
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.core.errors import UserError
+from pipeline.model.detect_decode import DETECTION_OUTPUTS
 from pipeline.ops import converters, export, predict
 
 CLASSES = ["apple", "banana", "cake", "donut"]
@@ -35,11 +37,7 @@ def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model")
     model_path, classes = save_tiny_model(folder, CLASSES)
     model = keras.saving.load_model(model_path, compile=False)
-    rng = np.random.default_rng(0)
-    for weight in model.weights:  # as if trained a little: outputs differ between images
-        value = weight.numpy()
-        noise = rng.normal(0, 0.3, value.shape).astype("float32")
-        weight.assign(np.abs(value + noise) + 0.5 if "variance" in weight.path else value + noise)
+    jitter_weights(model)
     model.save(model_path)
     return model_path, classes
 
@@ -67,6 +65,55 @@ def test_float32_export_matches_keras_and_says_so(tiny, photos, tmp_path, fmt):
     report = json.loads((tmp_path / f"m.{fmt}.check.json").read_text())
     assert report["passed"] is True and report["format"] == fmt
     assert report["max_abs_diff"].keys() == {"class", "box"}
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory):
+    return save_tiny_detector(tmp_path_factory.mktemp("detector"), CLASSES, max_detections=8)
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_a_detectors_export_returns_its_final_boxes_as_keras_does(detector, photos, tmp_path, fmt):
+    predictor = predict.load_predictor(str(detector[0]), detector[1])
+    out = tmp_path / f"d.{fmt}"
+    check = export.export_model(predictor, out, fmt, "float32", photos, None)
+    assert check.passed and set(DETECTION_OUTPUTS) <= set(check.max_abs_diff)
+    assert check.detections > 12 and check.unmatched_detections == 0
+    assert max(check.max_abs_diff.values()) < 1e-3
+    images, _ = export.check_images(predictor, photos)
+    keras_out = predictor.outputs(images)
+    assert np.ptp(keras_out["scores"][:, 0]) > 1e-4  # not the same list for every image
+    got = converters.runner(fmt, out.read_bytes())(images)
+    np.testing.assert_array_equal(got["num_detections"], keras_out["num_detections"])
+    report = json.loads((tmp_path / f"d.{fmt}.check.json").read_text())
+    assert report["unmatched_detections"] == 0 and report["detections"] == check.detections
+
+
+def test_a_detector_is_refused_as_core_ml_with_a_reason(detector, tmp_path):
+    predictor = predict.load_predictor(str(detector[0]), detector[1])
+    with pytest.raises(UserError, match="cannot convert its non-maximum suppression"):
+        export.export_coreml(predictor, tmp_path / "d.mlpackage", "float32")
+    assert not (tmp_path / "d.mlpackage").exists()
+
+
+def test_detections_are_compared_as_sets_per_image():
+    boxes = np.array([[[0.1, 0.3, 0.1, 0.3], [0.5, 0.9, 0.5, 0.9], [0.2, 0.6, 0.4, 0.8], [0] * 4]])
+    keras_out = {"boxes": boxes, "scores": np.array([[0.9, 0.5, 0.5, 0.0]]),
+                 "classes": np.array([[0, 1, 2, -1]]), "num_detections": np.array([3])}  # fmt: skip
+    swapped = {name: value.copy() for name, value in keras_out.items()}
+    for name in ("boxes", "scores", "classes"):  # two equal scores in the other order
+        swapped[name][0, [1, 2]] = swapped[name][0, [2, 1]]
+    assert export.compare(keras_out, swapped)["boxes"] > 0.1  # position by position: far
+    diffs, total, unmatched = export.compare_detections(keras_out, swapped)
+    assert diffs == dict.fromkeys(DETECTION_OUTPUTS, 0.0) and (total, unmatched) == (3, 0)
+    swapped["boxes"][0, 1, 0] += 2e-3
+    assert export.compare_detections(keras_out, swapped)[0]["boxes"] == pytest.approx(2e-3)
+    swapped["classes"][0, 0] = 3  # the best detection changed class: no partner
+    diffs, _, unmatched = export.compare_detections(keras_out, swapped)
+    assert unmatched == 1 and diffs["classes"] == 1.0 and diffs["num_detections"] == 0
+    fewer = {**keras_out, "num_detections": np.array([2])}
+    diffs, _, unmatched = export.compare_detections(keras_out, fewer)
+    assert unmatched == 1 and diffs["num_detections"] == 1 and diffs["boxes"] == 1.0
 
 
 def test_every_named_output_is_exported_and_checked_by_name():

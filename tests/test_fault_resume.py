@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers_model import save_tiny_backbone
-from test_train import EpochsSeen, Interrupt, tiny_datasets, tiny_params, tiny_setup
+from helpers_train import EpochsSeen, Interrupt, tiny_datasets, tiny_setup, tiny_train_params
 
 from pipeline.core.config import AugmentParams, TransferParams
 from pipeline.model import fit as engine
@@ -34,7 +34,7 @@ def augmented(root):
 
 def test_a_resumed_fit_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     # Shuffling, augmentation and dropout all draw per epoch: the resume restores each one.
-    params = tiny_params(epochs=3, deterministic=True)
+    params = tiny_train_params(epochs=3, deterministic=True)
     assert params.model.dropout > 0
     whole = fit(params, augmented(tmp_path / "a"), tmp_path / "whole")
 
@@ -52,7 +52,7 @@ def test_a_resumed_fit_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
 
 def test_a_resume_in_the_frozen_phase_starts_the_next_phase_at_its_own_epoch(tmp_path):
     pretrained = save_tiny_backbone(tmp_path / "pretrained")
-    params = tiny_params(pretrained, epochs=3, transfer=TransferParams(head_epochs=2))
+    params = tiny_train_params(pretrained, epochs=3, transfer=TransferParams(head_epochs=2))
     data = tiny_datasets(tmp_path / "data")
     backup = tmp_path / "backup"
     with pytest.raises(KeyboardInterrupt):

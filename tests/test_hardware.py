@@ -48,7 +48,7 @@ MIRRORED = textwrap.dedent("""
     import keras
     from keras import ops
     sys.path.insert(0, "tests")
-    from test_train import tiny_datasets, tiny_params
+    from helpers_train import tiny_datasets, tiny_train_params
     from pipeline.model import hardware
     from pipeline.model import fit as engine
     from pipeline.model.model import BOX_LOSSES, build_model
@@ -68,7 +68,7 @@ MIRRORED = textwrap.dedent("""
             return self.rows / self.calls
 
     eager = sys.argv[1] == "eager"
-    params = tiny_params(epochs=1, strategy="mirrored", deterministic=True)
+    params = tiny_train_params(epochs=1, strategy="mirrored", deterministic=True)
     setup = dataclasses.replace(hardware.configure(params.train), run_eagerly=eager)
     print("replicas", setup.replicas, type(setup.strategy).__name__)
     tmp = Path(tempfile.mkdtemp())

@@ -138,3 +138,16 @@ def test_a_long_function_without_a_reason_is_found(tmp_path):
         f'def reasoned():\n    """Doc.\n\n    Long because it must be.\n    """\n{body}'
     )
     assert long_functions(path) == [f"long.py:1 bare ({MAX_FUNCTION_LINES + 1} lines)"]
+
+
+def test_tests_take_their_helpers_from_helper_modules():
+    """A test module imports no other test module: helpers that several test modules
+    share live in tests/helpers_*.py."""
+    tests = sorted((ROOT / "tests").glob("test_*.py"))
+    borrowed = [
+        f"{path.name} imports {name}"
+        for path in tests
+        for name in imported(path)
+        if name.split(".")[0].startswith("test_")
+    ]
+    assert tests and borrowed == []

@@ -16,7 +16,7 @@ import yaml
 from helpers_env import ROOT
 from helpers_project import tiny_params
 from helpers_tiny import TINY
-from test_train import tiny_datasets
+from helpers_train import tiny_datasets
 
 from pipeline.core.config import Params, SynthParams, TrainParams, load_params
 from pipeline.core.errors import UserError

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers_data import ann, noise_image, write_csv_rows, write_image
-from helpers_model import save_tiny_model
+from helpers_model import save_tiny_detector, save_tiny_model
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -157,6 +157,49 @@ def test_a_batch_predicts_what_single_images_do_and_csv_output_lists_every_image
     assert len(good) == 6 and set(good.class_name) <= set(CLASSES)
     assert (good.x_min <= good.x_max).all() and (good.x_max_px <= good.width).all()
     assert "6 predictions, 1 failed" in done.stdout
+
+
+def test_a_detectors_csv_has_a_row_per_detection_within_the_limits(tiny, images, tmp_path):
+    import pandas as pd
+
+    model, classes = save_tiny_detector(tmp_path / "detector", CLASSES, max_detections=8)
+    predictor = predict.load_predictor(str(model), classes)
+    assert predictor.limits == predict.Limits(0.05, 8)  # the model's model.detect values
+    paths = [images[name][0] for name in ("rgb", "gray", "big", "corrupt")]
+    everything = predict.predict_images(predictor, paths)
+    scores = [d["score"] for r in everything for d in r.detections or []]
+    threshold = float(np.median(scores))  # half of them go
+    args = ["predict", *map(str, paths), "-m", str(model), "--classes", str(classes), "-q"]
+    limits = ["--score-threshold", str(threshold), "--max-detections", "3"]
+    done = CliRunner().invoke(
+        app, [*args, *limits, "-o", str(tmp_path / "d.csv"), "--out", str(tmp_path / "drawn")]
+    )
+    assert done.exit_code == 1, done.output  # the corrupt image; the rest predicted
+    rows = pd.read_csv(tmp_path / "d.csv")  # empty cells: NaN
+    assert list(rows.columns) == predict.DETECTION_CSV_COLUMNS
+    kept = predict.predict_images(predictor, paths, limits=predict.Limits(threshold, 3))
+    for result in kept:
+        mine = rows[rows.image == result.image]
+        if result.error:
+            (row,) = mine.itertuples()
+            assert np.isnan(row.rank) and "truncated" in row.error.lower()
+            continue
+        expected = [d for d in next(r for r in everything if r.image == result.image).detections
+                    if d["score"] >= threshold][:3]  # fmt: skip
+        assert result.detections == expected and 0 < len(expected) <= 3
+        assert mine["rank"].tolist() == list(range(1, len(expected) + 1))
+        assert mine.class_name.tolist() == [d["class_name"] for d in expected]
+        assert mine.score.tolist() == sorted(mine.score, reverse=True)
+        assert (mine.score >= threshold).all()
+        for column, values in (("x_min", "box"), ("x_min_px", "box_pixels")):
+            assert mine[column].tolist() == [d[values][0] for d in expected]
+        assert (mine.x_max_px <= result.width).all() and Path(mine.drawn.iloc[0]).is_file()
+    assert len(scores) > sum(len(r.detections or []) for r in kept)  # the limits took some
+    done = CliRunner().invoke(app, ["predict", str(paths[0]), "-m", str(tiny[0]), "--classes",
+                                    str(tiny[1]), "--max-detections", "3"])  # fmt: skip
+    # a UserError: `snackloc` prints it as one line and exits with status 2
+    assert isinstance(done.exception, UserError), done.output
+    assert "answers one box per image" in done.exception.message
 
 
 def test_same_names_in_two_folders_do_not_overwrite(tiny, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 from helpers_data import noise_image, write_image
 from helpers_env import BIN, free_port
-from helpers_model import save_tiny_model
+from helpers_model import save_tiny_detector, save_tiny_model
 from helpers_processes import Command
 
 from pipeline.ops import batcher, predict
@@ -36,24 +37,46 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tiny):
     """(port, predictor) of a server with a 1 MB body limit, for the whole module."""
-    import uvicorn
-
     from pipeline.ops import serve
 
     predictor = predict.load_predictor(str(tiny[0]), tiny[1])
-    app = serve.create_app(predictor, serve.ServeSettings(max_body_mb=1, max_wait_ms=20))
+    with running(
+        serve.create_app(predictor, serve.ServeSettings(max_body_mb=1, max_wait_ms=20))
+    ) as port:
+        yield port, predictor
+
+
+@pytest.fixture(scope="module")
+def detector_server(tmp_path_factory):
+    """(port, predictor) of a tiny detector's server listing at most 5 detections by default
+    (the model itself lists 8)."""
+    from pipeline.ops import serve
+
+    model, classes = save_tiny_detector(tmp_path_factory.mktemp("detector"), CLASSES, 8)
+    predictor = predict.load_predictor(str(model), classes)
+    with running(serve.create_app(predictor, serve.ServeSettings(max_detections=5))) as port:
+        yield port, predictor
+
+
+@contextlib.contextmanager
+def running(app):
+    """Serve ``app`` on a free port in a thread; yields the port."""
+    import uvicorn
+
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    running = uvicorn.Server(config)
-    thread = threading.Thread(target=running.run, daemon=True)
+    uv_server = uvicorn.Server(config)
+    thread = threading.Thread(target=uv_server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
-    while not running.started:
+    while not uv_server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
         time.sleep(0.05)
-    yield port, predictor
-    running.should_exit = True
-    thread.join(30)
+    try:
+        yield port
+    finally:
+        uv_server.should_exit = True
+        thread.join(30)
 
 
 def call(port: int, method: str, path: str, body: bytes = b"", content_type: str = ""):
@@ -100,7 +123,7 @@ def test_every_input_form_gets_the_answer_of_snackloc_predict(server, tmp_path):
         (got,) = answer["predictions"]
         assert got["class_name"] == expected.class_name, kind
         assert got["box_pixels"] == expected.box_pixels and len(got["top"]) == 2, kind
-        assert (got["width"], got["height"]) == (80, 60)
+        assert (got["width"], got["height"]) == (80, 60) and "detections" not in got
         np.testing.assert_allclose(got["box"], expected.box, atol=1e-4)
     size = predictor.image_size
     pixels = np.asarray(noise_image("q", (size, size)), dtype="float32")
@@ -108,6 +131,41 @@ def test_every_input_form_gets_the_answer_of_snackloc_predict(server, tmp_path):
     status, answer = call(port, "POST", "/predict", body, "application/json")
     assert status == 200 and len(answer["predictions"]) == 2
     assert answer["predictions"][0]["width"] == size
+
+
+def test_a_detector_answers_every_object_within_the_requests_limits(
+    detector_server, server, tmp_path
+):
+    port, predictor = detector_server
+    photo = write_image(tmp_path / "p.jpg", noise_image("p", (80, 60)))
+    (everything,) = predict.predict_images(predictor, [photo])  # the model's own: 8
+    scores = [d["score"] for d in everything.detections]
+    assert len(scores) == 8 and scores[1] - scores[2] > 1e-3
+
+    def detections(query: str = "") -> list[dict]:
+        status, answer = call(port, "POST", f"/predict{query}", photo.read_bytes(), "image/jpeg")
+        assert status == 200, answer
+        (got,) = answer["predictions"]
+        assert set(got) >= {"class_name", "probability", "top", "box", "box_pixels"}
+        return got["detections"]
+
+    def same(got: list[dict], expected: list[dict]) -> None:
+        assert [(d["class_name"], d["box_pixels"]) for d in got] == [
+            (d["class_name"], d["box_pixels"]) for d in expected
+        ]
+        np.testing.assert_allclose([d["score"] for d in got], [d["score"] for d in expected],
+                                   atol=1e-3)  # fmt: skip
+
+    same(detections(), everything.detections[:5])  # the server's default maximum
+    same(detections("?max_detections=8"), everything.detections)
+    same(detections(f"?score_threshold={(scores[1] + scores[2]) / 2}"), everything.detections[:2])
+    same(detections("?score_threshold=0.01&max_detections=1"), everything.detections[:1])
+    for query, reason in [("?score_threshold=1.5", "from 0 to 1"),
+                          ("?max_detections=0", "1 or more")]:  # fmt: skip
+        status, answer = call(port, "POST", f"/predict{query}", photo.read_bytes(), "image/jpeg")
+        assert status == 422 and reason in answer["detail"], answer
+    status, answer = call(server[0], "POST", "/predict?max_detections=3", jpeg("x"), "image/jpeg")
+    assert status == 422 and "answers one box per image" in answer["detail"], answer
 
 
 def test_concurrent_requests_share_model_calls(server):
@@ -162,7 +220,7 @@ def test_batcher_routes_each_row_to_its_caller_and_bounds_batches():
 
     def infer(batch):
         sizes.append(len(batch))
-        return batch[:, :2] * 2, batch[:, :4]  # rows that name their input
+        return {"class": batch[:, :2] * 2, "box": batch[:, :4]}  # rows that name their input
 
     async def main():
         micro = batcher.MicroBatcher(infer, max_batch=4, max_wait_ms=50)
@@ -174,7 +232,7 @@ def test_batcher_routes_each_row_to_its_caller_and_bounds_batches():
 
     answers, stats = asyncio.run(main())
     for i, rows in enumerate(answers):
-        assert [float(box[0]) for _, box in rows] == [i, i + 0.5]
+        assert [float(row["box"][0]) for row in rows] == [i, i + 0.5]
     assert max(sizes) <= 4 and sum(sizes) == 14 and len(sizes) < 14
     assert stats.images == 14 and stats.batches == len(sizes)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -13,66 +12,17 @@ import pytest
 from helpers_env import ROOT
 from helpers_model import save_tiny_backbone
 from helpers_tiny import NO_AUGMENT, TINY_MODEL
-from PIL import Image
+from helpers_train import EpochsSeen, Interrupt, tiny_datasets, tiny_setup, tiny_train_params
 
-from pipeline.core.config import ModelParams, Params, TrainParams, TransferParams, load_params
+from pipeline.core.config import TrainParams, TransferParams, load_params
 from pipeline.core.errors import UserError
 from pipeline.model import fit as engine
 from pipeline.model import hardware, recipe
 from pipeline.model.callbacks import EpochMetricsLogger, read_history
-from pipeline.model.loader import SnackDataset, sample_table
 from pipeline.model.model import backbone_of, build_model
 from pipeline.model.recipe import Phase, learning_rate_for, plan_phases
 from pipeline.stages import train
 from pipeline.stages.train import open_backup
-
-
-def tiny_params(model: ModelParams = TINY_MODEL, **train_values) -> Params:
-    values = {"epochs": 2, "batch_size": 8, "augment": NO_AUGMENT, **train_values}
-    return Params(model=model, train=TrainParams(**values))
-
-
-def tiny_datasets(root: Path, n: int = 16) -> tuple[SnackDataset, SnackDataset]:
-    """Noise images with two classes and one box each; train and val see the same files."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        path = root / "train" / "x" / f"im{i}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
-        rows.append((f"im{i}", 0.1, 0.6, 0.2, 0.7, "xy"[i % 2], "x"))
-    columns = ["image_id", "x_min", "x_max", "y_min", "y_max", "class_name", "folder"]
-    frame = pd.DataFrame(rows, columns=columns)
-    samples = sample_table({"train": frame}, ["x", "y"], root, "image")
-    common = {"image_size": 32, "batch_size": 8}
-    return SnackDataset(samples, shuffle=True, **common), SnackDataset(samples, **common)
-
-
-def tiny_setup(params: Params) -> hardware.Setup:
-    """The hardware setup, run eagerly: tracing the graph of a tiny model costs more (~20 s
-    here) than training it for two batches (the graph path runs in test_pipeline_dvc.py)."""
-    return dataclasses.replace(hardware.configure(params.train), run_eagerly=True)
-
-
-class Interrupt(keras.callbacks.Callback):
-    """Fail like a killed job once the given (0-based) epoch has finished and been backed up."""
-
-    def __init__(self, after_epoch: int) -> None:
-        super().__init__()
-        self.after_epoch = after_epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.after_epoch:
-            raise KeyboardInterrupt("simulated interruption")
-
-
-class EpochsSeen(keras.callbacks.Callback):
-    def __init__(self) -> None:
-        super().__init__()
-        self.epochs: list[int] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epochs.append(epoch)
 
 
 def test_phases_freeze_first_then_fine_tune():
@@ -94,7 +44,7 @@ def test_weight_averaging_window_fits_the_run():
 
 def test_fine_tuning_divides_the_schedule_by_the_factor():
     pretrained = TINY_MODEL.model_copy(update={"weights": "backbone.weights.h5"})
-    params = tiny_params(
+    params = tiny_train_params(
         pretrained,
         epochs=6,
         learning_rate=1e-3,
@@ -104,11 +54,11 @@ def test_fine_tuning_divides_the_schedule_by_the_factor():
     )
     rates = [learning_rate_for(e, params) for e in range(6)]
     assert rates == pytest.approx([1e-3, 1e-3, 1e-5, 1e-5, 1e-6, 1e-6])
-    no_heads_first = tiny_params(
+    no_heads_first = tiny_train_params(
         pretrained, **{**dict(params.train), "transfer": TransferParams(head_epochs=0)}
     )
     assert learning_rate_for(2, no_heads_first) == pytest.approx(1e-4)
-    short = tiny_params(pretrained, epochs=3, transfer=TransferParams(head_epochs=10))
+    short = tiny_train_params(pretrained, epochs=3, transfer=TransferParams(head_epochs=10))
     assert recipe.head_epochs(short) == 3  # heads only, as the book trains
     assert "fine-tuning" not in recipe.describe_recipe(short)
     from_scratch = params.model_copy(update={"model": TINY_MODEL})  # the transfer recipe is off
@@ -119,7 +69,7 @@ def test_fine_tuning_divides_the_schedule_by_the_factor():
 def test_imagenet_and_a_weights_file_get_the_same_transfer_recipe():
     def described(weights: str) -> str:
         model = TINY_MODEL.model_copy(update={"weights": weights})
-        return recipe.describe_recipe(tiny_params(model, epochs=45))
+        return recipe.describe_recipe(tiny_train_params(model, epochs=45))
 
     file = described("/models/mobilenet_v2.h5")
     assert described("imagenet") == file.replace("/models/mobilenet_v2.h5", "imagenet")
@@ -136,7 +86,7 @@ def test_feature_caching_needs_a_frozen_backbone_and_no_augmentation(tmp_path):
         TrainParams(cache_features=True, augment=NO_AUGMENT, transfer=TransferParams(head_epochs=0))
     TrainParams(cache_features=True, transfer=heads_first, augment=NO_AUGMENT)
     with pytest.raises(ValueError, match=r"needs pretrained model\.weights"):
-        tiny_params(cache_features=True, transfer=heads_first)  # random init: nothing frozen
+        tiny_train_params(cache_features=True, transfer=heads_first)  # random init: nothing frozen
     path = tmp_path / "params.yaml"
     path.write_text("train:\n  cache_features: true\n  transfer:\n    head_epochs: 1\n")
     with pytest.raises(UserError, match=r"train: .*augmentation off"):
@@ -178,7 +128,7 @@ def test_frozen_on_cached_features_then_fine_tuned(tmp_path):
                 self.snapshots.append(backbone_of(self.model).get_weights())
 
     train_ds, val_ds = tiny_datasets(tmp_path / "data")
-    params = tiny_params(
+    params = tiny_train_params(
         save_tiny_backbone(tmp_path / "pretrained"),
         epochs=2,
         transfer=TransferParams(head_epochs=1),
@@ -200,7 +150,7 @@ def test_frozen_on_cached_features_then_fine_tuned(tmp_path):
 
 def test_interrupted_training_resumes_from_the_backup(tmp_path):
     train_ds, val_ds = tiny_datasets(tmp_path / "data")
-    params = tiny_params(epochs=2)
+    params = tiny_train_params(epochs=2)
     backup = tmp_path / "backup"
     setup = tiny_setup(params)
     with pytest.raises(KeyboardInterrupt):
@@ -229,6 +179,7 @@ def test_the_stage_resumes_in_the_same_mlflow_run(tmp_path, monkeypatch):
     import mlflow
 
     from pipeline.core.paths import Outputs
+    from pipeline.integrations import tracking
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -252,7 +203,7 @@ def test_the_stage_resumes_in_the_same_mlflow_run(tmp_path, monkeypatch):
     for split in ("train", "val"):
         frame.to_csv(outputs.deduped(split), index=False)
     (tmp_path / "data" / "val").symlink_to(tmp_path / "data" / "train")
-    params = tiny_params(epochs=2, cache_images=False)
+    params = tiny_train_params(epochs=2, cache_images=False)
     params = params.model_copy(
         update={"data": params.data.model_copy(update={"root": tmp_path / "data"})}
     )
@@ -276,7 +227,7 @@ def test_the_stage_resumes_in_the_same_mlflow_run(tmp_path, monkeypatch):
     assert list(pd.read_csv(outputs.history).epoch) == [1, 2]
     assert not (outputs.train_backup).exists()
     run_id = json.loads(outputs.mlflow_run.read_text())["run_id"]
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(tracking.tracking_uri())  # the store the stage logged to
     steps = [m.step for m in client.get_metric_history(run_id, "val_class_accuracy")]
     assert steps == [0, 1]  # one MLflow run holds both epochs
     assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1

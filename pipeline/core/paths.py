@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+OUTPUTS_ROOT = Path("outputs")  # the default root of the output tree (dvc.yaml's outs)
+
 
 @dataclass(frozen=True)
 class Outputs:
     """The output tree of one pipeline, rooted at ``root`` (default ``outputs/``)."""
 
-    root: Path = Path("outputs")
+    root: Path = OUTPUTS_ROOT
 
     # validate
     @property

@@ -12,7 +12,9 @@ becomes ``champion`` only when all of these hold (params ``register.gate``):
    than 0: a tie keeps the champion), both scored on the same test split. With no champion
    yet, this check passes; with a champion whose metrics are not comparable, it fails.
 
-Every check adds a human-readable reason, passed or not; the registry stores them.
+Every check adds a human-readable reason, passed or not; the registry stores them. The
+gate only decides (promote or not); which registry alias that earns is named in
+pipeline/integrations/registry.py.
 """
 
 from __future__ import annotations
@@ -22,9 +24,6 @@ from dataclasses import dataclass, field
 
 from pipeline.core.config import GateParams
 from pipeline.evaluation.metrics import clears
-
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class Champion:
 
 @dataclass(frozen=True)
 class Decision:
-    """The gate's verdict: the alias the candidate earns and why."""
+    """The gate's verdict: whether the candidate replaces the champion, and why."""
 
     promote: bool
     metric: str
@@ -51,15 +50,10 @@ class Decision:
     champion_version: str | None
     reasons: list[str] = field(default_factory=list)
 
-    @property
-    def alias(self) -> str:
-        return CHAMPION if self.promote else CHALLENGER
-
     def as_dict(self) -> dict:
         """JSON-ready form for the registry record."""
         return {
             "promote": self.promote,
-            "alias": self.alias,
             "metric": self.metric,
             "candidate": self.candidate,
             "champion": self.champion,

@@ -4,12 +4,13 @@ Aliases: ``challenger`` marks the newest registered version, ``champion`` the on
 (`snackloc predict` and serving load ``models:/<name>@champion``).
 
 Every MLflow call about models goes through here: logging and registering a version,
-loading one, reading and moving aliases, tags. Every change writes its tags first and moves
-an alias last, so a failure part-way leaves the
+loading one, reading and moving aliases, tags; the alias names are defined here too. Every
+change writes its tags first and moves an alias last, so a failure part-way leaves the
 previous champion in place. A version that becomes champion records the version it replaced
-in its ``previous_champion`` tag; `snackloc rollback` follows that tag back (repeatedly, one
-step at a time), and a rollback does not rewrite it. Each action (register, promote,
-rollback) is also a JSON record: one line of ``outputs/register/history.jsonl``.
+in its ``previous_champion`` tag; `snackloc rollback` (pipeline/ops/promotion.py) follows
+that tag back (repeatedly, one step at a time), and a rollback does not rewrite it. Each
+action (register, promote, rollback) is also a JSON record: one line of
+``outputs/register/history.jsonl``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import UserError
-from pipeline.evaluation.gate import CHAMPION
 from pipeline.integrations import tracking
 
+CHAMPION = "champion"  # the version in use
+CHALLENGER = "challenger"  # the newest registered version
 PREVIOUS_TAG = "previous_champion"
 MODEL_MD5_TAG = "model_md5"  # the registered model file, to register it only once
 METRIC_PREFIX = "metric."
@@ -35,8 +37,18 @@ def connect(uri: str):
     """An MlflowClient whose tracking and registry both use ``uri``."""
     import mlflow
 
-    tracking.use_store(uri)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def earned_aliases(promote: bool) -> list[str]:
+    """The aliases a newly registered version gets from the gate's decision ``promote``:
+    always @challenger, and @champion when promoted."""
+    return [CHALLENGER, CHAMPION] if promote else [CHALLENGER]
+
+
+def earned_alias(promote: bool) -> str:
+    """The highest alias the gate's decision ``promote`` earns (the ``gate.decision`` tag)."""
+    return earned_aliases(promote)[-1]
 
 
 def version_by_alias(client, name: str, alias: str):
@@ -93,17 +105,19 @@ def log_model_version(
 
     prediction = {k: np.asarray(v) for k, v in model.predict(example, verbose=0).items()}
     with tracking.resumed_training_run(experiment, train_run_id, "register") as run:
-        info = mlflow.tensorflow.log_model(
-            model,
-            name="model",
-            signature=infer_signature(example, prediction),
-            input_example=example,
-            pip_requirements=requirements,
-            metadata=metadata,
-        )
+        run_id = run.info.run_id
+        with tracking.model_logging_run(run_id):
+            info = mlflow.tensorflow.log_model(
+                model,
+                name="model",
+                signature=infer_signature(example, prediction),
+                input_example=example,
+                pip_requirements=requirements,
+                metadata=metadata,
+            )
     client = connect(tracking.tracking_uri())
-    version = create_version(client, name, info, run.info.run_id)
-    return version, run.info.run_id
+    version = create_version(client, name, info, run_id)
+    return version, run_id
 
 
 def create_version(client, name: str, info, run_id: str) -> str:
@@ -151,10 +165,11 @@ def log_export(uri: str, files: list[Path], metrics: dict[str, float]) -> str | 
     training run of the model at ``uri``; return the run id (None: the model has no run)."""
     import mlflow
 
-    tracking.use_store(tracking.tracking_uri())  # leaves MLFLOW_TRACKING_URI as it was
+    store = tracking.tracking_uri()
+    tracking.use_store(store)  # for get_model_info; leaves MLFLOW_TRACKING_URI as it was
     run_id = mlflow.models.get_model_info(uri).run_id
     if run_id:
-        client = mlflow.MlflowClient()
+        client = connect(store)
         for path in files:
             if path.is_dir():  # a Core ML package is a folder
                 client.log_artifacts(run_id, str(path), f"exports/{path.name}")
@@ -239,35 +254,6 @@ def make_champion(
     set_tags(client, name, version, extra)
     set_alias(client, name, CHAMPION, version)
     return previous
-
-
-def promote(client, name: str, version: str, reason: str = "") -> dict[str, Any]:
-    """Make ``version`` the champion by hand, whatever the gate said; return the record."""
-    target = get_version(client, name, version)
-    why = f"manual promotion by {user()}" + (f": {reason}" if reason else "")
-    tags = {"promoted_at": now(), "promoted_by": user(), "promotion_reason": why}
-    number = str(target.version)
-    before = make_champion(client, name, number, tags)
-    return action_record("promote", name, number, before, number, [why])
-
-
-def rollback(client, name: str, reason: str = "") -> dict[str, Any]:
-    """Give the champion alias back to the version the current champion replaced."""
-    current = version_by_alias(client, name, CHAMPION)
-    if current is None:
-        raise UserError(f"model {name!r} has no @{CHAMPION} to roll back")
-    number, previous = str(current.version), current.tags.get(PREVIOUS_TAG)
-    if not previous:
-        raise UserError(
-            f"{name} v{number} is @{CHAMPION} but records no previous champion",
-            hint="choose a version by hand: `snackloc promote VERSION`",
-        )
-    target = str(get_version(client, name, previous).version)
-    why = f"rollback by {user()} from v{number}" + (f": {reason}" if reason else "")
-    set_tags(client, name, number, {"rolled_back_at": now(), "rolled_back_by": user()})
-    tags = {"promoted_at": now(), "promoted_by": user(), "promotion_reason": why}
-    make_champion(client, name, target, tags, record_previous=False)
-    return action_record("rollback", name, target, number, target, [why])
 
 
 def action_record(

@@ -2,6 +2,13 @@
 
 By default runs go to a sqlite store ``mlflow.db`` and artifacts to ``mlartifacts/`` in the
 project root (what `snackloc ui` opens). Set MLFLOW_TRACKING_URI to use a tracking server.
+
+One API style: every call about experiments and runs goes through an ``MlflowClient`` of
+``tracking_uri()`` with an explicit run id; a stage passes ``Params`` and the run id, and
+``Params`` becomes a plain dict here (``params_dict``). MLflow's model functions
+(``mlflow.<flavor>.log_model``, ``load_model``, ``models.get_model_info``) have no client
+form: they read the process's store and log to its active run, so pipeline/integrations/
+registry.py calls them through ``use_store`` and ``model_logging_run`` only.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ MODEL_TRAINING = "custom_model_development"
 # The MLflow UI (3.x) shows every experiment in its GenAI view unless the page is asked for
 # the model-training view: this query does.
 TRAINING_VIEW = "workflowType=machine_learning"
+# The params sections of a training run: logged as its params, hashed into its fingerprint.
+TRAINING_SECTIONS = ("data", "model", "train")
 # Files the pipeline itself rewrites (DVC's lock and pointers): not code changes.
 DVC_WRITTEN = (":(top,exclude,glob)**/dvc.lock", ":(top,exclude,glob)**/*.dvc")
 
@@ -53,7 +62,8 @@ def tracking_uri(project: Path | None = None) -> str:
 
 
 def use_store(uri: str) -> None:
-    """Point MLflow's fluent API at ``uri`` for this process only.
+    """Point MLflow's model functions (see the module docstring) at ``uri``, for this
+    process only.
 
     ``mlflow.set_tracking_uri`` also writes MLFLOW_TRACKING_URI into the environment, where
     ``tracking_uri`` would take it for the user's choice: every later project in this
@@ -77,22 +87,18 @@ def store_exists(project: Path | None = None) -> bool:
 
 
 def setup_experiment(name: str) -> str:
-    """Point MLflow at the store and return the id of experiment ``name`` (created if new),
-    typed as a model-training experiment."""
-    import mlflow
-
+    """The id of experiment ``name`` in the store (created if new), typed as a
+    model-training experiment."""
     uri = tracking_uri()
-    use_store(uri)
-    experiment = mlflow.get_experiment_by_name(name)
+    client = _client()
+    experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
-            mlflow.MlflowClient(uri).set_experiment_tag(
-                experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING
-            )
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         return experiment.experiment_id
     # A local store keeps artifacts beside it; a server decides its own artifact root.
     location = local_artifacts_uri() if uri.startswith("sqlite") else None
-    return mlflow.create_experiment(
+    return client.create_experiment(
         name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
     )
 
@@ -114,9 +120,20 @@ def experiment_url(ui_url: str, name: str, uri: str | None = None) -> str:
     return f"{base}/#/experiments/{experiment.experiment_id}/runs?{TRAINING_VIEW}"
 
 
+def params_dict(params: Params) -> dict[str, Any]:
+    """``params`` as MLflow takes them: plain JSON values under params.yaml's key names."""
+    return params.model_dump(mode="json", by_alias=True)
+
+
+def training_params(params: Params) -> dict[str, Any]:
+    """The sections that make a training run: data, model and train (nested)."""
+    dump = params_dict(params)
+    return {k: dump[k] for k in TRAINING_SECTIONS}
+
+
 def run_name(params: Params) -> str:
     """A training run's name in the runs list: what was trained, how long, on which data."""
-    dump = params.model_dump(mode="json", by_alias=True)
+    dump = training_params(params)
     model, train = dump["model"], dump["train"]
     weights = "" if model["weights"] == "none" else f" {Path(str(model['weights'])).stem}"
     return (
@@ -127,8 +144,7 @@ def run_name(params: Params) -> str:
 
 def run_params(params: Params) -> dict[str, Any]:
     """The params a training run logs: the data, model and train sections, flattened."""
-    dump = params.model_dump(mode="json", by_alias=True)
-    return flatten({k: dump[k] for k in ("data", "model", "train")})
+    return flatten(training_params(params))
 
 
 def data_input(root: Path, version: str) -> Any:
@@ -166,11 +182,10 @@ def params_hash(params_dump: dict[str, Any]) -> str:
 
 def lineage(params: Params) -> dict[str, str]:
     """The lineage tags of a run or a model version: code, data and params."""
-    dump = params.model_dump(mode="json", by_alias=True)
     return {
         "git_commit": git_commit(),
         "data_version": data_version(),
-        "params_hash": params_hash(dump),
+        "params_hash": params_hash(params_dict(params)),
     }
 
 
@@ -209,27 +224,45 @@ def data_version(dvc_file: Path = Path("data.dvc")) -> str:
 
 @contextlib.contextmanager
 def resumed_training_run(experiment: str, run_id: str, stage: str) -> Iterator[Any]:
-    """Re-open the training run ``run_id`` (the train stage's), to add a later stage's results.
+    """Re-open the training run ``run_id`` (the train stage's), to add a later stage's
+    results; yields the run to log to (an MLflow ``Run``) and ends it (FAILED if the block
+    raises).
 
     If that run is not in the current store (say, the train output came from a DVC cache
     filled elsewhere), a new run is started in ``experiment`` and tagged so the gap is
     visible in the UI.
     """
-    import mlflow
     from mlflow.exceptions import MlflowException
 
+    client = _client()
     experiment_id = setup_experiment(experiment)
     try:
-        mlflow.get_run(run_id)
-        active = mlflow.start_run(run_id=run_id)
+        run = client.get_run(run_id)
+        client.update_run(run_id, status="RUNNING")
     except MlflowException as exc:
         if is_transient(exc):  # the server is away, not the run: let the caller retry
             raise
-        active = mlflow.start_run(experiment_id=experiment_id)
-        mlflow.set_tags({"snackloc.missing_train_run": run_id})
-    with active as run:
-        mlflow.set_tag(f"snackloc.{stage}", "done")
+        run = client.create_run(experiment_id, tags={"snackloc.missing_train_run": run_id})
+    client.set_tag(run.info.run_id, f"snackloc.{stage}", "done")
+    try:
         yield run
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
+
+
+@contextlib.contextmanager
+def model_logging_run(run_id: str) -> Iterator[None]:
+    """Make ``run_id`` the process's active MLflow run for the block: ``mlflow.<flavor>
+    .log_model`` has no client form and puts the logged model in the active run's
+    experiment (without one, in MLflow's Default experiment). Ends the run as
+    ``resumed_training_run`` does."""
+    import mlflow
+
+    use_store(tracking_uri())
+    with mlflow.start_run(run_id=run_id):
+        yield
 
 
 def log_to_training_run(
@@ -244,12 +277,18 @@ def log_to_training_run(
     away."""
 
     def send() -> None:
-        import mlflow
+        from mlflow.entities import Metric
 
-        with resumed_training_run(experiment, run_id, stage):
-            mlflow.log_metrics(metrics)
+        client = _client()
+        with resumed_training_run(experiment, run_id, stage) as run:
+            active, now = run.info.run_id, int(time.time() * 1000)
+            # A model logged to the run (register's) gets these metrics too, in its page.
+            logged = run.outputs.model_outputs if run.outputs else []
+            models = [output.model_id for output in logged if output.step == 0] or [None]
+            batch = [Metric(k, v, now, 0, model_id=m) for k, v in metrics.items() for m in models]
+            client.log_batch(active, metrics=batch)
             for path, folder in artifacts:
-                mlflow.log_artifact(str(path), artifact_path=folder)
+                client.log_artifact(active, str(path), artifact_path=folder)
 
     retrying(f"log the {stage} results", send)
 

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from pipeline.core.startup import tune_glibc
 from pipeline.model.loader import SnackDataset
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,21 @@ class DatasetEpoch(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.dataset.set_epoch(epoch)
+
+
+class KeepFreedMemory(keras.callbacks.Callback):
+    """Keep glibc's freed memory for reuse once the data pipeline is built.
+
+    TensorFlow's generator dataset (every ``PyDataset`` in ``fit``) sets glibc's trim
+    threshold to 128 KB when it first runs, undoing ``startup.tune_glibc``: freed memory
+    then goes back to the kernel and is faulted in again at every step (about 10x the page
+    faults per step, bench/train_speed.py). Tuning again at each epoch's first batch, after
+    the dataset exists, keeps it. A no-op on tcmalloc.
+    """
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if batch == 0:
+            tune_glibc()
 
 
 class HistoryLog(keras.callbacks.Callback):

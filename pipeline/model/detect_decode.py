@@ -1,9 +1,20 @@
 """The detector's final answer, inside the saved model: per-class non-maximum suppression.
 
-Hand-written on ``tf.image.combined_non_max_suppression`` (TensorFlow itself): keras-hub's
-``NonMaxSuppression`` layer does the same but would add keras-hub and the tokenizer packages
-it imports (tensorflow-text, sentencepiece, huggingface-hub) to the lock for one layer, and
-Keras 3.15 has no NMS op. The layer works on the TensorFlow backend, the project's one.
+Hand-written on TensorFlow's own NMS op (``NonMaxSuppressionV5``, one image at a time under
+``tf.map_fn``): keras-hub's ``NonMaxSuppression`` layer does the same but would add keras-hub
+and the tokenizer packages it imports (tensorflow-text, sentencepiece, huggingface-hub) to
+the lock for one layer, and Keras 3.15 has no NMS op. The layer works on the TensorFlow
+backend, the project's one.
+
+Per class in one call: every class's boxes are shifted by ``2 × class`` (boxes lie in
+[0, 1]), so that boxes of two classes never overlap and one class-agnostic NMS suppresses
+within each class only; its first ``max_detections`` picks, best first, are then exactly
+``tf.image.combined_non_max_suppression``'s answer with ``max_detections`` per class and in
+all. That op is not used because it does not export: TFLite has it only as a Select TF op
+(a runtime without the Flex delegate, LiteRT's included, refuses the file), whereas
+``NonMaxSuppressionV5`` and the loop are TFLite builtins and tf2onnx converts them to ONNX's
+``NonMaxSuppression`` and ``Loop``; so the saved model and its exports run one graph
+(docs/detection.md, "Exports").
 
 The saved detector answers, per image:
 
@@ -43,29 +54,57 @@ class DetectionDecoder(layers.Layer):
         cells = ops.cast(cells, "float32")
         boxes, probs = cells[..., :4], ops.sigmoid(cells[..., 4:])
         best = ops.max(probs, axis=1)  # (batch, classes)
-        top = ops.argmax(ops.max(probs, axis=2), axis=1)  # the best cell of each image
-        box = ops.take_along_axis(boxes, top[:, None, None], axis=1)[:, 0]
-        yxyx = ops.stack([boxes[..., 2], boxes[..., 0], boxes[..., 3], boxes[..., 1]], -1)
-        nms = tf.image.combined_non_max_suppression(
-            yxyx[:, :, None, :],
-            probs,
-            max_output_size_per_class=self.max_detections,
-            max_total_size=self.max_detections,
-            iou_threshold=self.iou_threshold,
-            score_threshold=self.score_threshold,
-            clip_boxes=False,
+        # tf.argmax, not ops.argmax: Keras' adds a Bitcast and a BitwiseAnd (for -0.0) that
+        # neither TFLite's builtins nor ONNX have
+        top = tf.argmax(ops.max(probs, axis=2), axis=1, output_type="int32")  # best cell
+        box = tf.gather(boxes, top, batch_dims=1)
+        n = self.max_detections
+        found, scores, classes, count = tf.map_fn(
+            self._one_image,
+            (boxes, probs),
+            fn_output_signature=(
+                tf.TensorSpec([n, 4], "float32"),
+                tf.TensorSpec([n], "float32"),
+                tf.TensorSpec([n], "int32"),
+                tf.TensorSpec([], "int32"),
+            ),
         )
-        found = nms.nmsed_boxes
-        count = ops.cast(nms.valid_detections, "int32")
-        filled = ops.arange(self.max_detections)[None, :] < count[:, None]
+        filled = ops.arange(n)[None, :] < count[:, None]
         return {
             "class": best / ops.maximum(ops.sum(best, axis=1, keepdims=True), 1e-9),
             "box": box,
-            "boxes": ops.stack([found[..., 1], found[..., 3], found[..., 0], found[..., 2]], -1),
-            "scores": nms.nmsed_scores,
-            "classes": ops.where(filled, ops.cast(nms.nmsed_classes, "int32"), -1),
+            "boxes": ops.where(filled[..., None], found, 0.0),
+            "scores": ops.where(filled, scores, 0.0),
+            "classes": ops.where(filled, classes, -1),
             "num_detections": count,
         }
+
+    def _one_image(self, image):
+        """Per-class NMS of one image's (cells, 4) boxes and (cells, classes) scores, padded
+        to ``max_detections`` (module docstring: one call, classes shifted apart)."""
+        import tensorflow as tf
+
+        boxes, probs = image
+        num_classes = probs.shape[-1]
+        scores = tf.reshape(probs, [-1])  # cell-major: candidate i is cell i // C, class i % C
+        labels = tf.range(tf.shape(scores)[0]) % num_classes
+        yxyx = tf.stack([boxes[:, 2], boxes[:, 0], boxes[:, 3], boxes[:, 1]], axis=-1)
+        shifted = tf.repeat(yxyx, num_classes, axis=0) + 2.0 * tf.cast(labels, "float32")[:, None]
+        picked, picked_scores, count = tf.raw_ops.NonMaxSuppressionV5(
+            boxes=shifted,
+            scores=scores,
+            max_output_size=self.max_detections,
+            iou_threshold=self.iou_threshold,
+            score_threshold=self.score_threshold,
+            soft_nms_sigma=0.0,
+            pad_to_max_output_size=True,
+        )
+        return (
+            tf.gather(boxes, picked // num_classes),
+            picked_scores,
+            picked % num_classes,
+            tf.cast(count, "int32"),
+        )
 
     def get_config(self) -> dict:
         return {

@@ -21,7 +21,13 @@ import pandas as pd
 
 from pipeline.core.config import Params, TrainParams
 from pipeline.model import hardware
-from pipeline.model.callbacks import AtomicBackupAndRestore, DatasetEpoch, HistoryLog, read_history
+from pipeline.model.callbacks import (
+    AtomicBackupAndRestore,
+    DatasetEpoch,
+    HistoryLog,
+    KeepFreedMemory,
+    read_history,
+)
 from pipeline.model.detect_decode import inference_model
 from pipeline.model.detect_head import grid_of, is_detector
 from pipeline.model.detect_loss import compile_detector
@@ -157,7 +163,7 @@ def fit_phase(
         **data,
         initial_epoch=phase.start,
         epochs=phase.end,
-        callbacks=[schedule, *swap, *callbacks, *stopper],
+        callbacks=[KeepFreedMemory(), schedule, *swap, *callbacks, *stopper],
         verbose=verbose,
     )
     return bool(stopper) and stopper[0].stopped_epoch > 0

@@ -43,10 +43,12 @@ def head_epochs(params: Params) -> int:
 
 def learning_rate_for(epoch: int, params: Params) -> float:
     """The schedule's rate, times fine_tune_lr_factor once a frozen backbone is unfrozen."""
-    t = params.train
-    rate = learning_rate_at(epoch, t.learning_rate, t.lr_drop_epochs, t.lr_schedule, t.epochs)
+    train = params.train
+    rate = learning_rate_at(
+        epoch, train.learning_rate, train.lr_drop_epochs, train.lr_schedule, train.epochs
+    )
     if 0 < head_epochs(params) <= epoch:
-        rate *= t.transfer.fine_tune_lr_factor
+        rate *= train.transfer.fine_tune_lr_factor
     return rate
 
 
@@ -63,13 +65,14 @@ def describe_recipe(params: Params) -> str:
     """One line saying how this training treats its backbone."""
     if not params.model.pretrained:
         return "from random init: every layer trains from the first epoch"
-    t = params.train.transfer
+    transfer = params.train.transfer
     steps = []
     if head_epochs(params):
         steps.append(f"{head_epochs(params)} epochs of heads on the frozen backbone")
     if head_epochs(params) < params.train.epochs:
-        batchnorm = "BatchNorm frozen" if t.freeze_batchnorm else "BatchNorm training"
-        steps.append(f"fine-tuning at {t.fine_tune_lr_factor:g}x the learning rate ({batchnorm})")
+        batchnorm = "BatchNorm frozen" if transfer.freeze_batchnorm else "BatchNorm training"
+        factor = transfer.fine_tune_lr_factor
+        steps.append(f"fine-tuning at {factor:g}x the learning rate ({batchnorm})")
     return f"transfer from {params.model.weights}: " + ", then ".join(steps)
 
 

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-Infer = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-Row = tuple[np.ndarray, np.ndarray]  # (class probabilities, box) of one image
+from pipeline.ops.detections import split_rows
+
+Infer = Callable[[np.ndarray], dict[str, np.ndarray]]  # a batch → the model's named outputs
+Row = dict[str, np.ndarray]  # one image's slice of every output
 
 
 @dataclass
@@ -62,7 +64,7 @@ class MicroBatcher:
         self._model_thread.shutdown(wait=True)
 
     async def predict(self, arrays: list[np.ndarray]) -> list[Row]:
-        """The (probabilities, box) of each image, computed in whatever batches form."""
+        """Each image's outputs (its ``Row``), computed in whatever batches form."""
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in arrays]
         for array, future in zip(arrays, futures, strict=True):
@@ -93,7 +95,7 @@ class MicroBatcher:
             batch = np.stack([array for array, _ in items])
             started = loop.time()
             try:
-                probs, boxes = await loop.run_in_executor(self._model_thread, self.infer, batch)
+                out = await loop.run_in_executor(self._model_thread, self.infer, batch)
             except Exception as exc:  # a failed batch fails its requests, not the server
                 self.stats.failures += 1
                 for _, future in items:
@@ -101,9 +103,9 @@ class MicroBatcher:
                         future.set_exception(exc)
                 continue
             self._count(len(items), loop.time() - started)
-            for (_, future), prob, box in zip(items, probs, boxes, strict=True):
+            for (_, future), row in zip(items, split_rows(out), strict=True):
                 if not future.done():  # a client that went away cancelled its future
-                    future.set_result((prob, box))
+                    future.set_result(row)
 
     def _count(self, size: int, seconds: float) -> None:
         self.stats.batches += 1

@@ -14,6 +14,15 @@ the largest absolute difference of each named output is printed, written to
 - ``float16``: weights stored as float16 (half the size), tolerance 1e-2;
 - ``int8``: weights and activations quantized on the check images, tolerance 0.1.
 
+A detector's final answer (``boxes``, ``scores``, ``classes``, ``num_detections``: after
+non-maximum suppression, inside the model and so inside the export) is compared as a set
+per image, not position by position: two detections of equal score may come out in either
+order. Each image's detections are matched one to one, same class only, to those of the
+export that are closest (largest of box and score differences); ``boxes`` and ``scores``
+are then the largest differences over matched pairs, ``num_detections`` the largest count
+difference, and a detection without a partner of its class counts as a difference of 1
+in ``boxes``, ``scores`` and ``classes`` (``compare_detections``).
+
 A float32 export of a trained model, or of the pretrained MobileNetV2 with new heads,
 differs from Keras by about 1e-6 (docs/serving.md). Larger float32 gaps come from the
 weights, not the converter: on weights that blow activations up (random weights without
@@ -30,7 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.errors import UserError
 from pipeline.core.files import atomic_path
+from pipeline.model.detect_decode import DETECTION_OUTPUTS
 from pipeline.ops import converters
 from pipeline.ops.predict import Predictor, decoded_chunks
 
@@ -64,6 +75,10 @@ class ExportCheck:
     # Core ML off macOS: the file's interface as converted, and what is wrong with it
     interface: dict | None = None
     problems: list[str] = field(default_factory=list)
+    # A detector's: Keras' detections on the check images, and how many of them found no
+    # partner of their class in the export (``compare_detections``)
+    detections: int | None = None
+    unmatched_detections: int | None = None
 
 
 def check_images(predictor: Predictor, paths: list[Path]) -> tuple[np.ndarray, str]:
@@ -94,6 +109,38 @@ def compare(keras_out: converters.Outputs, exported: converters.Outputs) -> dict
             float(np.abs(np.asarray(got, "float64") - expected).max()) if same_shape else np.inf
         )
     return diffs
+
+
+def compare_detections(
+    keras_out: converters.Outputs, exported: converters.Outputs
+) -> tuple[dict[str, float], int, int]:
+    """A detector's outputs compared as matched sets per image (module docstring): the
+    differences of ``boxes``, ``scores``, ``classes`` and ``num_detections``, how many
+    detections Keras lists and how many of them have no partner in the export."""
+    from scipy.optimize import linear_sum_assignment
+
+    worst = {"boxes": 0.0, "scores": 0.0, "classes": 0.0}
+    counts = keras_out["num_detections"].astype(int), exported["num_detections"].astype(int)
+    total = unmatched = 0
+    for image, (mine, theirs) in enumerate(zip(*counts, strict=True)):
+        a = {name: keras_out[name][image, :mine] for name in ("boxes", "scores", "classes")}
+        b = {name: exported[name][image, :theirs] for name in ("boxes", "scores", "classes")}
+        box_gap = np.abs(a["boxes"][:, None, :] - b["boxes"][None, :, :]).max(axis=2, initial=0)
+        score_gap = np.abs(a["scores"][:, None] - b["scores"][None, :])
+        cost = np.where(a["classes"][:, None] == b["classes"][None, :], 0.0, np.inf)
+        cost = cost + np.maximum(box_gap, score_gap)
+        rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, 1e9))
+        matched = np.isfinite(cost[rows, cols])
+        rows, cols = rows[matched], cols[matched]
+        if len(rows):
+            worst["boxes"] = max(worst["boxes"], float(box_gap[rows, cols].max()))
+            worst["scores"] = max(worst["scores"], float(score_gap[rows, cols].max()))
+        total, unmatched = total + int(mine), unmatched + int(mine) - len(rows)
+        if len(rows) < max(mine, theirs):  # a detection without a partner of its class
+            worst = dict.fromkeys(worst, 1.0)
+    gap = np.abs(counts[0] - counts[1])
+    worst["num_detections"] = float(gap.max(initial=0))
+    return worst, total, unmatched
 
 
 def float64_gap(
@@ -144,6 +191,10 @@ def export_model(
     keras_out = {name: value.astype("float64") for name, value in keras_out.items()}
     exported, export_ms = timed(converters.runner(fmt, content), images)
     diffs = compare(keras_out, exported)
+    found = unmatched = None
+    if all(np.isfinite(diffs.get(name, np.inf)) for name in DETECTION_OUTPUTS):
+        matched, found, unmatched = compare_detections(keras_out, exported)
+        diffs.update(matched)  # as sets: the order of equal scores is free
     limit = TOLERANCE[quantize] if tolerance is None else tolerance
     top1 = None
     if "class" in keras_out and np.isfinite(diffs["class"]):
@@ -157,6 +208,7 @@ def export_model(
         top1, limit, passed, converters.FORMATS[fmt].runtime,
         round(keras_ms, 3), round(export_ms, 3),
         [name for name, diff in diffs.items() if not np.isfinite(diff)], wide,
+        detections=found, unmatched_detections=unmatched,
     )  # fmt: skip
     report = out.with_name(out.name + ".check.json")
     with atomic_path(report) as tmp:
@@ -185,8 +237,16 @@ def metrics(check: ExportCheck) -> dict[str, float]:
 def export_coreml(predictor: Predictor, out: Path, quantize: str) -> ExportCheck:
     """Write the Core ML package ``out`` and check its interface against the Keras model:
     input ``image`` (float32, size×size×3, a range of batch sizes) and every named output
-    with its shape. Its numbers are not checked: Core ML predicts only on macOS."""
+    with its shape. Its numbers are not checked: Core ML predicts only on macOS. A
+    detector is refused: coremltools 9.0 converts neither its NMS loop nor TensorFlow's
+    CombinedNonMaxSuppression (docs/detection.md, "Exports")."""
     converters.offered("coreml", quantize)
+    if predictor.limits is not None:
+        raise UserError(
+            f"{predictor.source} is a detector: coremltools 9.0 cannot convert its "
+            "non-maximum suppression (a TensorFlow while loop over the batch)",
+            hint="export it as --format tflite or --format onnx",
+        )
     interface = converters.write_coreml(predictor.model, quantize, out)
     size = predictor.image_size
     expected = {name: list(t.shape[1:]) for name, t in predictor.model.output.items()}
@@ -223,6 +283,11 @@ def summary(check: ExportCheck) -> str:
     ]
     if check.top1_agreement is not None:
         lines[-1] += f"; same top-1 class {check.top1_agreement:.0%}"
+    if check.detections is not None:
+        lines.append(
+            f"detections after NMS compared as sets per image: {check.detections} in Keras, "
+            f"{check.unmatched_detections} without a partner of their class in the export"
+        )
     if check.keras_float32_vs_float64 is not None:
         gaps = ", ".join(f"{n} {d:.2e}" for n, d in check.keras_float32_vs_float64.items())
         lines.append(

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.core.errors import UserError
+from pipeline.core.paths import OUTPUTS_ROOT
 from pipeline.ops import children
 from pipeline.ops.servers import log_tail
 
@@ -116,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=2, help="worker processes (>= 1)")
     parser.add_argument("-p", "--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--outputs", type=Path, default=Path("outputs"))
+    parser.add_argument("--outputs", type=Path, default=OUTPUTS_ROOT)
     parser.add_argument("--log-dir", type=Path, help="worker logs [a new temporary folder]")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

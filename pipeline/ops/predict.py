@@ -9,6 +9,11 @@ Images are read as displayed (EXIF orientation applied) in any mode and format, 
 their extension, and resized exactly as in training. A file that cannot be read gets a
 one-line error; the other images still run. The same ``Result`` is what `snackloc serve`
 answers (pipeline/ops/serve.py).
+
+A detector (``model.task: detect``) also lists every object it finds (``detections``, built
+by pipeline/ops/detections.py), filtered by a score threshold and a maximum count (the
+model's own ``model.detect`` values by default). Its CSV has one row per detection, and its
+drawn images show every detection.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import json
 import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +35,16 @@ from pipeline.core.files import atomic_path, read_json
 from pipeline.core.paths import Outputs
 from pipeline.data.boxes import clip_and_order
 from pipeline.data.contract import decode_for_model, open_image_rgb
-from pipeline.evaluation.drawing import to_pixels, with_box
+from pipeline.evaluation.drawing import draw_box, to_pixels
 from pipeline.integrations import registry, tracking
 from pipeline.model.model import input_size, load_model
+from pipeline.ops.detections import (
+    Limits,
+    choose_limits,
+    detection_list,
+    model_limits,
+    split_rows,
+)
 
 DEFAULT_MODEL = "models:/snackloc@champion"
 DEFAULT_CLASSES = Outputs().classes
@@ -49,9 +61,13 @@ class Predictor:
     classes: list[str]
     image_size: int
     source: str
+    # a detector's own score threshold and maximum count (None: the two-head model)
+    limits: Limits | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         import tensorflow as tf
+
+        object.__setattr__(self, "limits", model_limits(self.model))
 
         # One graph for every batch size (traced once): Keras' predict() builds a data
         # pipeline per call and predict_on_batch() retraces per shape, both costlier than
@@ -105,21 +121,20 @@ class Result:
         self.box_pixels = to_pixels(box, self.width, self.height)
         return self
 
-    def fill_detections(self, classes: list[str], out: dict[str, np.ndarray], row: int) -> None:
-        """Set ``detections`` from row ``row`` of a detector's outputs (``Predictor.run``)."""
-        count = int(out["num_detections"][row])
-        boxes = clip_and_order(np.asarray(out["boxes"][row, :count], dtype="float64"))
-        self.detections = [
-            {
-                "class_name": classes[int(label)],
-                "score": round(float(score), 4),
-                "box": [round(float(v), 4) for v in box],
-                "box_pixels": to_pixels(box, self.width, self.height),
-            }
-            for box, score, label in zip(
-                boxes, out["scores"][row, :count], out["classes"][row, :count], strict=True
-            )
-        ]
+    def fill_outputs(
+        self,
+        classes: list[str],
+        row: dict[str, np.ndarray],
+        top_k: int = TOP_K,
+        limits: Limits | None = None,
+    ) -> Result:
+        """Set everything from one image's slice of the model's outputs (``split_rows``):
+        class, top-k and box, and a detector's ``detections`` within ``limits``."""
+        box = clip_and_order(np.asarray(row["box"], dtype="float64"))
+        self.fill(classes, np.asarray(row["class"], dtype="float64"), box, top_k)
+        if "num_detections" in row:  # a detector: every object as well
+            self.detections = detection_list(classes, row, self.width, self.height, limits)
+        return self
 
 
 def load_predictor(model: str = DEFAULT_MODEL, classes_file: Path | None = None) -> Predictor:
@@ -220,10 +235,16 @@ def _draw(result: Result, out_dir: Path, used: set[str]) -> None:
     except Exception as exc:  # changed on disk since it was decoded: report, go on
         result.error = describe_error(exc)
         return
-    label = f"{result.class_name} {result.probability:.2f}"
+    if result.detections is None:
+        boxes = [(result.box_pixels, f"{result.class_name} {result.probability:.2f}")]
+    else:  # a detector: every detection listed, the weakest drawn first (underneath)
+        boxes = [(d["box_pixels"], f"{d['class_name']} {d['score']:.2f}")
+                 for d in reversed(result.detections)]  # fmt: skip
     target = _output_path(out_dir, Path(result.image), used)
+    for pixels, label in boxes:
+        draw_box(shown, pixels, label)
     with atomic_path(target) as tmp:
-        with_box(shown, result.box_pixels, label).save(tmp, "JPEG", quality=90)
+        shown.save(tmp, "JPEG", quality=90)
     result.drawn = str(target)
 
 
@@ -234,8 +255,10 @@ def predict_images(
     batch: int = BATCH,
     top_k: int = TOP_K,
     progress: bool = False,
+    limits: Limits | None = None,
 ) -> list[Result]:
-    """Predict every image (in batches); draw each into ``out_dir`` when given."""
+    """Predict every image (in batches); draw each into ``out_dir`` when given. A
+    detector's list is filtered by ``limits`` (default: the model's own)."""
     from tqdm import tqdm
 
     results, used = [], set()
@@ -253,14 +276,8 @@ def predict_images(
                 results.append(result)
             if loaded:
                 out = predictor.outputs(np.stack([array for _, array in loaded]))
-                probs = np.asarray(out["class"], dtype="float64")
-                boxes = clip_and_order(np.asarray(out["box"], dtype="float64"))
-                for row, ((result, _), prob, box) in enumerate(
-                    zip(loaded, probs, boxes, strict=True)
-                ):
-                    result.fill(predictor.classes, prob, box, top_k)
-                    if "boxes" in out:  # a detector: every object as well
-                        result.fill_detections(predictor.classes, out, row)
+                for (result, _), row in zip(loaded, split_rows(out), strict=True):
+                    result.fill_outputs(predictor.classes, row, top_k, limits)
                     if out_dir is not None:
                         _draw(result, out_dir, used)
             bar.update(len(chunk))
@@ -287,16 +304,41 @@ def csv_row(result: Result) -> dict[str, Any]:
     return row
 
 
-def write_results(results: list[Result], path: Path) -> None:
-    """Write the results to ``path``: JSON for ``.json``, CSV otherwise."""
+DETECTION_CSV_COLUMNS = [
+    "image", "rank", "class_name", "score", "x_min", "x_max", "y_min", "y_max",
+    "x_min_px", "x_max_px", "y_min_px", "y_max_px", "width", "height", "drawn", "error",
+]  # fmt: skip
+
+
+def detection_csv_rows(result: Result) -> list[dict[str, Any]]:
+    """A detector's result as CSV rows: one per detection, best first (``rank`` 1, 2, ...);
+    one row without a rank for an image with no detection or an error."""
+    common = {k: getattr(result, k) for k in ("image", "width", "height", "drawn", "error")}
+    rows = []
+    for rank, found in enumerate(result.detections or [], start=1):
+        row = {**common, "rank": rank, "class_name": found["class_name"], "score": found["score"]}
+        row.update(zip(DETECTION_CSV_COLUMNS[4:8], found["box"], strict=True))
+        row.update(zip(DETECTION_CSV_COLUMNS[8:12], found["box_pixels"], strict=True))
+        rows.append(row)
+    return rows or [common]
+
+
+def write_results(results: list[Result], path: Path, detector: bool = False) -> None:
+    """Write the results to ``path``: JSON for ``.json``, CSV otherwise (a ``detector``'s:
+    one row per detection, ``detection_csv_rows``)."""
     with atomic_path(path) as tmp:
         if path.suffix.lower() == ".json":
             tmp.write_text(as_json(results) + "\n")
             return
         with tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, CSV_COLUMNS)
+            if detector:
+                writer = csv.DictWriter(handle, DETECTION_CSV_COLUMNS)
+                rows = [row for r in results for row in detection_csv_rows(r)]
+            else:
+                writer = csv.DictWriter(handle, CSV_COLUMNS)
+                rows = [csv_row(r) for r in results]
             writer.writeheader()
-            writer.writerows(csv_row(r) for r in results)
+            writer.writerows(rows)
 
 
 def as_json(results: list[Result]) -> str:
@@ -312,6 +354,9 @@ def as_table(results: list[Result], source: str):
     table.add_column("image", overflow="fold")
     for column in ("class", "prob", "box (normalized)", "box (pixels)", "size"):
         table.add_column(column, justify="right" if column == "prob" else "left")
+    detector = any(r.detections is not None for r in results)
+    if detector:
+        table.add_column("objects", justify="right")
     for r in results:
         if r.error is None:
             table.add_row(
@@ -321,8 +366,11 @@ def as_table(results: list[Result], source: str):
                 ", ".join(f"{v:.3f}" for v in r.box),
                 ", ".join(str(v) for v in r.box_pixels),
                 f"{r.width}×{r.height}",
+                *([str(len(r.detections or []))] if detector else []),
             )
     table.caption = "boxes are x_min, x_max, y_min, y_max"
+    if detector:
+        table.caption += "; the best detection shown, every one in --json or -o"
     return table
 
 
@@ -336,6 +384,8 @@ class Options:
     batch: int = BATCH
     top_k: int = TOP_K
     progress: bool = True
+    score_threshold: float | None = None  # a detector's; None: the model's own
+    max_detections: int | None = None  # a detector's; None: the model's own
 
 
 def main(
@@ -348,15 +398,19 @@ def main(
     from rich.console import Console
 
     predictor = load_predictor(model, classes_file)
-    results = predict_images(
-        predictor, images, options.out_dir, options.batch, options.top_k, options.progress
+    limits = choose_limits(
+        predictor.limits, options.score_threshold, options.max_detections, predictor.source
     )
+    results = predict_images(
+        predictor, images, options.out_dir, options.batch, options.top_k, options.progress,
+        limits,
+    )  # fmt: skip
     for r in results:
         if r.error:
             print(f"error: {r.image}: {r.error}", file=sys.stderr)
     failed = sum(1 for r in results if r.error)
     if options.output is not None:
-        write_results(results, options.output)
+        write_results(results, options.output, detector=limits is not None)
         print(f"{len(results) - failed} predictions, {failed} failed: {options.output}")
     elif options.json_output:
         print(as_json(results))

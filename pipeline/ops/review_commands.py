@@ -13,9 +13,10 @@ from typing import Annotated
 
 import typer
 
+from pipeline.core.paths import OUTPUTS_ROOT
+from pipeline.ops.cli_options import OutputsOpt, ParamsOpt
+
 review_app = typer.Typer()
-ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameters file.")]
-OutputsOpt = Annotated[Path, typer.Option("--outputs", help="Root of the stage outputs.")]
 
 
 @review_app.command("export")
@@ -27,7 +28,7 @@ def review_export(
         str, typer.Option(help="Put before <split>/<folder>/<id>.jpg in each image URL.")
     ] = "/data/local-files/?d=",
     params: ParamsOpt = Path("params.yaml"),
-    outputs: OutputsOpt = Path("outputs"),
+    outputs: OutputsOpt = OUTPUTS_ROOT,
 ) -> None:
     """The top suspects as Label Studio tasks: their rows to correct, the model's suggestion
     as a pre-annotation, the row ids kept (import tasks.json; config: label_config.xml)."""

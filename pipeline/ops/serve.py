@@ -4,8 +4,10 @@ Endpoints:
 
 - ``POST /predict``: images as raw bytes, multipart or JSON (pipeline/ops/http_inputs.py);
   answers ``{"model": ..., "predictions": [...]}``, one object per image in the format of
-  `snackloc predict` (class, probability, top-k, box normalized and in pixels).
-  ``?top_k=N`` sets how many classes are listed.
+  `snackloc predict` (class, probability, top-k, box normalized and in pixels; a
+  detector's every object in ``detections``: class, score, box normalized and in pixels).
+  ``?top_k=N`` sets how many classes are listed; a detector's ``?score_threshold=S`` and
+  ``?max_detections=N`` which detections (default: the server's, else the model's own).
 - ``GET /health``: the process answers (liveness); ``GET /ready``: the model is loaded and
   warmed up (readiness; 503 while starting or stopping); ``GET /metrics``: Prometheus text.
 
@@ -29,8 +31,10 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from pipeline.core.errors import UserError
 from pipeline.data.contract import decode_for_model
 from pipeline.ops.batcher import MicroBatcher
+from pipeline.ops.detections import Limits, choose_limits
 from pipeline.ops.http_inputs import BadRequest, Upload, parse
 from pipeline.ops.predict import Predictor, Result, describe_error
 
@@ -46,6 +50,8 @@ class ServeSettings:
     decode_threads: int = 2
     max_body_mb: float = 20.0
     top_k: int = 3
+    score_threshold: float | None = None  # a detector's default; None: the model's own
+    max_detections: int | None = None  # a detector's default; None: the model's own
 
 
 class Metrics:
@@ -90,7 +96,11 @@ def create_app(predictor: Predictor, settings: ServeSettings = ServeSettings()) 
     Long because its routes are functions nested in it, FastAPI's way, sharing its state.
     """
     state = {"ready": False}
-    batcher = MicroBatcher(predictor.infer, settings.max_batch, settings.max_wait_ms)
+    # the server's default limits: a UserError here (before serving) when out of range
+    limits = choose_limits(
+        predictor.limits, settings.score_threshold, settings.max_detections, predictor.source
+    )
+    batcher = MicroBatcher(predictor.outputs, settings.max_batch, settings.max_wait_ms)
     decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
     metrics = Metrics()
     limit = int(settings.max_body_mb * 1024 * 1024)
@@ -128,12 +138,18 @@ def create_app(predictor: Predictor, settings: ServeSettings = ServeSettings()) 
         return PlainTextResponse(metrics.text(batcher))
 
     @app.post("/predict")
-    async def predict(request: Request, top_k: int = settings.top_k):
+    async def predict(
+        request: Request,
+        top_k: int = settings.top_k,
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+    ):
         started = time.perf_counter()
         try:
+            chosen = request_limits(limits, score_threshold, max_detections, predictor.source)
             body = await read_body(request, limit)
             uploads = parse(request.headers.get("content-type", ""), body, predictor.image_size)
-            results = await predict_uploads(uploads, max(1, top_k))
+            results = await predict_uploads(uploads, max(1, top_k), chosen)
         except BadRequest as exc:
             metrics.observe(exc.status, time.perf_counter() - started)
             return JSONResponse({"detail": exc.reason}, status_code=exc.status)
@@ -141,7 +157,7 @@ def create_app(predictor: Predictor, settings: ServeSettings = ServeSettings()) 
         # plain JSON types already: a JSONResponse skips FastAPI's jsonable_encoder pass
         return JSONResponse({"model": predictor.source, "predictions": results})
 
-    async def predict_uploads(uploads: list[Upload], top_k: int) -> list[dict]:
+    async def predict_uploads(uploads: list[Upload], top_k: int, chosen) -> list[dict]:
         loop = asyncio.get_running_loop()
         decoded = await asyncio.gather(
             *(loop.run_in_executor(decoders, decode_upload, u, predictor.image_size)
@@ -149,13 +165,24 @@ def create_app(predictor: Predictor, settings: ServeSettings = ServeSettings()) 
         )  # fmt: skip
         rows = await batcher.predict([pixels for pixels, _ in decoded])
         answers = []
-        for upload, (_, (width, height)), (prob, box) in zip(uploads, decoded, rows, strict=True):
+        for upload, (_, (width, height)), row in zip(uploads, decoded, rows, strict=True):
             result = Result(image=upload.name, width=width, height=height)
-            result.fill(predictor.classes, prob, box, top_k)
+            result.fill_outputs(predictor.classes, row, top_k, chosen)
             answers.append({k: v for k, v in vars(result).items() if v is not None})
         return answers
 
     return app
+
+
+def request_limits(
+    default: Limits | None, score_threshold: float | None, max_detections: int | None, source: str
+) -> Limits | None:
+    """A request's detection limits: its query parameters over the server's defaults; a
+    422 when out of range or asked of a model that lists no detections."""
+    try:
+        return choose_limits(default, score_threshold, max_detections, source)
+    except UserError as exc:
+        raise BadRequest(422, exc.message) from None
 
 
 def decode_upload(upload: Upload, size: int) -> tuple[np.ndarray, tuple[int, int]]:

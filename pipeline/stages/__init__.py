@@ -45,7 +45,7 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("validate", "Check annotations and images; quarantine bad rows with reasons."),
     Stage("dedup", "Remove duplicate rows and images (also across splits)."),
-    Stage("train", "Train the two-head model; log the run to MLflow."),
+    Stage("train", "Train the model (two heads, or the detector); log the run to MLflow."),
     Stage("evaluate", "Score the model on the held-out split; write metrics and plots."),
     Stage("register", "Register the model in the MLflow Model Registry as @challenger."),
     Stage("review", "Rank annotation rows by how likely they are wrong (cleanlab)."),

@@ -3,7 +3,8 @@
 The version carries a signature, an input example, the class list and image size (model
 metadata), lineage tags (git commit, data version, params hash), its metrics on the
 evaluation split, and the gate's decision with its reasons. It always gets the alias
-``challenger``; it gets ``champion`` only when pipeline/evaluation/gate.py says so. A model file is
+``challenger``; it gets ``champion`` only when pipeline/evaluation/gate.py decides to promote
+it (the aliases are named in pipeline/integrations/registry.py). A model file is
 registered once per training run (tag ``model_md5``): when the stage reruns for the same
 model (new gate params, a retry after a lost answer), that version is reused and decided
 again; if it is already the champion, it stays.
@@ -64,7 +65,7 @@ def lineage_tags(params: Params, metrics: dict[str, Any], fingerprint: str) -> d
 def decision_tags(decision: gate.Decision) -> dict[str, str]:
     """The gate's verdict as version tags."""
     return {
-        "gate.decision": decision.alias,
+        "gate.decision": registry.earned_alias(decision.promote),
         "gate.metric": decision.metric,
         "gate.reasons": "; ".join(decision.reasons),
         "gate.champion_version": decision.champion_version or "none",
@@ -128,7 +129,7 @@ def champion_for_gate(
 ) -> gate.Champion | None:
     """The current champion with metrics comparable to the candidate's (see module doc)."""
     name = params.register_.model_name
-    current = registry.version_by_alias(client, name, gate.CHAMPION)
+    current = registry.version_by_alias(client, name, registry.CHAMPION)
     if current is None:
         return None
     same_split = current.tags.get("eval_split") == params.evaluate.split
@@ -142,7 +143,7 @@ def champion_for_gate(
 def apply_decision(client, name: str, number: str, tags: dict, decision: gate.Decision) -> None:
     """Tags first, aliases last: a failure before the end leaves the old champion in place."""
     registry.set_tags(client, name, number, tags)
-    registry.set_alias(client, name, gate.CHALLENGER, number)
+    registry.set_alias(client, name, registry.CHALLENGER, number)
     if decision.promote and decision.champion_version != number:
         promoted = {"promoted_at": registry.now(), "promoted_by": "gate"}
         registry.make_champion(client, name, number, promoted)
@@ -177,7 +178,8 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
     record = registry_record(name, number, run_id, champion, decision, tags)
     write_json(outputs.registry_record, record)
     registry.append_history(outputs.registry_history, record)
-    log.info("registered %s v%s as @%s: %s", name, number, decision.alias, decision.reasons)
+    alias = registry.earned_alias(decision.promote)
+    log.info("registered %s v%s as @%s: %s", name, number, alias, decision.reasons)
     return record
 
 
@@ -208,14 +210,15 @@ def registry_record(
 ) -> dict[str, Any]:
     """The register stage's record: the action, the aliases, the decision and the tags."""
     before = champion.version if champion else None
+    aliases = registry.earned_aliases(decision.promote)
     record = registry.action_record(
         "register", name, number, before, number if decision.promote else before, decision.reasons
     )
     return record | {
-        "aliases": [gate.CHALLENGER, gate.CHAMPION] if decision.promote else [gate.CHALLENGER],
+        "aliases": aliases,
         "model_uri": f"models:/{name}/{number}",
         "run_id": run_id,
         "tracking_uri": tracking.tracking_uri(),
-        "decision": decision.as_dict(),
+        "decision": {"promote": decision.promote, "alias": aliases[-1]} | decision.as_dict(),
         "tags": tags,
     }

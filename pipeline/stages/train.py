@@ -87,8 +87,7 @@ def training_fingerprint(
     params: Params, classes: list[str], train_ds: SnackDataset, val_ds: SnackDataset
 ) -> str:
     """What a backup must match to be resumed: the params, the classes and the samples."""
-    dump = params.model_dump(mode="json", by_alias=True)
-    lineage = {k: dump[k] for k in ("data", "model", "train")}
+    lineage = tracking.training_params(params)
     return tracking.params_hash(
         {**lineage, "classes": classes, "train": train_ds.paths, "val": val_ds.paths}
     )
