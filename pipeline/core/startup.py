@@ -15,7 +15,9 @@ the stages run with a fixed seed (PYTHONHASHSEED=0).
 ``LD_PRELOAD`` naming tcmalloc where the host has it (``make install`` installs Debian's
 ``libtcmalloc-minimal4`` when it can) and the hash seed for the stages; every stage run by
 ``dvc repro``, ``snackloc pipeline`` or the retraining flow goes through it. Without
-tcmalloc, ``tune_glibc`` keeps glibc's freed memory instead of returning it.
+tcmalloc, ``tune_glibc`` keeps glibc's freed memory instead of returning it; TensorFlow's
+generator dataset resets glibc's trim threshold when it first runs, so training tunes it
+again once the data pipeline exists (``pipeline.model.callbacks.KeepFreedMemory``).
 """
 
 from __future__ import annotations
