@@ -78,10 +78,3 @@ def draw_box(
         top, bottom = draw.textbbox((0, 0), label, font=font, stroke_width=stroke)[1::2]
         text_xy = (x0 + width + 3, y1 - width - 2 - (bottom - top))
     draw.text(text_xy, label, fill="white", font=font, stroke_width=stroke, stroke_fill="black")
-
-
-def with_box(image: Image.Image, pixels: Sequence[int], label: str) -> Image.Image:
-    """A copy of ``image`` with one box and label drawn (as `snackloc predict` writes it)."""
-    image = image.copy()
-    draw_box(image, pixels, label)
-    return image
