@@ -161,6 +161,8 @@ def test_the_review_stage_ranks_the_held_out_rows_and_reports(noisy_data, tmp_pa
     assert "review_rows" in logged.data.metrics
 
     # The suspects go to Label Studio with the rows of their images, row ids kept.
+    from helpers_labelstudio import sdk_errors
+
     from pipeline.stages.review import export_label_studio
 
     line = export_label_studio(params, outputs, tmp_path / "ls", top=5)
@@ -170,7 +172,9 @@ def test_the_review_stage_ranks_the_held_out_rows_and_reports(noisy_data, tmp_pa
     assert (
         tasks[0]["data"]["snackloc_image"] == f"{first.split}/{first.folder}/{first.image_id}.jpg"
     )
-    assert (tmp_path / "ls" / "label_config.xml").read_text().count("<Label ") == len(classes)
+    config = (tmp_path / "ls" / "label_config.xml").read_text()
+    assert config.count("<Label ") == len(classes)
+    assert sdk_errors(config, tasks) == []  # label-studio-sdk's own check of the tasks
     with pytest.raises(UserError, match="unknown review export format"):
         export_label_studio(params, outputs, tmp_path / "x", top=5, fmt="cvat")
 

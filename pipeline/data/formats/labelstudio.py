@@ -149,7 +149,10 @@ def review_tasks(
     Long because it spells out Label Studio's task layout in one place.
 
     ``suspects``: review.csv records (split, folder, image_id, row, kind, score,
-    suggest_class, suggest_*), most suspect first; an image is exported once.
+    suggest_class, suggest_*), most suspect first; an image is exported once. The
+    prediction's score is the suspect score clipped to [0, 1], the range Label Studio
+    accepts (a score is relative to its pool's median, so it can exceed 1); ``data.score``
+    keeps it as ranked.
     """
     tasks, seen = [], set()
     for suspect in suspects:
@@ -190,7 +193,7 @@ def review_tasks(
                 "predictions": [
                     {
                         "model_version": "snackloc-review",
-                        "score": float(suspect["score"]),
+                        "score": min(1.0, max(0.0, float(suspect["score"]))),
                         "result": [_region(suggested, str(suspect["suggest_class"]), size)],
                     }
                 ],
