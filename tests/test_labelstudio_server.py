@@ -11,19 +11,17 @@ goes back through `snackloc review apply` and `snackloc data import --format lab
 Skipped, with the reason, when label-studio cannot be installed (offline).
 SNACKLOC_LABEL_STUDIO_VENV=DIR uses a venv that already has it (no install).
 
-Measured on 2 cores shared with other work (noisy, four runs): the install 21 s from a warm
-uv cache (33 s when it downloaded everything), the server's start 35-58 s (it migrates a new
-SQLite database), the round trip 13-22 s; the whole test 82-85 s with the install.
+Measured on 2 cores shared with other work (noisy, five runs): the install 20-21 s from a
+warm uv cache (33 s when it downloaded everything), the server's start 35-58 s (it migrates
+a new SQLite database), the round trip 13-25 s; the whole test 82-87 s with the install.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -33,6 +31,7 @@ import pandas as pd
 import pytest
 from helpers_data import ann, make_dataset
 from helpers_env import BIN, ROOT, free_port, wait_healthy
+from helpers_venv import throwaway_venv
 
 pytestmark = [pytest.mark.scale, pytest.mark.timeout(900)]
 
@@ -50,33 +49,14 @@ QUIET = {  # nothing leaves the machine: no error reports, analytics or version 
 TIMINGS: dict[str, float] = {}
 
 
-def label_studio_venv(where: Path) -> Path:
-    """A venv with PINS installed (or SNACKLOC_LABEL_STUDIO_VENV); skip when it cannot be."""
-    reuse = os.environ.get("SNACKLOC_LABEL_STUDIO_VENV")
-    if reuse:
-        return Path(reuse)
-    uv = ROOT / ".tools" / "bin" / "uv"
-    uv = str(uv) if uv.exists() else shutil.which("uv")
-    if uv is None:
-        pytest.skip("label-studio: no uv to install it with (make install brings .tools/bin/uv)")
-    started = time.monotonic()
-    steps = [[uv, "venv", "-q", "--python", sys.executable, str(where)]]
-    steps.append([uv, "pip", "install", "-q", "--python", str(where / "bin" / "python"), *PINS])
-    for step in steps:
-        done = subprocess.run(step, capture_output=True, text=True, timeout=600)
-        if done.returncode:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            pytest.skip(f"{' '.join(PINS)} cannot be installed here (offline?): {last}")
-    TIMINGS["install"] = round(time.monotonic() - started, 1)
-    return where
-
-
 @pytest.fixture(scope="module")
 def label_studio(tmp_path_factory, request):
     """(URL, a project whose data folder it serves files from, its venv): a fresh server,
     stopped afterwards."""
     home = tmp_path_factory.mktemp("label-studio")
-    venv = label_studio_venv(home / "venv")
+    started = time.monotonic()
+    venv = throwaway_venv(home / "venv", PINS, "SNACKLOC_LABEL_STUDIO_VENV")
+    TIMINGS["install"] = round(time.monotonic() - started, 1)
     files, port = home / "project" / "data", free_port()
     files.mkdir(parents=True)
     env = {

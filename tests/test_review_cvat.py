@@ -3,12 +3,16 @@ and back in through `snackloc data import --format cvat`."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from globox import AnnotationSet
 from helpers_data import noise_image, write_image
+from helpers_venv import throwaway_venv
 
 from pipeline.data.contract import SPLITS, annotations_path
 from pipeline.data.formats import cvat, importing
@@ -70,23 +74,35 @@ def test_the_review_s_cvat_xml_is_in_cvat_s_own_layout(tmp_path):
     assert [spec["name"] for spec in cvat.review_labels(CLASSES)] == CLASSES
 
 
-def test_a_cvat_review_edited_by_hand_imports_its_accepted_boxes_only(tmp_path):
-    export = tmp_path / "export"
+def write_export(export: Path) -> Path:
+    """The folder `review export --format cvat` writes: annotations.xml and images/."""
     for key, size in SIZES.items():
         path = export / "images" / Path(*key).with_suffix(".jpg")
         write_image(path, noise_image(str(path), size))
-    root = ET.fromstring(cvat.review_annotations(SUSPECTS, ROWS, SIZES, CLASSES))
+    (export / "annotations.xml").write_text(cvat.review_annotations(SUSPECTS, ROWS, SIZES, CLASSES))
+    return export
+
+
+def imported_rows(source: Path, out: Path) -> tuple[list[tuple], dict]:
+    """`data import --format cvat` of ``source``: its (class, box) rows and its report."""
+    options = importing.ImportOptions(fmt="cvat", ratios=(0.5, 0.5, 0.0))
+    report = importing.import_dataset(source, out, options)
+    frames = [pd.read_csv(annotations_path(out, s)) for s in SPLITS]
+    rows = pd.concat(frames)[["class_name", "x_min", "x_max", "y_min", "y_max"]].round(6)
+    return sorted(map(tuple, rows.to_numpy().tolist())), report
+
+
+def test_a_cvat_review_edited_by_hand_imports_its_accepted_boxes_only(tmp_path):
+    export = write_export(tmp_path / "export")
+    root = ET.parse(export / "annotations.xml").getroot()
     a1, _ = root.findall("image")
     wrong, _, suggested = a1.findall("box")
     a1.remove(wrong)  # the reviewer deletes the cake row and accepts the suggestion;
     suggested.find("attribute").text = "label"  # c1's suggestion is left as it was
     (export / "annotations.xml").write_text(ET.tostring(root, "unicode"))
 
-    options = importing.ImportOptions(fmt="cvat", ratios=(0.5, 0.5, 0.0))
-    report = importing.import_dataset(export / "annotations.xml", tmp_path / "data", options)
-    frames = [pd.read_csv(annotations_path(tmp_path / "data", s)) for s in SPLITS]
-    rows = pd.concat(frames)[["class_name", "x_min", "x_max", "y_min", "y_max"]].round(6)
-    assert sorted(map(tuple, rows.to_numpy().tolist())) == [
+    rows, report = imported_rows(export / "annotations.xml", tmp_path / "data")
+    assert rows == [
         ("apple", 0.05, 0.45, 0.25, 0.75),
         ("banana", 0.6, 0.9, 0.1, 0.9),
         ("cake", 0.2, 0.8, 0.2, 0.8),
@@ -94,3 +110,59 @@ def test_a_cvat_review_edited_by_hand_imports_its_accepted_boxes_only(tmp_path):
     skipped = [p for p in report["problems"] if p["kind"] == "suggestion"]
     assert len(skipped) == 1 and "not accepted" in skipped[0]["detail"], report["problems"]
     assert {p["kind"] for p in report["problems"]} == {"suggestion"}
+
+
+DATUMARO = ("datumaro==1.13.12",)
+READ_AND_REWRITE = """
+import json, sys
+from datumaro.components.annotation import AnnotationType
+from datumaro.components.dataset import Dataset
+dataset = Dataset.import_from(sys.argv[1], "cvat")
+labels = dataset.categories()[AnnotationType.label]
+items = {
+    item.id: [item.media.size, [
+        [labels[a.label].name, [round(v, 2) for v in a.get_bbox()], a.attributes["review"]]
+        for a in item.annotations]]
+    for item in dataset
+}
+print(json.dumps({"labels": [[l.name, sorted(l.attributes)] for l in labels], "items": items}))
+dataset.export(sys.argv[2], "cvat", save_media=True)
+"""
+
+
+@pytest.mark.scale
+def test_datumaro_reads_the_cvat_export_and_its_rewrite_imports(tmp_path):
+    """Datumaro, the library CVAT's own CVAT XML import and export build on (CVAT's server
+    needs Docker: not run here), reads the export with its labels, attributes and images,
+    and writes it again as CVAT does; that rewrite imports, suggestions skipped. Opt-in
+    (marker scale): datumaro pip-installed into a throwaway venv; skipped when it cannot
+    be. The whole test took 5 s with a warm uv cache (noisy, 2 shared cores)."""
+    venv = throwaway_venv(tmp_path / "venv", DATUMARO, "SNACKLOC_DATUMARO_VENV")
+    export = write_export(tmp_path / "export")
+    args = [
+        str(venv / "bin" / "python"),
+        "-c",
+        READ_AND_REWRITE,
+        str(export),
+        str(tmp_path / "again"),
+    ]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    read = json.loads(done.stdout.splitlines()[-1])
+    assert read["labels"] == [[name, ["review"]] for name in CLASSES]
+    assert read["items"] == {
+        "val/apple/a1": [[40, 80], [
+            ["cake", [8.0, 8.0, 32.0, 16.0], "label"],
+            ["banana", [48.0, 4.0, 24.0, 32.0], "label"],
+            ["apple", [4.0, 10.0, 32.0, 20.0], "suggestion"]]],
+        "test/cake/c1": [[50, 50], [
+            ["cake", [10.0, 10.0, 30.0, 30.0], "label"],
+            ["banana", [0.0, 0.0, 10.0, 15.0], "suggestion"]]],
+    }  # fmt: skip
+    rows, report = imported_rows(tmp_path / "again" / "annotations.xml", tmp_path / "data")
+    assert rows == [
+        ("banana", 0.6, 0.9, 0.1, 0.9),
+        ("cake", 0.1, 0.5, 0.2, 0.6),
+        ("cake", 0.2, 0.8, 0.2, 0.8),
+    ]
+    assert [p["kind"] for p in report["problems"]] == ["suggestion", "suggestion"]
