@@ -77,7 +77,7 @@ def test_the_review_s_cvat_xml_is_in_cvat_s_own_layout(tmp_path):
 def write_export(export: Path) -> Path:
     """The folder `review export --format cvat` writes: annotations.xml and images/."""
     for key, size in SIZES.items():
-        path = export / "images" / Path(*key).with_suffix(".jpg")
+        path = export / "images" / key[0] / key[1] / f"{key[2]}.jpg"
         write_image(path, noise_image(str(path), size))
     (export / "annotations.xml").write_text(cvat.review_annotations(SUSPECTS, ROWS, SIZES, CLASSES))
     return export

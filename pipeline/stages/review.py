@@ -178,7 +178,7 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
     return report
 
 
-# `snackloc review export --format` names, spelled as users do, and what each one writes
+# `snackloc review export --format` names, as users spell them, and the format each means
 EXPORT_FORMATS = {"label-studio": "label-studio", "labelstudio": "label-studio", "cvat": "cvat"}
 
 
@@ -218,7 +218,7 @@ def export_review(
         )
         write_json(out / "labels.json", cvat.review_labels(classes))
         for key in sizes:
-            target = out / "images" / Path(*key).with_suffix(".jpg")
+            target = out / "images" / key[0] / key[1] / f"{key[2]}.jpg"  # its name in the XML
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(image_path(params.data.root, *key), target)
         where = f"{out}: annotations.xml, labels.json, images/"
