@@ -194,6 +194,24 @@ def test_label_studio_s_sdk_accepts_every_exported_task_under_the_exported_confi
     assert "pear" in errors[0] and "width" in errors[1] and "no data.image" in errors[2]
 
 
+def test_image_urls_are_percent_encoded_and_read_back_decoded(tmp_path):
+    key = ("val", "ice cream", "abc")
+    rows = [{"row": 0, "class_name": "cake", "x_min": 0, "x_max": 1, "y_min": 0, "y_max": 1}]
+    suspect = {
+        "split": "val", "folder": "ice cream", "image_id": "abc", "row": 0, "kind": "class",
+        "score": 0.1, "suggest_class": "cake", "suggest_x_min": 0.0, "suggest_x_max": 1.0,
+        "suggest_y_min": 0.0, "suggest_y_max": 1.0,
+    }  # fmt: skip
+    prefix = "/data/local-files/?d="
+    (task,) = labelstudio.review_tasks([suspect], {key: rows}, {key: (8, 8)}, prefix)
+    assert task["data"]["image"] == prefix + "val/ice%20cream/abc.jpg"
+    del task["data"]["snackloc_image"]  # found from the URL alone, as Label Studio's own tasks
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([task]))
+    (entry,) = labelstudio.read_labelstudio(export, ReadContext(tmp_path))
+    assert entry.name == "val/ice cream/abc.jpg"
+
+
 def test_a_file_that_is_not_a_label_studio_export_is_refused_with_its_cause(tmp_path):
     path = tmp_path / "x.json"
     path.write_text(json.dumps([{"image": "a.jpg", "annotations": []}]))

@@ -110,10 +110,11 @@ def call(url: str, method: str, path: str, body: Any = None) -> Any:
 
 
 def write_reviewed_project(root: Path) -> Path:
-    """A dataset (val: a cake row boxing an apple, a right banana row) and the outputs
+    """A dataset (val: a cake row boxing an apple, in a folder whose name has a space, and a
+    right banana row) and the outputs
     `snackloc review export` reads: the dedup CSV, classes.json and review.csv."""
     rows = [
-        ann("a1", "cake", "apple", ("0.100000", "0.500000", "0.200000", "0.600000")),
+        ann("a1", "cake", "green apple", ("0.100000", "0.500000", "0.200000", "0.600000")),
         ann("b1", "banana", "banana", ("0.200000", "0.800000", "0.100000", "0.900000")),
     ]
     make_dataset(root / "data", {"val": rows})
@@ -129,7 +130,7 @@ def write_reviewed_project(root: Path) -> Path:
     (root / "outputs" / "validate" / "classes.json").write_text(json.dumps(classes))
     suggest = {"suggest_x_min": 0.15, "suggest_x_max": 0.55, "suggest_y_min": 0.25}
     suspects = [
-        {"split": "val", "folder": "apple", "image_id": "a1", "row": 0, "kind": "class",
+        {"split": "val", "folder": "green apple", "image_id": "a1", "row": 0, "kind": "class",
          "score": 0.02, "suggest_class": "apple", **suggest, "suggest_y_max": 0.65},
         {"split": "val", "folder": "banana", "image_id": "b1", "row": 1, "kind": "box",
          "score": 1.04, "suggest_class": "banana", **suggest, "suggest_y_max": 0.95},
@@ -181,15 +182,16 @@ def test_a_correction_made_in_label_studio_arrives_in_the_dataset(label_studio):
     imported = call(url, "POST", f"/api/projects/{pid}/import", tasks)
     assert (imported["task_count"], imported["prediction_count"]) == (2, 2), imported
     listed = call(url, "GET", f"/api/tasks?project={pid}&fields=all")["tasks"]
-    suspect = next(t for t in listed if t["data"]["snackloc_image"] == "val/apple/a1.jpg")
+    suspect = next(t for t in listed if t["data"]["snackloc_image"] == "val/green apple/a1.jpg")
     (prediction,) = suspect["predictions"]
     assert prediction["model_version"] == "snackloc-review" and prediction["score"] == 0.02
     suggested = prediction["result"][0]
     assert suggested["value"]["rectanglelabels"] == ["apple"]
+    assert suspect["data"]["image"] == "/data/local-files/?d=val/green%20apple/a1.jpg"
     image = urllib.request.Request(url + suspect["data"]["image"])
     image.add_header("Authorization", f"Token {TOKEN}")
     with urllib.request.urlopen(image, timeout=30) as response:  # the image shows
-        assert response.read() == (data / "val" / "apple" / "a1.jpg").read_bytes()
+        assert response.read() == (data / "val" / "green apple" / "a1.jpg").read_bytes()
 
     # The reviewer takes the suggestion for the cake row and submits (Update in the UI).
     (annotation,) = suspect["annotations"]
@@ -201,7 +203,7 @@ def test_a_correction_made_in_label_studio_arrives_in_the_dataset(label_studio):
     before = (data / "annotations-val.csv").read_text().splitlines(keepends=True)
     said = snackloc("review", "apply", "data/ls-export.json", "--data", "data", cwd=root)
     assert said.startswith("2 images corrected in data (2 rows replaced by 2)"), said
-    fixed = "a1,0.150000,0.550000,0.250000,0.650000,apple,apple\n"
+    fixed = "a1,0.150000,0.550000,0.250000,0.650000,apple,green apple\n"
     assert (data / "annotations-val.csv").read_text() == "".join([before[0], fixed, before[2]])
 
     snackloc("data", "import", "data/ls-export.json", "-f", "labelstudio", "--out", "new", cwd=root)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import quote, unquote
 
 from globox import BoundingBox, BoxFormat
 
@@ -66,7 +67,7 @@ def _names(data: dict[str, Any]) -> list[str]:
     found = [str(data.get("snackloc_image") or "")]
     local = re.search(r"[?&]d=([^&#]+)", url)  # local files storage: /data/local-files/?d=path
     if local:
-        found.append(local.group(1))
+        found.append(unquote(local.group(1)))
     name = url_file_name(url) or (url if "/" not in url else "")
     found += [name, UPLOAD_PREFIX.sub("", name)]
     return [n for n in dict.fromkeys(found) if n]
@@ -146,6 +147,8 @@ def review_tasks(
 ) -> list[dict[str, Any]]:
     """One task per suspect image: its current rows as the annotation to correct, and the
     model's suggestion as a prediction (pre-annotation), with the row ids kept in ``data``.
+    The image URL is ``url_prefix`` + ``split/folder/id.jpg`` percent-encoded (``ice
+    cream`` -> ``ice%20cream``), as Label Studio's local files storage writes its URLs.
     Long because it spells out Label Studio's task layout in one place.
 
     ``suspects``: review.csv records (split, folder, image_id, row, kind, score,
@@ -181,7 +184,7 @@ def review_tasks(
         tasks.append(
             {
                 "data": {
-                    "image": f"{url_prefix}{relative}",
+                    "image": url_prefix + quote(relative),
                     "snackloc_image": relative,
                     "split": key[0],
                     "rows": [int(r["row"]) for r in rows],
