@@ -11,7 +11,7 @@ goes back through `snackloc review apply` and `snackloc data import --format lab
 Skipped, with the reason, when label-studio cannot be installed (offline).
 SNACKLOC_LABEL_STUDIO_VENV=DIR uses a venv that already has it (no install).
 
-Measured on 2 cores shared with other work (noisy, five runs): the install 20-21 s from a
+Measured on 2 cores shared with other work (noisy, six runs): the install 15-21 s from a
 warm uv cache (33 s when it downloaded everything), the server's start 35-58 s (it migrates
 a new SQLite database), the round trip 13-25 s; the whole test 82-87 s with the install.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -92,6 +93,7 @@ def label_studio(tmp_path_factory, request):
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
         log.close()
+        shutil.rmtree(home / "venv", ignore_errors=True)  # about 800 MB; a reused one is kept
         capture = request.config.pluginmanager.getplugin("capturemanager")
         with capture.global_and_fixture_disabled():  # shown even when the test passed
             print(f"\nLabel Studio timings (s): {json.dumps(TIMINGS)}")
