@@ -183,6 +183,8 @@ def test_the_review_stage_ranks_the_held_out_rows_and_reports(noisy_data, tmp_pa
     names = [image.get("name") for image in xml.iter("image")]
     assert names == [task["data"]["snackloc_image"] for task in tasks]
     assert all((tmp_path / "cvat" / "images" / name).is_file() for name in names)
+    row_ids = json.loads((tmp_path / "cvat" / "rows.json").read_text())
+    assert row_ids == {task["data"]["snackloc_image"]: task["data"]["rows"] for task in tasks}
     reviews = [a.text for a in xml.iter("attribute")]
     assert reviews.count("suggestion") == len(tasks)
     assert reviews.count("label") == sum(len(t["data"]["rows"]) for t in tasks)

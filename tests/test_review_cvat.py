@@ -15,6 +15,7 @@ from globox import AnnotationSet
 from helpers_data import noise_image, write_image
 from helpers_venv import throwaway_venv
 
+from pipeline.core.errors import UserError
 from pipeline.data.contract import SPLITS, annotations_path
 from pipeline.data.formats import cvat, importing
 
@@ -113,6 +114,62 @@ def test_a_cvat_review_edited_by_hand_imports_its_accepted_boxes_only(tmp_path):
     assert {p["kind"] for p in report["problems"]} == {"suggestion"}
 
 
+HEADER = "image_id,x_min,x_max,y_min,y_max,class_name,folder\n"
+VAL = [
+    "a1,0.100000,0.500000,0.200000,0.600000,cake,apple\n",
+    "a1,0.600000,0.900000,0.100000,0.900000,banana,apple\n",
+    "zz,0.100000,0.200000,0.100000,0.200000,cake,cake\n",
+]
+TEST = ["c1,0.200000,0.800000,0.200000,0.800000,cake,cake\n"]
+
+
+def write_reviewed_csvs(root: Path) -> tuple[str, list[str], list[str]]:
+    """The dataset's CSVs that ROWS come from (a1: val rows 0 and 1, c1: test row 0)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for split, lines in (("train", []), ("val", VAL), ("test", TEST)):
+        annotations_path(root, split).write_text(HEADER + "".join(lines))
+    return HEADER, VAL, TEST
+
+
+def test_apply_writes_a_cvat_review_into_the_dataset_in_place(tmp_path):
+    """The export edited as a reviewer would, then `snackloc review apply annotations.xml`:
+    the reviewed images' rows replaced where they stood, every other line as it was."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    header, val, test = write_reviewed_csvs(tmp_path)
+    export = tmp_path / "export"
+    export.mkdir()
+    root = ET.fromstring(cvat.review_annotations(SUSPECTS, ROWS, SIZES, CLASSES))
+    a1, _ = root.findall("image")
+    wrong, _, suggested = a1.findall("box")
+    a1.remove(wrong)  # the cake row deleted, the suggestion accepted; c1 left as it was
+    suggested.find("attribute").text = "label"
+    (export / "annotations.xml").write_text(ET.tostring(root, "unicode"))
+    rows = export / "rows.json"
+    rows.write_text(json.dumps(cvat.review_row_ids(ROWS, [A1, C1])))
+    assert json.loads(rows.read_text()) == {"val/apple/a1.jpg": [0, 1], "test/cake/c1.jpg": [0]}
+
+    args = ["review", "apply", str(export / "annotations.xml"), "--data", str(tmp_path)]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert done.output.startswith("2 images corrected in") and "3 rows replaced by 3" in done.output
+    accepted = "a1,0.050000,0.450000,0.250000,0.750000,apple,apple\n"
+    assert annotations_path(tmp_path, "val").read_text() == header + val[1] + accepted + val[2]
+    assert annotations_path(tmp_path, "test").read_text() == header + test[0]
+
+    rows.write_text(json.dumps({"val/apple/a1.jpg": [0]}))  # a1 has rows 0 and 1: changed
+    summary = cvat.apply_cvat(tmp_path, export / "annotations.xml", rows)
+    assert summary["applied"] == 0 and len(summary["skipped"]) == 2
+    assert "rows changed" in summary["skipped"][0]
+    assert "not a snackloc review task" in summary["skipped"][1]  # c1: not in rows.json
+    rows.unlink()
+    done = CliRunner().invoke(app, args)
+    assert isinstance(done.exception, UserError)  # the CLI's main: one line, exit 2
+    assert "rows.json not found (CVAT keeps no row ids)" in str(done.exception)
+
+
 DATUMARO = ("datumaro==1.13.12",)
 READ_AND_REWRITE = """
 import json, sys
@@ -135,7 +192,8 @@ dataset.export(sys.argv[2], "cvat", save_media=True)
 def test_datumaro_reads_the_cvat_export_and_its_rewrite_imports(tmp_path):
     """Datumaro, the library CVAT's own CVAT XML import and export build on (CVAT's server
     needs Docker: not run here), reads the export with its labels, attributes and images,
-    and writes it again as CVAT does; that rewrite imports, suggestions skipped. Opt-in
+    and writes it again as CVAT does; that rewrite imports, suggestions skipped, and applies
+    to the dataset leaving it byte-identical (nobody changed anything). Opt-in
     (marker scale): datumaro pip-installed into a throwaway venv; skipped when it cannot
     be. The whole test took 5 s with a warm uv cache (noisy, 2 shared cores)."""
     venv = throwaway_venv(tmp_path / "venv", DATUMARO, "SNACKLOC_DATUMARO_VENV")
@@ -168,3 +226,11 @@ def test_datumaro_reads_the_cvat_export_and_its_rewrite_imports(tmp_path):
         ("cake", 0.2, 0.8, 0.2, 0.8),
     ]
     assert [p["kind"] for p in report["problems"]] == ["suggestion", "suggestion"]
+    # Nobody changed anything: applied, the CSVs stay byte-identical (CVAT's 0.01 px suffice).
+    header, val, test = write_reviewed_csvs(tmp_path / "dataset")
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps(cvat.review_row_ids(ROWS, [A1, C1])))
+    summary = cvat.apply_cvat(tmp_path / "dataset", tmp_path / "again" / "annotations.xml", rows)
+    assert (summary["applied"], summary["rows_after"], summary["skipped"]) == (2, 3, [])
+    assert annotations_path(tmp_path / "dataset", "val").read_text() == header + "".join(val)
+    assert annotations_path(tmp_path / "dataset", "test").read_text() == header + "".join(test)

@@ -50,13 +50,23 @@ def review_export(
 
 @review_app.command("apply")
 def review_apply(
-    export: Annotated[Path, typer.Argument(help="Label Studio's JSON export of the tasks.")],
+    export: Annotated[
+        Path, typer.Argument(help="Label Studio's JSON export, or CVAT's annotations.xml.")
+    ],
     data: Annotated[Path, typer.Option(help="The dataset that was reviewed.")] = Path("data"),
+    rows: Annotated[
+        Path | None,
+        typer.Option(help="CVAT: the rows.json `review export` wrote (default: beside EXPORT)."),
+    ] = None,
 ) -> None:
-    """Write the corrected rows of a Label Studio export into the dataset's CSVs."""
+    """Write the corrected rows of a Label Studio or CVAT export into the dataset's CSVs."""
+    from pipeline.data.formats.cvat import apply_cvat, sniff_cvat
     from pipeline.data.formats.labelstudio import apply_export
 
-    summary = apply_export(data, export)
+    if export.suffix.lower() == ".xml" or sniff_cvat(export):
+        summary = apply_cvat(data, export, rows or export.parent / "rows.json")
+    else:
+        summary = apply_export(data, export)
     typer.echo(
         f"{summary['applied']} images corrected in {data} "
         f"({summary['rows_before']} rows replaced by {summary['rows_after']})"

@@ -197,8 +197,9 @@ def export_review(
     (``out``/label_config.xml); each task's image URL is ``url_prefix`` +
     ``<split>/<folder>/<image_id>.jpg`` (with Label Studio's local files storage rooted at
     the data folder, the default finds them). ``cvat``: CVAT for images 1.1
-    (``out``/annotations.xml), the labels for CVAT's label constructor (``out``/labels.json)
-    and the images under ``out``/images/ by the names the XML gives them.
+    (``out``/annotations.xml), the labels for CVAT's label constructor (``out``/labels.json),
+    each image's row ids (``out``/rows.json, for ``review apply``) and the images under
+    ``out``/images/ by the names the XML gives them.
     """
     from pipeline.core.config import load_params
     from pipeline.core.files import write_text
@@ -217,11 +218,12 @@ def export_review(
             out / "annotations.xml", cvat.review_annotations(suspects, rows_of, sizes, classes)
         )
         write_json(out / "labels.json", cvat.review_labels(classes))
+        write_json(out / "rows.json", cvat.review_row_ids(rows_of, list(sizes)))
         for key in sizes:
             target = out / "images" / key[0] / key[1] / f"{key[2]}.jpg"  # its name in the XML
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(image_path(params.data.root, *key), target)
-        where = f"{out}: annotations.xml, labels.json, images/"
+        where = f"{out}: annotations.xml, labels.json, rows.json, images/"
         return f"{len(sizes)} images ({len(suspects)} suspects) as CVAT for images 1.1 in {where}"
     tasks = labelstudio.review_tasks(suspects, rows_of, sizes, url_prefix)
     write_json(out / "tasks.json", tasks)

@@ -140,7 +140,7 @@ def review_annotations(
     root.append(_labels_meta(classes, len(first)))
     for number, key in enumerate(first):
         size = sizes[key]
-        name = PurePosixPath(*key).as_posix() + ".jpg"
+        name = image_name(key)
         attrib = {"id": str(number), "name": name, "width": str(size[0])}
         image = ET.SubElement(root, "image", {**attrib, "height": str(size[1])})
         for row in rows_of_image.get(key, []):
@@ -151,3 +151,70 @@ def review_annotations(
         image.append(_box(str(suspect["suggest_class"]), corners, size, SUGGESTION))
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, "unicode") + "\n"
+
+
+def image_name(key: tuple[str, str, str]) -> str:
+    """The name a review export gives an image: ``split/folder/id.jpg``."""
+    return PurePosixPath(*key).as_posix() + ".jpg"
+
+
+def review_row_ids(
+    rows_of_image: dict[tuple[str, str, str], list[dict[str, Any]]],
+    keys: list[tuple[str, str, str]],
+) -> dict[str, list[int]]:
+    """rows.json of a CVAT review export: each image's CSV row ids at the export (CVAT
+    keeps none; ``apply_cvat`` checks them as Label Studio tasks carry them)."""
+    return {
+        image_name(key): [int(row["row"]) for row in rows_of_image.get(key, [])] for key in keys
+    }
+
+
+def apply_cvat(data_root, xml_path: Path, rows_path: Path) -> dict[str, Any]:
+    """Write a CVAT export of a review (``review_annotations``, corrected in CVAT) into the
+    dataset: each image's rows (its ids in ``rows_path``, the export's rows.json) are
+    replaced by its boxes but those still marked ``suggestion``, as
+    ``labelstudio.apply_tasks`` does for Label Studio. An image that rows.json does not list
+    is skipped; coordinates come back at CVAT's precision (0.01 pixel)."""
+    from pipeline.core.errors import UserError
+    from pipeline.data.formats.base import load_json
+    from pipeline.data.formats.labelstudio import apply_tasks
+
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (OSError, ET.ParseError) as exc:
+        raise UserError(f"{xml_path}: cannot be read ({describe(exc)})") from None
+    if not Path(rows_path).is_file():
+        hint = "pass --rows: the rows.json that `snackloc review export --format cvat` wrote"
+        raise UserError(f"{rows_path} not found (CVAT keeps no row ids)", hint=hint)
+    try:
+        row_ids = load_json(Path(rows_path))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{rows_path}: cannot be read ({describe(exc)})") from None
+    if root.tag != "annotations" or not isinstance(row_ids, dict):
+        raise UserError(f"{xml_path}: not a CVAT for images file (with {rows_path})")
+    tasks = []
+    for node in root.iter("image"):
+        name = node.get("name") or ""
+        size = pixel_size(node.get("width"), node.get("height")) or (1, 1)
+        boxes = [box for box in node.iter("box") if _attribute(box, REVIEW) != SUGGESTION]
+        regions = [_box_region(box, size) for box in boxes]
+        data = {"snackloc_image": name, "rows": row_ids[name]} if name in row_ids else {}
+        tasks.append({"data": data, "annotations": [{"result": regions}]})
+    return apply_tasks(data_root, tasks)
+
+
+def _box_region(box: ET.Element, size: tuple[int, int]) -> dict[str, Any]:
+    """A <box> as a Label Studio rectangle region; with its corners as written when they are
+    not numbers (``apply_tasks`` then skips the image, saying so)."""
+    from pipeline.data.formats.labelstudio import box_region
+
+    keys = ("xtl", "xbr", "ytl", "ybr")
+    try:
+        left, right, top, bottom = (float(box.get(key, "")) for key in keys)
+    except ValueError:  # the corners as written, for apply_tasks to name what it cannot read
+        value = {"x": box.get("xtl"), "y": box.get("ytl"), "width": box.get("xbr")}
+        return {"type": "rectanglelabels", "value": {**value, "height": box.get("ybr")}}
+    corners = (left / size[0], right / size[0], top / size[1], bottom / size[1])
+    region = box_region(corners, box.get("label") or "", size)
+    region["value"]["rotation"] = box.get("rotation") or 0  # a rotated box is not applied
+    return region

@@ -117,7 +117,7 @@ def read_labelstudio(path, ctx: ReadContext) -> list[Entry]:
     return entries
 
 
-def _region(box: tuple[float, float, float, float], label: str, size: tuple[int, int], **extra):
+def box_region(box: tuple[float, float, float, float], label: str, size: tuple[int, int], **extra):
     """One rectanglelabels region of a normalized (x_min, x_max, y_min, y_max) box."""
     x_min, x_max, y_min, y_max = box
     return {
@@ -167,7 +167,7 @@ def review_tasks(
         rows = rows_of_image.get(key, [])
         size = sizes[key]
         given = [
-            _region(
+            box_region(
                 (r["x_min"], r["x_max"], r["y_min"], r["y_max"]),
                 r["class_name"],
                 size,
@@ -197,7 +197,7 @@ def review_tasks(
                     {
                         "model_version": "snackloc-review",
                         "score": min(1.0, max(0.0, float(suspect["score"]))),
-                        "result": [_region(suggested, str(suspect["suggest_class"]), size)],
+                        "result": [box_region(suggested, str(suspect["suggest_class"]), size)],
                     }
                 ],
             }
@@ -234,7 +234,23 @@ def _corrected_rows(task: dict[str, Any], key: tuple[str, str, str]) -> list[lis
 
 
 def apply_export(data_root, export_path) -> dict[str, Any]:
-    """Write the corrections of a Label Studio export of ``review_tasks`` into the dataset.
+    """Write the corrections of a Label Studio export of ``review_tasks`` into the dataset
+    (``apply_tasks``); a UserError naming the file when it is not such an export."""
+    from pathlib import Path
+
+    from pipeline.core.errors import UserError
+
+    try:
+        tasks = load_json(Path(export_path))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{export_path}: cannot be read ({describe(exc)})") from None
+    if not is_labelstudio(tasks):
+        raise UserError(f"{export_path}: not a Label Studio export (a list of tasks)")
+    return apply_tasks(data_root, tasks)
+
+
+def apply_tasks(data_root, tasks: list[Any]) -> dict[str, Any]:
+    """Write the corrected tasks (as ``review_tasks`` wrote them, annotated) into the dataset.
 
     Each task's image keeps its place in its split's CSV; its rows (``data.rows``, checked to
     be still the rows of that image) are replaced by the task's last annotation, so an image
@@ -246,15 +262,8 @@ def apply_export(data_root, export_path) -> dict[str, Any]:
     import csv
     from pathlib import Path
 
-    from pipeline.core.errors import UserError
     from pipeline.core.files import write_text
 
-    try:
-        tasks = load_json(Path(export_path))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{export_path}: cannot be read ({describe(exc)})") from None
-    if not is_labelstudio(tasks):
-        raise UserError(f"{export_path}: not a Label Studio export (a list of tasks)")
     root = Path(data_root)
     tables: dict[str, list[list[str]]] = {}
     summary: dict[str, Any] = {"applied": 0, "rows_before": 0, "rows_after": 0, "skipped": []}
