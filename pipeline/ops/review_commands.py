@@ -2,8 +2,9 @@
 
 ``snackloc review`` itself runs the stage (pipeline/cli.py makes it this group's callback).
 Export writes the top suspects as Label Studio tasks (or CVAT for images 1.1 XML); a person
-corrects them there and exports the project as JSON; apply writes those corrections into the
-dataset's CSVs, a new data version that ``dvc repro`` (and the retraining flow) pick up.
+corrects them there and exports the project (JSON, or CVAT's XML); apply writes those
+corrections into the dataset's CSVs, a new data version that ``dvc repro`` (and the
+retraining flow) pick up.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ def review_export(
     outputs: OutputsOpt = OUTPUTS_ROOT,
 ) -> None:
     """The images of the top suspects for a labeling tool, their rows to correct and the
-    model's suggestion: Label Studio tasks (the suggestion a prediction, the row ids kept,
-    for `review apply`) or CVAT XML (the suggestion a box whose review attribute is
-    "suggestion"; read back with `data import --format cvat`). See docs/review.md."""
+    model's suggestion: Label Studio tasks (the suggestion a prediction) or CVAT XML (the
+    suggestion a box whose review attribute is "suggestion"), the row ids kept for `review
+    apply`. See docs/review.md."""
     from pipeline.stages.review import export_review
 
     typer.echo(export_review(params, outputs, out, top, format_, url_prefix))
