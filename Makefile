@@ -75,8 +75,10 @@ test-all: test test-opt-in ## every test the project has, each once (what CI run
 # The scale-out profile (docs/scaling.md): real PostgreSQL, S3 (rclone serve s3), MLflow and
 # Prefect servers on 127.0.0.1. Installs the `scale` dependency group into .venv (`make
 # install` removes it again) and, as root with apt, Debian's PostgreSQL server without a
-# default cluster; without them the tests skip and say why.
-test-scale: $(UV) ## opt-in: the pipeline on real PostgreSQL/S3/MLflow/Prefect servers
+# default cluster; without them the tests skip and say why. Also the review exports against
+# the tools' own code: a real Label Studio server, and datumaro (the library of CVAT's
+# importer), each pip-installed into a throwaway venv (skipped when they cannot be).
+test-scale: $(UV) ## opt-in: the pipeline on real PostgreSQL/S3/MLflow/Prefect (and Label Studio) servers
 	$(UV) sync --frozen --python $(PYTHON) --quiet --group scale
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -88,7 +90,7 @@ test-scale: $(UV) ## opt-in: the pipeline on real PostgreSQL/S3/MLflow/Prefect s
 	  else echo "NOTE: no PostgreSQL server binaries and no root/apt-get to install them:" \
 	    "the scale tests will be skipped (apt-get install postgresql)"; fi; \
 	fi
-	pytest -m scale tests/test_scale.py
+	pytest -m scale tests/test_scale.py tests/test_labelstudio_server.py tests/test_review_cvat.py
 
 lint: install ## ruff lint + format check
 	ruff check . && ruff format --check .

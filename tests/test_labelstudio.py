@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers_labelstudio import sdk_errors
 from PIL import Image
 
 from pipeline.core.errors import UserError
@@ -156,6 +157,59 @@ def test_review_tasks_round_trip_through_a_label_studio_export(tmp_path):
     assert entry.name == "val/apple/abc.jpg" and not ctx.problems
     boxes = [(b.label, *(round(v, 6) for v in b.ltrb)) for b in entry.boxes]
     assert boxes == [("banana", 0.05, 0.25, 0.45, 0.75), ("cake", 0.6, 0.1, 0.9, 0.9)]
+
+
+def test_label_studio_s_sdk_accepts_every_exported_task_under_the_exported_config():
+    """label-studio-sdk's LabelInterface checks the tasks as Label Studio's import would:
+    regions naming the config's tags and labels, percent geometry, a score within 0-1."""
+    classes = ["apple", "banana", "cake"]
+    rows_of, sizes, suspects = {}, {}, []
+    for number, (kind, score, suggest) in enumerate(
+        [("box", 0.0, "apple"), ("class", 0.4, "cake"), ("overlooked", 1.09, "banana")]
+    ):
+        key = ("test", classes[number], f"img{number}")
+        rows_of[key] = [
+            {"row": 2 * number, "class_name": classes[number], "x_min": 0.0, "x_max": 1.0,
+             "y_min": 0.0, "y_max": 1.0},
+            {"row": 2 * number + 1, "class_name": "banana", "x_min": 0.25, "x_max": 0.5,
+             "y_min": 0.1, "y_max": 0.3},
+        ]  # fmt: skip
+        sizes[key] = (640, 427)
+        suspects.append(
+            {"split": "test", "folder": key[1], "image_id": key[2], "row": -1 if number == 2
+             else 2 * number, "kind": kind, "score": score, "suggest_class": suggest,
+             "suggest_x_min": 0.1, "suggest_x_max": 0.7, "suggest_y_min": 0.2,
+             "suggest_y_max": 1.0}
+        )  # fmt: skip
+    tasks = labelstudio.review_tasks(suspects, rows_of, sizes, "/data/local-files/?d=")
+    config = labelstudio.label_config(classes)
+    assert len(tasks) == 3 and sdk_errors(config, tasks) == []
+    assert tasks[2]["predictions"][0]["score"] == 1.0 and tasks[2]["data"]["score"] == 1.09
+    # The check can fail: a class the config lacks, a box past the edge, no image.
+    tasks[0]["predictions"][0]["result"][0]["value"]["rectanglelabels"] = ["pear"]
+    tasks[1]["annotations"][0]["result"][0]["value"]["width"] = 120.0
+    del tasks[2]["data"]["image"]
+    errors = sdk_errors(config, tasks)
+    assert len(errors) == 3, errors
+    assert "pear" in errors[0] and "width" in errors[1] and "no data.image" in errors[2]
+
+
+def test_image_urls_are_percent_encoded_and_read_back_decoded(tmp_path):
+    key = ("val", "ice cream", "abc")
+    rows = [{"row": 0, "class_name": "cake", "x_min": 0, "x_max": 1, "y_min": 0, "y_max": 1}]
+    suspect = {
+        "split": "val", "folder": "ice cream", "image_id": "abc", "row": 0, "kind": "class",
+        "score": 0.1, "suggest_class": "cake", "suggest_x_min": 0.0, "suggest_x_max": 1.0,
+        "suggest_y_min": 0.0, "suggest_y_max": 1.0,
+    }  # fmt: skip
+    prefix = "/data/local-files/?d="
+    (task,) = labelstudio.review_tasks([suspect], {key: rows}, {key: (8, 8)}, prefix)
+    assert task["data"]["image"] == prefix + "val/ice%20cream/abc.jpg"
+    del task["data"]["snackloc_image"]  # found from the URL alone, as Label Studio's own tasks
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([task]))
+    (entry,) = labelstudio.read_labelstudio(export, ReadContext(tmp_path))
+    assert entry.name == "val/ice cream/abc.jpg"
 
 
 def test_a_file_that_is_not_a_label_studio_export_is_refused_with_its_cause(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pandas as pd
@@ -161,18 +162,34 @@ def test_the_review_stage_ranks_the_held_out_rows_and_reports(noisy_data, tmp_pa
     assert "review_rows" in logged.data.metrics
 
     # The suspects go to Label Studio with the rows of their images, row ids kept.
-    from pipeline.stages.review import export_label_studio
+    from helpers_labelstudio import sdk_errors
 
-    line = export_label_studio(params, outputs, tmp_path / "ls", top=5)
+    from pipeline.stages.review import export_review
+
+    line = export_review(params, outputs, tmp_path / "ls", top=5)
     tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
     assert line.startswith(f"{len(tasks)} Label Studio tasks") and 1 <= len(tasks) <= 5
     first = table[table.kind != "not_judged"].iloc[0]
     assert (
         tasks[0]["data"]["snackloc_image"] == f"{first.split}/{first.folder}/{first.image_id}.jpg"
     )
-    assert (tmp_path / "ls" / "label_config.xml").read_text().count("<Label ") == len(classes)
+    config = (tmp_path / "ls" / "label_config.xml").read_text()
+    assert config.count("<Label ") == len(classes)
+    assert sdk_errors(config, tasks) == []  # label-studio-sdk's own check of the tasks
+    # ... or to CVAT: the same images, their rows and one suggestion each, images beside.
+    line = export_review(params, outputs, tmp_path / "cvat", top=5, fmt="cvat")
+    assert line.startswith(f"{len(tasks)} images (")
+    xml = ET.parse(tmp_path / "cvat" / "annotations.xml").getroot()
+    names = [image.get("name") for image in xml.iter("image")]
+    assert names == [task["data"]["snackloc_image"] for task in tasks]
+    assert all((tmp_path / "cvat" / "images" / name).is_file() for name in names)
+    row_ids = json.loads((tmp_path / "cvat" / "rows.json").read_text())
+    assert row_ids == {task["data"]["snackloc_image"]: task["data"]["rows"] for task in tasks}
+    reviews = [a.text for a in xml.iter("attribute")]
+    assert reviews.count("suggestion") == len(tasks)
+    assert reviews.count("label") == sum(len(t["data"]["rows"]) for t in tasks)
     with pytest.raises(UserError, match="unknown review export format"):
-        export_label_studio(params, outputs, tmp_path / "x", top=5, fmt="cvat")
+        export_review(params, outputs, tmp_path / "x", top=5, fmt="yolo")
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,10 @@
 """`snackloc review export` and `snackloc review apply`: the fix round trip of the review.
 
 ``snackloc review`` itself runs the stage (pipeline/cli.py makes it this group's callback).
-Export writes the top suspects as Label Studio tasks; a person corrects them there and
-exports the project as JSON; apply writes those corrections into the dataset's CSVs, a new
-data version that ``dvc repro`` (and the retraining flow) pick up.
+Export writes the top suspects as Label Studio tasks (or CVAT for images 1.1 XML); a person
+corrects them there and exports the project (JSON, or CVAT's XML); apply writes those
+corrections into the dataset's CSVs, a new data version that ``dvc repro`` (and the
+retraining flow) pick up.
 """
 
 from __future__ import annotations
@@ -21,31 +22,52 @@ review_app = typer.Typer()
 
 @review_app.command("export")
 def review_export(
-    out: Annotated[Path, typer.Option(help="Folder for tasks.json and label_config.xml.")],
-    format_: Annotated[str, typer.Option("--format", "-f", help="label-studio")] = "label-studio",
+    out: Annotated[Path, typer.Option(help="Folder to write the export into.")],
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="label-studio (tasks.json, label_config.xml) | cvat (CVAT for images 1.1: "
+            "annotations.xml, labels.json, images/).",
+        ),
+    ] = "label-studio",
     top: Annotated[int, typer.Option(min=1, help="The most suspect rows.")] = 50,
     url_prefix: Annotated[
-        str, typer.Option(help="Put before <split>/<folder>/<id>.jpg in each image URL.")
+        str,
+        typer.Option(help="label-studio: put before <split>/<folder>/<id>.jpg in each image URL."),
     ] = "/data/local-files/?d=",
     params: ParamsOpt = Path("params.yaml"),
     outputs: OutputsOpt = OUTPUTS_ROOT,
 ) -> None:
-    """The top suspects as Label Studio tasks: their rows to correct, the model's suggestion
-    as a pre-annotation, the row ids kept (import tasks.json; config: label_config.xml)."""
-    from pipeline.stages.review import export_label_studio
+    """The images of the top suspects for a labeling tool, their rows to correct and the
+    model's suggestion: Label Studio tasks (the suggestion a prediction) or CVAT XML (the
+    suggestion a box whose review attribute is "suggestion"), the row ids kept for `review
+    apply`. See docs/review.md."""
+    from pipeline.stages.review import export_review
 
-    typer.echo(export_label_studio(params, outputs, out, top, format_, url_prefix))
+    typer.echo(export_review(params, outputs, out, top, format_, url_prefix))
 
 
 @review_app.command("apply")
 def review_apply(
-    export: Annotated[Path, typer.Argument(help="Label Studio's JSON export of the tasks.")],
+    export: Annotated[
+        Path, typer.Argument(help="Label Studio's JSON export, or CVAT's annotations.xml.")
+    ],
     data: Annotated[Path, typer.Option(help="The dataset that was reviewed.")] = Path("data"),
+    rows: Annotated[
+        Path | None,
+        typer.Option(help="CVAT: the rows.json `review export` wrote (default: beside EXPORT)."),
+    ] = None,
 ) -> None:
-    """Write the corrected rows of a Label Studio export into the dataset's CSVs."""
+    """Write the corrected rows of a Label Studio or CVAT export into the dataset's CSVs."""
+    from pipeline.data.formats.cvat import apply_cvat, sniff_cvat
     from pipeline.data.formats.labelstudio import apply_export
 
-    summary = apply_export(data, export)
+    if export.suffix.lower() == ".xml" or sniff_cvat(export):
+        summary = apply_cvat(data, export, rows or export.parent / "rows.json")
+    else:
+        summary = apply_export(data, export)
     typer.echo(
         f"{summary['applied']} images corrected in {data} "
         f"({summary['rows_before']} rows replaced by {summary['rows_after']})"

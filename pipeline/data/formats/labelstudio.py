@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import quote, unquote
 
 from globox import BoundingBox, BoxFormat
 
@@ -66,7 +67,7 @@ def _names(data: dict[str, Any]) -> list[str]:
     found = [str(data.get("snackloc_image") or "")]
     local = re.search(r"[?&]d=([^&#]+)", url)  # local files storage: /data/local-files/?d=path
     if local:
-        found.append(local.group(1))
+        found.append(unquote(local.group(1)))
     name = url_file_name(url) or (url if "/" not in url else "")
     found += [name, UPLOAD_PREFIX.sub("", name)]
     return [n for n in dict.fromkeys(found) if n]
@@ -116,7 +117,7 @@ def read_labelstudio(path, ctx: ReadContext) -> list[Entry]:
     return entries
 
 
-def _region(box: tuple[float, float, float, float], label: str, size: tuple[int, int], **extra):
+def box_region(box: tuple[float, float, float, float], label: str, size: tuple[int, int], **extra):
     """One rectanglelabels region of a normalized (x_min, x_max, y_min, y_max) box."""
     x_min, x_max, y_min, y_max = box
     return {
@@ -146,10 +147,15 @@ def review_tasks(
 ) -> list[dict[str, Any]]:
     """One task per suspect image: its current rows as the annotation to correct, and the
     model's suggestion as a prediction (pre-annotation), with the row ids kept in ``data``.
+    The image URL is ``url_prefix`` + ``split/folder/id.jpg`` percent-encoded (``ice
+    cream`` -> ``ice%20cream``), as Label Studio's local files storage writes its URLs.
     Long because it spells out Label Studio's task layout in one place.
 
     ``suspects``: review.csv records (split, folder, image_id, row, kind, score,
-    suggest_class, suggest_*), most suspect first; an image is exported once.
+    suggest_class, suggest_*), most suspect first; an image is exported once. The
+    prediction's score is the suspect score clipped to [0, 1], the range Label Studio
+    accepts (a score is relative to its pool's median, so it can exceed 1); ``data.score``
+    keeps it as ranked.
     """
     tasks, seen = [], set()
     for suspect in suspects:
@@ -161,7 +167,7 @@ def review_tasks(
         rows = rows_of_image.get(key, [])
         size = sizes[key]
         given = [
-            _region(
+            box_region(
                 (r["x_min"], r["x_max"], r["y_min"], r["y_max"]),
                 r["class_name"],
                 size,
@@ -178,7 +184,7 @@ def review_tasks(
         tasks.append(
             {
                 "data": {
-                    "image": f"{url_prefix}{relative}",
+                    "image": url_prefix + quote(relative),
                     "snackloc_image": relative,
                     "split": key[0],
                     "rows": [int(r["row"]) for r in rows],
@@ -190,8 +196,8 @@ def review_tasks(
                 "predictions": [
                     {
                         "model_version": "snackloc-review",
-                        "score": float(suspect["score"]),
-                        "result": [_region(suggested, str(suspect["suggest_class"]), size)],
+                        "score": min(1.0, max(0.0, float(suspect["score"]))),
+                        "result": [box_region(suggested, str(suspect["suggest_class"]), size)],
                     }
                 ],
             }
@@ -228,7 +234,23 @@ def _corrected_rows(task: dict[str, Any], key: tuple[str, str, str]) -> list[lis
 
 
 def apply_export(data_root, export_path) -> dict[str, Any]:
-    """Write the corrections of a Label Studio export of ``review_tasks`` into the dataset.
+    """Write the corrections of a Label Studio export of ``review_tasks`` into the dataset
+    (``apply_tasks``); a UserError naming the file when it is not such an export."""
+    from pathlib import Path
+
+    from pipeline.core.errors import UserError
+
+    try:
+        tasks = load_json(Path(export_path))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{export_path}: cannot be read ({describe(exc)})") from None
+    if not is_labelstudio(tasks):
+        raise UserError(f"{export_path}: not a Label Studio export (a list of tasks)")
+    return apply_tasks(data_root, tasks)
+
+
+def apply_tasks(data_root, tasks: list[Any]) -> dict[str, Any]:
+    """Write the corrected tasks (as ``review_tasks`` wrote them, annotated) into the dataset.
 
     Each task's image keeps its place in its split's CSV; its rows (``data.rows``, checked to
     be still the rows of that image) are replaced by the task's last annotation, so an image
@@ -240,15 +262,8 @@ def apply_export(data_root, export_path) -> dict[str, Any]:
     import csv
     from pathlib import Path
 
-    from pipeline.core.errors import UserError
     from pipeline.core.files import write_text
 
-    try:
-        tasks = load_json(Path(export_path))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{export_path}: cannot be read ({describe(exc)})") from None
-    if not is_labelstudio(tasks):
-        raise UserError(f"{export_path}: not a Label Studio export (a list of tasks)")
     root = Path(data_root)
     tables: dict[str, list[list[str]]] = {}
     summary: dict[str, Any] = {"applied": 0, "rows_before": 0, "rows_after": 0, "skipped": []}
