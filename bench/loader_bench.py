@@ -212,6 +212,7 @@ def main() -> None:
         t.weight_decay,
         label_smoothing=t.label_smoothing,
         ema_momentum=t.ema_momentum,
+        clip_norm=t.clip_norm,
     )
     x, y = augmented[0]
     mem_step = step_seconds(model, x, y, args.steps)
@@ -234,6 +235,7 @@ def main() -> None:
         t.weight_decay,
         label_smoothing=t.label_smoothing,
         ema_momentum=t.ema_momentum,
+        clip_norm=t.clip_norm,
     )
     frozen = BATCH / step_seconds(model, x, y, args.steps)
     record("(d) frozen-backbone train step, in memory", frozen)

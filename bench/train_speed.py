@@ -88,8 +88,8 @@ def run_child(recipe: str, steps: int) -> dict[str, dict[str, float]]:
     from pipeline.core.startup import allocator, tune_glibc
     from pipeline.model import hardware
     from pipeline.model.callbacks import KeepFreedMemory
-    from pipeline.model.fit import make_datasets
-    from pipeline.model.model import build_model, compile_model
+    from pipeline.model.fit import compile_phase, make_datasets
+    from pipeline.model.model import build_model
     from pipeline.model.recipe import head_epochs, plan_phases, set_trainable
     from pipeline.stages.train import load_samples
 
@@ -106,11 +106,7 @@ def run_child(recipe: str, steps: int) -> dict[str, dict[str, float]]:
     model = build_model(len(classes), params.model)
     phase = plan_phases(t.epochs, head_epochs(params))[-1]  # the longest phase
     set_trainable(model, phase, params)
-    compile_model(
-        model, t.learning_rate, t.box_loss_weight, t.box_loss, t.weight_decay,
-        jit_compile=setup.jit_compile, label_smoothing=t.label_smoothing,
-        ema_momentum=t.ema_momentum,
-    )  # fmt: skip
+    compile_phase(model, model, params, setup, t.ema_momentum)  # the train stage's compile
     steps = min(steps, len(train_ds) - 1)
     batch = t.batch_size
     in_memory = [train_ds[i] for i in range(steps)]
