@@ -326,3 +326,17 @@ def test_weight_averaging_keeps_the_averaged_weights():
         np.testing.assert_array_equal(var.numpy(), avg.numpy())
     moved = zip(before, model.trainable_variables, strict=True)
     assert any(not np.allclose(b, v.numpy()) for b, v in moved)
+
+
+@pytest.mark.parametrize("task", ["localize", "detect"])
+def test_train_clip_norm_reaches_the_optimizer_of_either_task(task):
+    from pipeline.core.config import Params, TrainParams
+    from pipeline.model import hardware
+    from pipeline.model.fit import compile_phase
+
+    model_params = TINY.model_copy(update={"task": task, "image_size": 64})
+    model = build_model(3, model_params)
+    for clip_norm, expected in ((10.0, 10.0), (0.0, None)):
+        params = Params(model=model_params, train=TrainParams(clip_norm=clip_norm))
+        compile_phase(model, model, params, hardware.configure(params.train), ema=0.0)
+        assert model.optimizer.global_clipnorm == expected

@@ -222,6 +222,8 @@ class TrainParams(Section):
     lr_schedule: Literal["step", "cosine"] = "cosine"
     lr_drop_epochs: list[PositiveInt] = [16, 21]
     weight_decay: Annotated[float, Field(ge=0, lt=1)] = 0.05  # AdamW when > 0
+    # Scale each step's gradients down to this global norm when above it (0 = off).
+    clip_norm: Annotated[float, Field(ge=0)] = 10.0
     # Share of the class target spread over all classes (0 = plain cross-entropy).
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
     # Moving average of the weights, used for validation and kept at the end (0 = off).

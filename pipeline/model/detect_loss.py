@@ -75,10 +75,11 @@ def compile_detector(
     run_eagerly: bool = False,
     ema_momentum: float = 0.0,
     class_target: str = "onehot",
+    clip_norm: float = 0.0,
 ) -> None:
     """The detector's counterpart of ``model.compile_model``: the same optimizer, its loss."""
     model.compile(
-        optimizer=make_optimizer(learning_rate, weight_decay, ema_momentum),
+        optimizer=make_optimizer(learning_rate, weight_decay, ema_momentum, clip_norm),
         loss={CELLS: detection_loss(grid, radius, box_loss_weight, class_target)},
         jit_compile=jit_compile,
         run_eagerly=run_eagerly,

@@ -188,6 +188,7 @@ def compile_phase(
                 run_eagerly=setup.run_eagerly,
                 ema_momentum=ema,
                 class_target=detect.class_target,
+                clip_norm=train.clip_norm,
             )
         else:
             compile_model(
@@ -200,6 +201,7 @@ def compile_phase(
                 run_eagerly=setup.run_eagerly,
                 label_smoothing=train.label_smoothing,
                 ema_momentum=ema,
+                clip_norm=train.clip_norm,
             )
 
 

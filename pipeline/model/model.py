@@ -267,19 +267,21 @@ def compile_model(
     run_eagerly: bool = False,
     label_smoothing: float = 0.0,
     ema_momentum: float = 0.0,
+    clip_norm: float = 0.0,
 ) -> None:
     """Cross-entropy for the class, the chosen box loss (weighted), Adam or AdamW.
 
     The book's recipe is box_loss="mse", box_loss_weight=10, weight_decay=0 (Adam), no label
     smoothing, no weight averaging. ``ema_momentum`` > 0 keeps an exponential moving average
-    of the weights, which fit() copies into the model when it ends.
+    of the weights, which fit() copies into the model when it ends; ``clip_norm`` > 0 clips
+    each step's gradients to that global norm.
     ``jit_compile`` (XLA) and ``run_eagerly`` come from pipeline/model/hardware.py. Also compiles a
     ``heads_model``.
     """
     # One class leaves nothing to smooth (and Keras warns about a one-unit cross-entropy).
     smoothing = label_smoothing if model.get_layer("class").units > 1 else 0.0
     model.compile(
-        optimizer=make_optimizer(learning_rate, weight_decay, ema_momentum),
+        optimizer=make_optimizer(learning_rate, weight_decay, ema_momentum, clip_norm),
         loss={"class": class_loss(smoothing), "box": BOX_LOSSES[box_loss]},
         loss_weights={"class": 1.0, "box": box_loss_weight},
         metrics={
@@ -292,13 +294,20 @@ def compile_model(
     )
 
 
-def make_optimizer(learning_rate: float, weight_decay: float, ema_momentum: float):
+def make_optimizer(
+    learning_rate: float, weight_decay: float, ema_momentum: float, clip_norm: float = 0.0
+):
     """AdamW (decoupled weight decay) when ``weight_decay`` > 0, else Adam (the book); with a
-    moving average of the weights when ``ema_momentum`` > 0."""
-    ema = {"use_ema": ema_momentum > 0, "ema_momentum": ema_momentum or 0.99}
+    moving average of the weights when ``ema_momentum`` > 0 and gradients clipped to a global
+    norm when ``clip_norm`` > 0."""
+    options = {
+        "use_ema": ema_momentum > 0,
+        "ema_momentum": ema_momentum or 0.99,
+        "global_clipnorm": clip_norm or None,
+    }
     if weight_decay > 0:
-        return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **ema)
-    return keras.optimizers.Adam(learning_rate, **ema)
+        return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **options)
+    return keras.optimizers.Adam(learning_rate, **options)
 
 
 def load_model(path) -> keras.Model:
