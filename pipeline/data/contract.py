@@ -24,6 +24,8 @@ ANNOTATION_COLUMNS: list[str] = [
 ]  # fmt: skip
 BOX_COLUMNS: list[str] = ["x_min", "x_max", "y_min", "y_max"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+# The synthetic dataset's record of every defect it injected (and the truth behind each).
+MANIFEST_NAME = "defects.json"
 # Names of image files (lower-case endings): the files an import looks for, and those under
 # data/<split>/ that validate reports when no row names them.
 IMAGE_SUFFIXES = frozenset(

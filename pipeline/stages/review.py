@@ -35,7 +35,12 @@ from pipeline.core.errors import UserError
 from pipeline.core.files import read_json, write_csv, write_json
 from pipeline.core.paths import Outputs
 from pipeline.data.boxes import iou
-from pipeline.data.contract import BOX_COLUMNS, image_path, read_clean_annotations
+from pipeline.data.contract import (
+    BOX_COLUMNS,
+    MANIFEST_NAME,
+    image_path,
+    read_clean_annotations,
+)
 from pipeline.evaluation import review
 from pipeline.integrations import tracking
 from pipeline.model import crossval
@@ -44,7 +49,6 @@ from pipeline.model.loader import SnackDataset, sample_table, select_targets
 from pipeline.model.model import input_size, load_model
 
 log = logging.getLogger(__name__)
-MANIFEST = "defects.json"
 
 
 def load_rows(outputs: Outputs, classes: list[str], splits: list[str]) -> pd.DataFrame:
@@ -92,7 +96,7 @@ def predict(
 
 def noise_figures(ranked: pd.DataFrame, root: Path) -> dict[str, Any]:
     """Recall per injected noise kind at twice the injected count, and precision there."""
-    manifest_path = root / MANIFEST
+    manifest_path = root / MANIFEST_NAME
     if not manifest_path.is_file():
         return {}
     splits = set(ranked.split)

@@ -45,12 +45,10 @@ import numpy as np
 
 from pipeline.core.config import SynthParams
 from pipeline.core.files import check_replaceable, replaced_dir
-from pipeline.data.contract import ANNOTATION_COLUMNS, SPLITS, annotations_path
+from pipeline.data.contract import ANNOTATION_COLUMNS, MANIFEST_NAME, SPLITS, annotations_path
 from pipeline.data.synth.defects import DEFECT_SPECS, Defect, Injector, Row, record_rows
 from pipeline.data.synth.images import entropy, render_all
 from pipeline.data.synth.noise import NOISE_SPECS, NoiseInjector
-
-MANIFEST_NAME = "defects.json"
 
 
 def _write_csv(path: Path, rows: Iterable[Row]) -> None:
