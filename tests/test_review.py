@@ -14,6 +14,7 @@ from pipeline.core.config import SNACK_CLASSES, SynthParams
 from pipeline.core.errors import UserError
 from pipeline.data import synth
 from pipeline.data.contract import BOX_COLUMNS, SPLITS, annotations_path, image_path
+from pipeline.data.synth.noise import undo
 from pipeline.evaluation import review
 from pipeline.model.loader import select_targets
 
@@ -100,6 +101,30 @@ def test_label_noise_is_off_by_default_and_leaves_the_manifest_as_before(tmp_pat
     text = (tmp_path / "data" / "defects.json").read_text()
     assert "label_noise" not in text and '"review"' not in text
     assert json.loads(text) == manifest
+
+
+def test_undoing_every_injected_label_gives_back_the_clean_dataset(noisy_data, tmp_path):
+    """The manifest holds the truth of each noisy label: undone, the rows are those of the
+    same seed without noise (what bench/review_fix.py's reviewer writes back)."""
+    root, manifest = noisy_data
+    clean = tmp_path / "clean"
+    synth.generate(clean, NOISY.model_copy(update={"label_noise": 0.0}), False, workers=1)
+
+    def read(folder):
+        return {
+            s: pd.read_csv(annotations_path(folder, s), dtype=str, keep_default_na=False)
+            for s in SPLITS
+        }
+
+    def rows(tables):
+        return {s: sorted(map(tuple, t.to_numpy().tolist())) for s, t in tables.items()}
+
+    tables = read(root)
+    assert rows(tables) != rows(read(clean))
+    for entry in manifest["defects"]:
+        if entry["expect"] == "review":
+            undo(tables, entry)
+    assert rows(tables) == rows(read(clean))
 
 
 def test_the_ranking_finds_each_kind_of_noise_in_twice_as_many_suspects(noisy_data):

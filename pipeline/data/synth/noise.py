@@ -20,11 +20,14 @@ manifest it wrote before the option existed, so the pinned default dataset stays
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import pandas as pd
 from numpy.random import Generator
 
 from pipeline.core.config import SNACK_CLASSES
 from pipeline.data.boxes import iou
+from pipeline.data.contract import ANNOTATION_COLUMNS
 from pipeline.data.synth.defects import Defect, Row
 from pipeline.data.synth.draw import pick
 from pipeline.data.synth.images import ImageRecord
@@ -153,3 +156,17 @@ class NoiseInjector:
         row = self._main(record)
         self.rows[record.split].remove(row)
         self._add("missing_box", record, "main object not annotated", None, removed_row=row.cells)
+
+
+def undo(tables: dict[str, pd.DataFrame], entry: dict[str, Any]) -> None:
+    """Give one manifest entry's label its truth back, in ``tables`` (split → that split's
+    annotation CSV read as strings): the true class or box at its row, or the deleted row
+    appended (``missing_box``). What a reviewer who fixes that suspect writes."""
+    table = tables[entry["split"]]
+    if entry["row"] is None:
+        restored = pd.DataFrame([dict(zip(ANNOTATION_COLUMNS, entry["removed_row"], strict=True))])
+        tables[entry["split"]] = pd.concat([table, restored], ignore_index=True)
+    elif "true_class" in entry:
+        table.loc[int(entry["row"]), "class_name"] = entry["true_class"]
+    else:
+        table.loc[int(entry["row"]), list(_BOX)] = [f"{v:.6f}" for v in entry["true_box"]]
