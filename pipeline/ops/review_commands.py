@@ -40,10 +40,12 @@ def review_export(
     params: ParamsOpt = Path("params.yaml"),
     outputs: OutputsOpt = OUTPUTS_ROOT,
 ) -> None:
-    """The images of the top suspects for a labeling tool, their rows to correct and the
-    model's suggestion: Label Studio tasks (the suggestion a prediction) or CVAT XML (the
-    suggestion a box whose review attribute is "suggestion"), the row ids kept for `review
-    apply`. See docs/review.md."""
+    """Write the top suspects as tasks for a labeling tool (Label Studio or CVAT).
+
+    Each task holds the image, its rows to correct and the model's suggestion (a Label
+    Studio prediction, or a CVAT box whose review attribute is "suggestion"); the row ids
+    are kept for `review apply`. See docs/review.md.
+    """
     from pipeline.stages.review import export_review
 
     typer.echo(export_review(params, outputs, out, top, format_, url_prefix))
