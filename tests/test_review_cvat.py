@@ -114,6 +114,20 @@ def test_a_cvat_review_edited_by_hand_imports_its_accepted_boxes_only(tmp_path):
     assert {p["kind"] for p in report["problems"]} == {"suggestion"}
 
 
+def test_a_rotated_cvat_box_is_reported_not_read_as_upright(tmp_path):
+    export = write_export(tmp_path / "export")
+    root = ET.parse(export / "annotations.xml").getroot()
+    wrong, right, _ = root.findall("image")[0].findall("box")
+    wrong.set("rotation", "30.5")
+    right.set("rotation", "360")  # a full turn is upright
+    (export / "annotations.xml").write_text(ET.tostring(root, "unicode"))
+
+    rows, report = imported_rows(export / "annotations.xml", tmp_path / "data")
+    assert rows == [("banana", 0.6, 0.9, 0.1, 0.9), ("cake", 0.2, 0.8, 0.2, 0.8)]
+    rotated = [p for p in report["problems"] if p["kind"] == "rotated_box"]
+    assert len(rotated) == 1 and "30.5 degrees" in rotated[0]["detail"], report["problems"]
+
+
 HEADER = "image_id,x_min,x_max,y_min,y_max,class_name,folder\n"
 VAL = [
     "a1,0.100000,0.500000,0.200000,0.600000,cake,apple\n",

@@ -2,7 +2,8 @@
 
 Read: every <image> and its boxes (pixel corners ``xtl ytl xbr ybr``). A box whose
 ``review`` attribute is ``suggestion`` (written by ``review_annotations``: the model's
-suggestion that nobody accepted) is skipped and reported.
+suggestion that nobody accepted) and a rotated box (``rotation``: its corners are not the
+object's upright box) are skipped and reported.
 
 Written for the review (``snackloc review export --format cvat``): the suspect images with
 their rows as boxes (``review`` = ``label``) and the model's suggestion as one more box of
@@ -57,6 +58,11 @@ def read_cvat(path: Path, ctx: ReadContext) -> list[Entry]:
                 ctx.report(path, item, "suggestion", "skipped box", detail)
                 continue
             try:
+                rotation = float(child.get("rotation") or 0)
+                if rotation % 360:
+                    detail = f"rotated by {rotation:g} degrees: not an upright box"
+                    ctx.report(path, item, "rotated_box", "skipped box", detail)
+                    continue
                 entry.boxes.append(BoundingBox.from_cvat(child))
             except READ_ERRORS as exc:
                 ctx.report(path, item, "bad_box", "skipped box", describe(exc))
