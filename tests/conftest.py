@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 
 import pytest
-from helpers_env import BIN, free_port, wait_healthy
+from helpers_env import BIN, free_port, stop, wait_healthy
 
 from pipeline.core import env
 
@@ -57,9 +56,5 @@ def prefect_server(tmp_path_factory):
         wait_healthy(f"{api}/health", process)
         yield api
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop(process)
         log.close()

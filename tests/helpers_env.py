@@ -3,6 +3,8 @@ fixtures (conftest.py) and the tests. Import as ``from helpers_env import ROOT, 
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -34,3 +36,12 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 120) -> N
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"{url} not healthy after {timeout} s")
+
+
+def stop(process: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM the process group (a server and its workers), SIGKILL if it lingers."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)

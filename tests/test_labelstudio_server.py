@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
@@ -31,7 +30,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from helpers_data import ann, make_dataset
-from helpers_env import BIN, ROOT, free_port, wait_healthy
+from helpers_env import BIN, ROOT, free_port, stop, wait_healthy
 from helpers_venv import throwaway_venv
 
 pytestmark = [pytest.mark.scale, pytest.mark.timeout(900)]
@@ -87,11 +86,7 @@ def label_studio(tmp_path_factory, request):
         TIMINGS["start"] = round(time.monotonic() - started, 1)
         yield url, files.parent, venv
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop(process, timeout=30)
         log.close()
         shutil.rmtree(home / "venv", ignore_errors=True)  # about 800 MB; a reused one is kept
         capture = request.config.pluginmanager.getplugin("capturemanager")

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import urllib.request
 
@@ -15,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers_data import write_image
-from helpers_env import BIN, free_port, wait_healthy
+from helpers_env import BIN, free_port, stop, wait_healthy
 from helpers_mlflow import new_training_run
 from helpers_model import TINY_MODEL, save_tiny_model
 
@@ -81,15 +80,6 @@ def evaluated(outputs: Outputs, corloc: float, fingerprint: str = "same-test-set
     }  # fmt: skip
     write_json(outputs.eval_metrics, {"test": model, "test_baseline": dict.fromkeys(model, 0.05)})
     write_json(outputs.eval_splits, {"test": {"images": 10, "fingerprint": fingerprint}})
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM the process group (a server and its workers), SIGKILL if it lingers."""
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 def champion(client) -> str:
