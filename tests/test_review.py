@@ -189,7 +189,7 @@ def test_the_review_stage_ranks_the_held_out_rows_and_reports(noisy_data, tmp_pa
     # The suspects go to Label Studio with the rows of their images, row ids kept.
     from helpers_labelstudio import sdk_errors
 
-    from pipeline.stages.review import export_review
+    from pipeline.ops.review_export import export_review
 
     line = export_review(params, outputs, tmp_path / "ls", top=5)
     tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())

@@ -46,7 +46,7 @@ def review_export(
     Studio prediction, or a CVAT box whose review attribute is "suggestion"); the row ids
     are kept for `review apply`. See docs/review.md.
     """
-    from pipeline.stages.review import export_review
+    from pipeline.ops.review_export import export_review
 
     typer.echo(export_review(params, outputs, out, top, format_, url_prefix))
 
