@@ -107,6 +107,29 @@ def test_the_quality_target_asks_a_half_fitting_box_for_a_half_score():
     assert np.all(np.diff(losses("onehot")) < 0)  # focal loss: the higher the better
 
 
+def test_the_detector_weighs_its_box_loss_by_its_own_param_not_the_two_heads():
+    from pipeline.model.fit import compile_phase
+
+    model = build_model(2, DETECT_MODEL)
+    gt = pad_boxes(np.array([[0.0, 1.0, 0.0, 1.0]]), np.array([0]), 2)[None]
+    cells = np.zeros((1, 16, 6), dtype="float32")
+    cells[..., :4] = [0.0, 0.5, 0.0, 1.0]  # every cell's box half wrong: a box loss above 0
+
+    def loss(detect_weight: float, two_heads_weight: float) -> float:
+        detect = DetectParams(box_loss_weight=detect_weight)
+        params = Params(
+            model=DETECT_MODEL.model_copy(update={"detect": detect}),
+            train=TrainParams(box_loss_weight=two_heads_weight),
+        )
+        compile_phase(model, model, params, hardware.configure(params.train), ema=0.0)
+        return float(np.mean(model.loss["cells"](gt, cells)))
+
+    class_only, box = loss(0.0, 2.0), loss(1.0, 2.0) - loss(0.0, 2.0)
+    assert box > 0
+    assert loss(3.0, 2.0) == pytest.approx(class_only + 3 * box, rel=1e-5)
+    assert loss(1.0, 10.0) == pytest.approx(loss(1.0, 2.0), rel=1e-6)
+
+
 def test_the_conv_stride_keeps_the_grid_and_moves_the_conv():
     def built(**detect):
         model = DETECT_MODEL.model_copy(update={"detect": DetectParams(**detect)})

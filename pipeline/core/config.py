@@ -122,6 +122,9 @@ class DetectParams(Section):
     # Where the head's Conv2D 3x3 runs: 16 (on the backbone's map upsampled to stride 16) or
     # 32 (on the backbone's map, then upsampled: a quarter of the multiply-adds, a wider view).
     conv_stride: Literal[16, 32] = 32
+    # The box loss's weight against the class loss, the detector's own (train.box_loss_weight
+    # is the two heads'): at 1.0 the class side learns more (docs/detection.md).
+    box_loss_weight: Annotated[float, Field(ge=0)] = 1.0
 
 
 class ModelParams(Section):

@@ -182,7 +182,7 @@ def compile_phase(
                 grid_of(model),
                 detect.center_radius,
                 train.learning_rate,
-                train.box_loss_weight,
+                detect.box_loss_weight,
                 train.weight_decay,
                 jit_compile=setup.jit_compile,
                 run_eagerly=setup.run_eagerly,
