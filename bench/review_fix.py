@@ -39,7 +39,8 @@ from recipe_compare import ROOT, merge, parse_set, snackloc
 
 from pipeline.core.files import read_json
 from pipeline.data.contract import MANIFEST_NAME, SPLITS, annotations_path
-from pipeline.data.synth.noise import undo
+from pipeline.data.synth.noise import EXPECT, undo
+from pipeline.evaluation.review import found_in_top
 
 ARMS = ("noisy", "fixed", "clean")
 FIGURES = ("accuracy", "mean_iou", "iou50_rate", "corloc", "map50")
@@ -68,28 +69,22 @@ def stages(folder: Path, *names: str) -> None:
 
 def noise_entries(data: Path) -> list[dict]:
     """The manifest's injected label-noise entries (expect: review)."""
-    return [e for e in read_json(data / MANIFEST_NAME)["defects"] if e.get("expect") == "review"]
+    return [e for e in read_json(data / MANIFEST_NAME)["defects"] if e.get("expect") == EXPECT]
 
 
 def review_fix(ranked: pd.DataFrame, data: Path, top: int) -> tuple[Counter, Counter]:
     """Give the injected rows among the top ``top`` suspects their true labels, in place.
 
-    Matching as the review stage's recall: a row by (split, row index), a deleted row by any
-    suspect of its image. Returns (injected, fixed) counts per noise kind."""
-    head = ranked.head(top)
-    rows = set(zip(head.split, head.row.astype(int), strict=True))
-    images = set(zip(head.split, head.image_id, strict=True))
+    Found as the review stage's recall counts them (``found_in_top``). Returns (injected,
+    fixed) counts per noise kind."""
     tables = {
         split: pd.read_csv(annotations_path(data, split), dtype=str, keep_default_na=False)
         for split in SPLITS
     }
+    entries = noise_entries(data)
     injected, fixed = Counter(), Counter()
-    for entry in noise_entries(data):
+    for entry, found in zip(entries, found_in_top(ranked, entries, top), strict=True):
         injected[entry["kind"]] += 1
-        if entry["row"] is None:
-            found = (entry["split"], entry["image_id"]) in images
-        else:
-            found = (entry["split"], int(entry["row"])) in rows
         if found:
             undo(tables, entry)
             fixed[entry["kind"]] += 1

@@ -191,8 +191,8 @@ def rank(scored: pd.DataFrame, image_suspects: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def recall_by_kind(ranked: pd.DataFrame, defects: list[dict], cut: int) -> dict[str, dict]:
-    """Share of injected label-noise entries of each kind found in the top ``cut`` suspects.
+def found_in_top(ranked: pd.DataFrame, entries: list[dict], cut: int) -> list[bool]:
+    """For each manifest entry, whether the top ``cut`` suspects point at it.
 
     A row-level entry is found when its row is in the cut; a ``missing_box`` (no row left) when
     any suspect of its image is.
@@ -200,14 +200,20 @@ def recall_by_kind(ranked: pd.DataFrame, defects: list[dict], cut: int) -> dict[
     top = ranked.head(cut)
     rows = set(zip(top.split, top.row.astype(int), strict=True))
     images = set(zip(top.split, top.image_id, strict=True))
+    return [
+        (e["split"], e["image_id"]) in images
+        if e["row"] is None
+        else (e["split"], int(e["row"])) in rows
+        for e in entries
+    ]
+
+
+def recall_by_kind(ranked: pd.DataFrame, defects: list[dict], cut: int) -> dict[str, dict]:
+    """Share of injected label-noise entries of each kind found in the top ``cut`` suspects
+    (``found_in_top``)."""
+    noise = [entry for entry in defects if entry.get("expect") == "review"]
     found: dict[str, list[bool]] = {}
-    for entry in defects:
-        if entry.get("expect") != "review":
-            continue
-        if entry["row"] is None:
-            hit = (entry["split"], entry["image_id"]) in images
-        else:
-            hit = (entry["split"], int(entry["row"])) in rows
+    for entry, hit in zip(noise, found_in_top(ranked, noise, cut), strict=True):
         found.setdefault(entry["kind"], []).append(hit)
     return {
         kind: {"injected": len(hits), "found": int(sum(hits)), "recall": sum(hits) / len(hits)}

@@ -34,11 +34,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.files import read_json, write_csv, write_json
 from pipeline.core.paths import Outputs
 from pipeline.data.boxes import iou
-from pipeline.data.contract import (
-    BOX_COLUMNS,
-    MANIFEST_NAME,
-    read_clean_annotations,
-)
+from pipeline.data.contract import BOX_COLUMNS, MANIFEST_NAME, read_clean_annotations
 from pipeline.evaluation import review
 from pipeline.integrations import tracking
 from pipeline.model import crossval

@@ -27,12 +27,10 @@ from numpy.random import Generator
 
 from pipeline.core.config import SNACK_CLASSES
 from pipeline.data.boxes import iou
-from pipeline.data.contract import ANNOTATION_COLUMNS
+from pipeline.data.contract import ANNOTATION_COLUMNS, BOX_COLUMNS
 from pipeline.data.synth.defects import Defect, Row
 from pipeline.data.synth.draw import pick
 from pipeline.data.synth.images import ImageRecord
-
-_BOX = ("x_min", "x_max", "y_min", "y_max")
 
 
 @dataclass(frozen=True)
@@ -54,11 +52,11 @@ EXPECT = "review"
 
 
 def _box(row: Row) -> list[float]:
-    return [float(row.get(c)) for c in _BOX]
+    return [float(row.get(c)) for c in BOX_COLUMNS]
 
 
 def _set_box(row: Row, box: list[float]) -> None:
-    for column, value in zip(_BOX, box, strict=True):
+    for column, value in zip(BOX_COLUMNS, box, strict=True):
         row.set(column, f"{min(1.0, max(0.0, value)):.6f}")
 
 
@@ -169,4 +167,4 @@ def undo(tables: dict[str, pd.DataFrame], entry: dict[str, Any]) -> None:
     elif "true_class" in entry:
         table.loc[int(entry["row"]), "class_name"] = entry["true_class"]
     else:
-        table.loc[int(entry["row"]), list(_BOX)] = [f"{v:.6f}" for v in entry["true_box"]]
+        table.loc[int(entry["row"]), BOX_COLUMNS] = [f"{v:.6f}" for v in entry["true_box"]]
