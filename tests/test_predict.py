@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.core import env
 from pipeline.core.errors import UserError
-from pipeline.evaluation.drawing import to_pixels
+from pipeline.data.boxes import to_pixels
 from pipeline.ops import inputs, predict
 
 CLASSES = ["apple", "banana", "cake"]

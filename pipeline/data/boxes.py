@@ -61,3 +61,9 @@ def iou(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     result = np.zeros_like(union)
     np.divide(intersection, union, out=result, where=union > 0)
     return np.clip(result, 0.0, 1.0)
+
+
+def to_pixels(box: ArrayLike, width: int, height: int) -> list[int]:
+    """A normalized (x_min, x_max, y_min, y_max) box in pixels of a width×height image."""
+    scale = np.array([width, width, height, height], dtype="float64")
+    return np.rint(np.asarray(box, dtype="float64") * scale).astype(int).tolist()

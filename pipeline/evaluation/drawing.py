@@ -10,16 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 DASH, GAP = 8, 5  # pixels of a dashed edge
-
-
-def to_pixels(box: Sequence[float] | np.ndarray, width: int, height: int) -> list[int]:
-    """A normalized (x_min, x_max, y_min, y_max) box in pixels of a width×height image."""
-    scale = np.array([width, width, height, height], dtype="float64")
-    return np.rint(np.asarray(box, dtype="float64") * scale).astype(int).tolist()
 
 
 def _font(size: int):

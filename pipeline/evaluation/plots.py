@@ -19,8 +19,9 @@ import pandas as pd
 from matplotlib import ticker
 
 from pipeline.core.files import replaced_dir
+from pipeline.data.boxes import to_pixels
 from pipeline.data.contract import BOX_COLUMNS, image_path, open_image_rgb
-from pipeline.evaluation.drawing import draw_box, to_pixels
+from pipeline.evaluation.drawing import draw_box
 
 PRED_COLUMNS = [f"pred_{col}" for col in BOX_COLUMNS]
 GALLERY_SEED = 0  # the "random" gallery is the same on every run

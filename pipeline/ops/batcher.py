@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.ops.detections import split_rows
+from pipeline.model.answers import split_rows
 
 Infer = Callable[[np.ndarray], dict[str, np.ndarray]]  # a batch → the model's named outputs
 Row = dict[str, np.ndarray]  # one image's slice of every output

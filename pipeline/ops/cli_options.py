@@ -18,7 +18,7 @@ ClassesOpt = Annotated[
         help="Class list JSON for a .keras model (default: outputs/validate/classes.json)."
     ),
 ]
-# A detector's limits (`snackloc predict`, `snackloc serve`; pipeline/ops/detections.py)
+# A detector's limits (`snackloc predict`, `snackloc serve`; pipeline/model/answers.py)
 ScoreThresholdOpt = Annotated[
     float | None,
     typer.Option(

@@ -41,9 +41,10 @@ import numpy as np
 
 from pipeline.core.errors import UserError
 from pipeline.core.files import atomic_path
+from pipeline.model.answers import Predictor
 from pipeline.model.detect_decode import DETECTION_OUTPUTS
 from pipeline.ops import converters
-from pipeline.ops.predict import Predictor, decoded_chunks
+from pipeline.ops.predict import decoded_chunks
 
 TOLERANCE = {"float32": 1e-3, "float16": 1e-2, "int8": 0.1}
 CHECK_IMAGES = 64

@@ -11,7 +11,7 @@ one-line error; the other images still run. The same ``Result`` is what `snacklo
 answers (pipeline/ops/serve.py).
 
 A detector (``model.task: detect``) also lists every object it finds (``detections``, built
-by pipeline/ops/detections.py), filtered by a score threshold and a maximum count (the
+by pipeline/model/answers.py), filtered by a score threshold and a maximum count (the
 model's own ``model.detect`` values by default). Its CSV has one row per detection, and its
 drawn images show every detection.
 """
@@ -23,118 +23,33 @@ import json
 import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import UnidentifiedImageError
 
 from pipeline.core.errors import UserError
 from pipeline.core.files import atomic_path, read_json
 from pipeline.core.paths import Outputs
-from pipeline.data.boxes import clip_and_order
 from pipeline.data.contract import decode_for_model, open_image_rgb
-from pipeline.evaluation.drawing import draw_box, to_pixels
+from pipeline.evaluation.drawing import draw_box
 from pipeline.integrations import registry, tracking
-from pipeline.model.model import input_size, load_model
-from pipeline.ops.detections import (
+from pipeline.model.answers import (
+    TOP_K,
+    Decoded,
     Limits,
+    Predictor,
+    Result,
     choose_limits,
-    detection_list,
-    model_limits,
-    split_rows,
+    describe_error,
 )
+from pipeline.model.model import input_size, load_model
 
 DEFAULT_MODEL = "models:/snackloc@champion"
 DEFAULT_CLASSES = Outputs().classes
 BATCH = 32
-TOP_K = 3
 DECODE_THREADS = 2
-
-
-@dataclass(frozen=True)
-class Predictor:
-    """A loaded model with what is needed to feed it and name its outputs."""
-
-    model: Any
-    classes: list[str]
-    image_size: int
-    source: str
-    # a detector's own score threshold and maximum count (None: the two-head model)
-    limits: Limits | None = field(init=False, default=None)
-
-    def __post_init__(self) -> None:
-        import tensorflow as tf
-
-        object.__setattr__(self, "limits", model_limits(self.model))
-
-        # One graph for every batch size (traced once): Keras' predict() builds a data
-        # pipeline per call and predict_on_batch() retraces per shape, both costlier than
-        # the model itself on small batches.
-        spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32)
-        call = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
-        object.__setattr__(self, "_call", call)
-
-    def outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Every named output of the model, as it computes it, for a (n, size, size, 3)
-        batch (a detector's lists too; what an export is checked on)."""
-        out = self._call(np.asarray(batch, dtype="float32"))
-        return {name: np.asarray(value) for name, value in out.items()}
-
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Class probabilities and clipped, ordered boxes of a (n, size, size, 3) batch."""
-        out = self.outputs(batch)
-        probs = np.asarray(out["class"], dtype="float64")
-        return probs, clip_and_order(np.asarray(out["box"], dtype="float64"))
-
-
-@dataclass
-class Result:
-    """The prediction for one image, or why there is none."""
-
-    image: str
-    class_name: str | None = None
-    probability: float | None = None
-    top: list[dict[str, Any]] | None = None  # the top-k classes: class_name, probability
-    box: list[float] | None = None  # normalized x_min, x_max, y_min, y_max
-    box_pixels: list[int] | None = None  # the same in pixels of the image as displayed
-    width: int | None = None
-    height: int | None = None
-    drawn: str | None = None
-    error: str | None = None
-    # A detector's every object, best first: class_name, score, box, box_pixels.
-    detections: list[dict[str, Any]] | None = None
-
-    def fill(
-        self, classes: list[str], prob: np.ndarray, box: np.ndarray, top_k: int = TOP_K
-    ) -> Result:
-        """Set class, probability, top-k and box from one row of the model's outputs
-        (``width`` and ``height`` set before, for the box in pixels)."""
-        order = np.argsort(-prob, kind="stable")[: max(1, top_k)]
-        self.class_name = classes[int(order[0])]
-        self.probability = round(float(prob[order[0]]), 4)
-        self.top = [
-            {"class_name": classes[int(i)], "probability": round(float(prob[i]), 4)} for i in order
-        ]
-        self.box = [round(float(v), 4) for v in box]
-        self.box_pixels = to_pixels(box, self.width, self.height)
-        return self
-
-    def fill_outputs(
-        self,
-        classes: list[str],
-        row: dict[str, np.ndarray],
-        top_k: int = TOP_K,
-        limits: Limits | None = None,
-    ) -> Result:
-        """Set everything from one image's slice of the model's outputs (``split_rows``):
-        class, top-k and box, and a detector's ``detections`` within ``limits``."""
-        box = clip_and_order(np.asarray(row["box"], dtype="float64"))
-        self.fill(classes, np.asarray(row["class"], dtype="float64"), box, top_k)
-        if "num_detections" in row:  # a detector: every object as well
-            self.detections = detection_list(classes, row, self.width, self.height, limits)
-        return self
 
 
 def load_predictor(model: str = DEFAULT_MODEL, classes_file: Path | None = None) -> Predictor:
@@ -171,17 +86,6 @@ def _load_mlflow(uri: str, classes_file: Path | None) -> Predictor:
     return Predictor(keras_model, list(classes), input_size(keras_model), uri)
 
 
-def describe_error(exc: Exception) -> str:
-    """A short reason why an image could not be read."""
-    if isinstance(exc, FileNotFoundError):
-        return "file not found"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory, not an image"
-    if isinstance(exc, UnidentifiedImageError):
-        return "not an image Pillow can read (unknown or corrupt format)"
-    return f"cannot decode the image: {exc}"
-
-
 def predict_batch(predictor: Predictor, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities and clipped, ordered boxes for a list of resized images."""
     return predictor.infer(np.stack(arrays))
@@ -195,9 +99,6 @@ def _output_path(out_dir: Path, image: Path, used: set[str]) -> Path:
         name = f"{image.stem}-{n}.jpg"
     used.add(name)
     return out_dir / name
-
-
-Decoded = tuple[np.ndarray, tuple[int, int]] | Exception
 
 
 def _decode(path: Path, size: int) -> Decoded:
@@ -265,21 +166,11 @@ def predict_images(
     bar = tqdm(total=len(paths), unit="img", desc="predict", disable=None if progress else True)
     with bar:
         for chunk, decoded in decoded_chunks(paths, predictor.image_size, batch):
-            loaded = []
-            for path, item in zip(chunk, decoded, strict=True):
-                result = Result(image=str(path))
-                if isinstance(item, Exception):
-                    result.error = describe_error(item)
-                else:
-                    result.width, result.height = item[1]
-                    loaded.append((result, item[0]))
-                results.append(result)
-            if loaded:
-                out = predictor.outputs(np.stack([array for _, array in loaded]))
-                for (result, _), row in zip(loaded, split_rows(out), strict=True):
-                    result.fill_outputs(predictor.classes, row, top_k, limits)
-                    if out_dir is not None:
-                        _draw(result, out_dir, used)
+            answers = predictor.answer([str(path) for path in chunk], decoded, top_k, limits)
+            for result in answers:
+                if out_dir is not None and result.error is None:
+                    _draw(result, out_dir, used)
+            results.extend(answers)
             bar.update(len(chunk))
     return results
 
