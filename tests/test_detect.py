@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from pathlib import Path
 
@@ -249,11 +250,25 @@ def test_the_detector_trains_and_its_saved_model_returns_final_boxes(tmp_path):
     (tmp_path / "classes.json").write_text('{"classes": ["x", "y"]}')
     predictor = load_predictor(str(tmp_path / "model.keras"), tmp_path / "classes.json")
     images = sorted((tmp_path / "data").rglob("*.jpg"))[:2]
-    for result in predict_images(predictor, images):
+    results = predict_images(predictor, images)
+    for result in results:
         assert result.class_name in {"x", "y"} and isinstance(result.detections, list)
         assert all(
             set(d) == {"class_name", "score", "box", "box_pixels"} for d in result.detections
         )
+    # The registered model (what `mlflow models serve` runs) lists the same detections.
+    import mlflow
+
+    from pipeline.integrations.served_model import ARTIFACT, ImageModel
+
+    artifacts = {ARTIFACT: str(tmp_path / "model.keras")}
+    mlflow.pyfunc.save_model(tmp_path / "pyfunc", python_model=ImageModel(),
+                             artifacts=artifacts, model_config={"classes": ["x", "y"]})  # fmt: skip
+    encoded = [base64.b64encode(path.read_bytes()).decode() for path in images]
+    answers = mlflow.pyfunc.load_model(tmp_path / "pyfunc").predict(
+        pd.DataFrame({"image": encoded})
+    )
+    assert [a["detections"] for a in answers] == [r.detections for r in results]
 
 
 class BackboneAtPhaseStart(keras.callbacks.Callback):

@@ -3,6 +3,7 @@ let the gate decide, promote and roll back by hand, and load @champion for predi
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -13,7 +14,7 @@ import urllib.request
 import numpy as np
 import pandas as pd
 import pytest
-from helpers_data import write_image
+from helpers_data import noise_image, write_image
 from helpers_env import BIN, free_port, stop, wait_healthy
 from helpers_mlflow import new_training_run
 from helpers_model import TINY_MODEL, save_tiny_model
@@ -142,6 +143,44 @@ def test_register_gate_promote_rollback_round_trip(project, tmp_path):
     assert result.error is None and result.class_name in CLASSES
 
 
+def test_the_registered_model_answers_image_bytes_as_predict_does(project, tmp_path):
+    """What `mlflow models serve` runs: base64 images in, `snackloc predict`'s answers out
+    (a bad image gets its error, the others still run); pixel arrays still get the arrays."""
+    import mlflow
+
+    params, outputs, client = project
+    ensure_champion(params, outputs, client)
+    photo = write_image(tmp_path / "photo.jpg", noise_image("photo", size=(96, 64)))
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    encoded = base64.b64encode(photo.read_bytes()).decode()
+    broken = base64.b64encode(b"not an image").decode()
+    answers = served.predict(pd.DataFrame({"image": [encoded, broken, "%%%"]}))
+
+    local = predict.load_predictor(str(outputs.model), outputs.classes)
+    (expected,) = predict.predict_images(local, [photo])
+    assert answers[0] == {k: v for k, v in vars(expected).items() if v is not None} | {"image": "0"}
+    assert (answers[0]["width"], answers[0]["height"]) == (96, 64)
+    assert "not an image" in answers[1]["error"] and "base64" in answers[2]["error"]
+    pixels = np.full((2, TINY_MODEL.image_size, TINY_MODEL.image_size, 3), 128.0, "float32")
+    arrays = served.predict(pixels)
+    assert arrays["class"].shape == (2, len(CLASSES)) and arrays["box"].shape == (2, 4)
+
+
+def test_a_version_logged_with_the_tensorflow_flavour_still_loads(project):
+    """Versions registered before the pyfunc model: predict and the gate still load them."""
+    import mlflow
+
+    _, outputs, client = project
+    run_id = json.loads(outputs.mlflow_run.read_text())["run_id"]
+    model = predict.load_predictor(str(outputs.model), outputs.classes).model
+    with tracking.model_logging_run(run_id):
+        info = mlflow.tensorflow.log_model(model, name="model", metadata={"classes": CLASSES})
+    version = registry.create_version(client, "old-flavour", info, run_id)
+    loaded, metadata = registry.load_version(f"models:/old-flavour/{version}")
+    assert metadata["classes"] == CLASSES
+    assert [w.shape for w in loaded.weights] == [w.shape for w in model.weights]
+
+
 def test_registering_answers_no_bad_request(mlflow_server, project):
     """A first registration (no model, no champion) and a second one (both exist) make no
     request the server answers 4xx: its log is a reader's, not a list of expected errors."""
@@ -262,19 +301,27 @@ def test_mlflow_models_serve_answers_a_request(project, tmp_path):
     )
     try:
         wait_healthy(f"http://127.0.0.1:{port}/ping", process)
-        image = np.full((1, TINY_MODEL.image_size, TINY_MODEL.image_size, 3), 128.0)
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            data=json.dumps({"inputs": image.tolist()}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            predictions = json.loads(response.read())["predictions"]
+        pixels = np.full((1, TINY_MODEL.image_size, TINY_MODEL.image_size, 3), 128.0)
+        predictions = invoke(port, {"inputs": pixels.tolist()})
+        photo = base64.b64encode(write_image(tmp_path / "photo.jpg").read_bytes()).decode()
+        (answer,) = invoke(port, {"dataframe_records": [{"image": photo}]})
     finally:
         stop(process)
         log.close()
     assert np.asarray(predictions["class"]).shape == (1, len(CLASSES))
     assert np.asarray(predictions["box"]).shape == (1, 4)
+    assert answer["class_name"] in CLASSES and len(answer["box_pixels"]) == 4
+
+
+def invoke(port: int, body: dict):
+    """The predictions of one `POST /invocations` with a JSON body."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())["predictions"]
 
 
 def test_connecting_to_one_store_leaves_the_next_project_its_own(tmp_path, monkeypatch):

@@ -92,26 +92,26 @@ def log_model_version(
     experiment: str,
     train_run_id: str,
     name: str,
-    model,
-    example,
+    model_file: Path,
     metadata: dict[str, Any],
     requirements: list[str],
 ) -> tuple[str, str]:
-    """Log ``model`` (tensorflow flavour, with a signature and the input ``example``) to the
-    training run and register it as a new version of ``name``; return (version, run id)."""
+    """Log the trained ``model_file`` (``.keras``) as a pyfunc model that answers images
+    (pipeline/integrations/served_model.py) to the training run and register it as a new
+    version of ``name``; return (version, run id)."""
     import mlflow
-    import numpy as np
-    from mlflow.models import infer_signature
 
-    prediction = {k: np.asarray(v) for k, v in model.predict(example, verbose=0).items()}
+    from pipeline.integrations.served_model import ARTIFACT, ImageModel
+
     with tracking.resumed_training_run(experiment, train_run_id, "register") as run:
         run_id = run.info.run_id
         with tracking.model_logging_run(run_id):
-            info = mlflow.tensorflow.log_model(
-                model,
+            # No signature: it takes encoded images or pixel arrays (served_model.py).
+            info = mlflow.pyfunc.log_model(
                 name="model",
-                signature=infer_signature(example, prediction),
-                input_example=example,
+                python_model=ImageModel(),
+                artifacts={ARTIFACT: str(model_file)},
+                model_config={"classes": metadata["classes"]},
                 pip_requirements=requirements,
                 metadata=metadata,
             )
@@ -150,8 +150,10 @@ def load_version(uri: str) -> tuple[Any, dict[str, Any]]:
 
     tracking.use_store(tracking.tracking_uri())
     try:
-        metadata = mlflow.models.get_model_info(uri).metadata or {}
-        return mlflow.tensorflow.load_model(uri), metadata
+        info = mlflow.models.get_model_info(uri)
+        if "tensorflow" in info.flavors:  # a version registered before the pyfunc model
+            return mlflow.tensorflow.load_model(uri), info.metadata or {}
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model().model, info.metadata or {}
     except (MlflowException, OSError) as exc:
         if tracking.is_transient(exc):
             raise

@@ -25,8 +25,6 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.core.config import Params
 from pipeline.core.files import read_json, write_json
 from pipeline.core.paths import Outputs
@@ -40,13 +38,6 @@ log = logging.getLogger(__name__)
 def pip_requirements() -> list[str]:
     """Exact versions for serving; inferring them is slow and lists both TF builds."""
     return [f"{name}=={version(name)}" for name in ("tensorflow", "keras", "mlflow", "numpy")]
-
-
-def input_example(size: int) -> np.ndarray:
-    """A small deterministic image batch (one mid-grey image with a gradient)."""
-    ramp = np.linspace(0, 255, size, dtype="float32")
-    image = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], np.float32(128)), -1)
-    return image[None].astype("float32")
 
 
 def lineage_tags(params: Params, metrics: dict[str, Any], fingerprint: str) -> dict[str, str]:
@@ -79,7 +70,8 @@ def model_md5(path: Path) -> str:
 
 
 def log_and_register(client, model, params: Params, outputs: Outputs, classes: list[str], md5: str):
-    """Log the model (tensorflow flavor) to the training run and register a new version.
+    """Log the model (a pyfunc model that answers images) to the training run and register
+    it as a new version.
 
     A model already registered from the same run and file is not registered again (the
     stage rerun for new gate params, or a retry after a lost answer): its version is reused.
@@ -96,8 +88,7 @@ def log_and_register(client, model, params: Params, outputs: Outputs, classes: l
         params.mlflow.experiment,
         run_id,
         name,
-        model,
-        input_example(size),
+        outputs.model,
         metadata={"classes": classes, "image_size": size},
         requirements=pip_requirements(),
     )
