@@ -91,7 +91,7 @@ def split_scores(folder: Path, split: str, nms: dict | None = None) -> dict[str,
         cells = keras.Model(model.inputs, {CELLS: model.get_layer("detections").input})
         model = inference_model(cells, params.model.detect.model_copy(update=nms))
     size, batch = input_size(model), params.evaluate.batch_size
-    scores, _, _ = evaluate_split(model, samples, rows, classes, size, batch)
+    scores = evaluate_split(model, samples, rows, classes, size, batch).metrics
     return {**scores, "images": len(samples)}
 
 

@@ -324,12 +324,17 @@ def test_coco_metrics_on_hand_made_boxes():
         (truth[0][0], np.array([0.9]), np.array([0])),
         (np.concatenate([shifted, truth[1][0]]), np.array([0.8, 0.3]), np.array([1, 0])),
     ]
-    scores, per_class = coco.coco_scores(truth, detections, 2)
+    scores, per_class, curves = coco.coco_scores(truth, detections, 2)
     assert scores["map50"] == pytest.approx(1.0)
     assert scores["map"] == pytest.approx((1.0 + 0.3) / 2)
     assert scores["ar100"] == pytest.approx((1.0 + 0.3) / 2)
     assert scores["agnostic_recall50"] == pytest.approx(1.0)
     assert per_class.ap.tolist() == pytest.approx([1.0, 0.3])
+    # The curves of the precision-recall plot: the area under each is its AP.
+    assert len(curves) == 101 and curves.recall.iloc[-1] == 1.0
+    assert curves.precision_50.mean() == pytest.approx(scores["map50"])
+    assert curves.precision_75.mean() == pytest.approx((1.0 + 0.0) / 2)  # IoU 0.62 < 0.75
+    assert curves.precision_50_95.mean() == pytest.approx(scores["map"])
 
 
 def test_the_one_box_model_is_one_detection_per_image():

@@ -169,13 +169,21 @@ def test_plots_and_summary_are_written(tmp_path):
     history = pd.DataFrame(
         {"epoch": [1, 2], "loss": [2.0, 1.0], "val_loss": [2.5, 1.5], "learning_rate": [1e-3, 1e-4]}
     )
-    files = plots.evaluation_plots(
-        table, per_class, CLASSES, history, tmp_path / "data", tmp_path / "plots", 2
+    curves = pd.DataFrame({"recall": np.linspace(0, 1, 101)}).assign(
+        precision_50=0.9, precision_75=0.5, precision_50_95=0.4
     )
+    boxes = table[BOX].to_numpy()
+    truth = [(boxes[i : i + 1], np.array([0])) for i in range(len(table))]
+    found = [(boxes[i : i + 1], np.array([0.7]), np.array([1])) for i in range(len(table))]
+    files = plots.evaluation_plots(
+        table, per_class, CLASSES, history, tmp_path / "data", tmp_path / "plots", 2,
+        curves, (truth, found),
+    )  # fmt: skip
     names = {p.name for p in files}
     assert names == {
         "confusion_matrix.png", "iou_histogram.png", "per_class.png", "training_curves.png",
         "gallery_best.png", "gallery_worst.png", "gallery_random.png",
+        "precision_recall.png", "gallery_objects.png",
     }  # fmt: skip
     assert all(Image.open(p).size[0] > 100 for p in files)
     targets, preds = table[BOX].to_numpy(), table[[f"pred_{c}" for c in BOX]].to_numpy()

@@ -30,6 +30,8 @@ from pipeline.data.contract import BOX_COLUMNS
 CANVAS = 1000.0
 DETECTION = ("map", "map50", "ar100", "agnostic_recall50")
 Detections = tuple[np.ndarray, np.ndarray, np.ndarray]
+RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCOeval's recThrs
+CURVES = ("precision_50", "precision_75", "precision_50_95")
 
 
 def one_box_detections(probs: np.ndarray, boxes: np.ndarray) -> list[Detections]:
@@ -119,12 +121,14 @@ def _mean_valid(values: np.ndarray) -> float:
 
 def coco_scores(
     truth: list, detections: list[Detections], num_classes: int
-) -> tuple[dict[str, float], pd.DataFrame]:
-    """The module's metrics, and per class: boxes, AP at [.5:.95] and at .5 (NaN: no box)."""
+) -> tuple[dict[str, float], pd.DataFrame, pd.DataFrame]:
+    """The module's metrics; per class: boxes, AP at [.5:.95] and at .5 (NaN: no box); and
+    the precision-recall curves (``precision_recall``)."""
     if not detections or not any(len(d[0]) for d in detections):
         scores = dict.fromkeys(DETECTION, 0.0)
         per_class = pd.DataFrame({"class": range(num_classes), "ap": 0.0, "ap50": 0.0})
-        return scores, per_class.assign(boxes=_boxes_per_class(truth, num_classes))
+        curves = pd.DataFrame({"recall": RECALL_POINTS} | dict.fromkeys(CURVES, 0.0))
+        return scores, per_class.assign(boxes=_boxes_per_class(truth, num_classes)), curves
     evaluator = _coco_eval(truth, detections, num_classes)
     # precision: (iou thresholds, recall points, classes, area ranges, max dets); "all", 100
     precision = evaluator.eval["precision"][:, :, :, 0, -1]
@@ -144,7 +148,20 @@ def coco_scores(
         }
     )
     per_class.loc[per_class.boxes == 0, ["ap", "ap50"]] = np.nan
-    return scores, per_class
+    return scores, per_class, precision_recall(precision)
+
+
+def precision_recall(precision: np.ndarray) -> pd.DataFrame:
+    """COCO's interpolated precision at its 101 recall points, averaged over the classes:
+    at IoU 0.5, at 0.75, and averaged over 0.50:0.95 (the curves under mAP@.5, AP75, mAP)."""
+    return pd.DataFrame(
+        {
+            "recall": RECALL_POINTS,
+            "precision_50": [_mean_valid(precision[0, r]) for r in range(len(RECALL_POINTS))],
+            "precision_75": [_mean_valid(precision[5, r]) for r in range(len(RECALL_POINTS))],
+            "precision_50_95": [_mean_valid(precision[:, r]) for r in range(len(RECALL_POINTS))],
+        }
+    )
 
 
 def _boxes_per_class(truth: list, num_classes: int) -> np.ndarray:

@@ -27,6 +27,7 @@ PRED_COLUMNS = [f"pred_{col}" for col in BOX_COLUMNS]
 GALLERY_SEED = 0  # the "random" gallery is the same on every run
 GALLERY_COLUMNS = 4
 THUMBNAIL = 320  # longest side of a gallery image, in pixels
+SHOWN_SCORE = 0.3  # detections drawn in the gallery of every object (all of them are scored)
 
 
 def _save(fig, path: Path) -> Path:
@@ -156,8 +157,12 @@ def evaluation_plots(
     data_root: Path,
     out_dir: Path,
     gallery_images: int = 8,
+    curves: pd.DataFrame | None = None,
+    objects: tuple[list, list] | None = None,
 ) -> list[Path]:
-    """Write every evaluation plot of one split into ``out_dir`` (replaced as a whole)."""
+    """Write every evaluation plot of one split into ``out_dir`` (replaced as a whole):
+    with ``curves`` (coco.precision_recall) the precision-recall plot, with ``objects`` (per
+    prediction row: every ground-truth box, every detection) a gallery of every object."""
     split = predictions.split.iloc[0]
     with replaced_dir(out_dir) as tmp:
         confusion_matrix(predictions, classes, tmp / "confusion_matrix.png")
@@ -165,6 +170,64 @@ def evaluation_plots(
         per_class(per_class_table, tmp / "per_class.png")
         if history is not None and len(history):
             training_curves(history, tmp / "training_curves.png")
-        for kind, picks in pick_gallery(predictions, gallery_images).items():
-            gallery(picks, data_root, f"{kind} {split} predictions", tmp / f"gallery_{kind}.png")
+        if curves is not None:
+            precision_recall(curves, f"{split} split", tmp / "precision_recall.png")
+        picks = pick_gallery(predictions, gallery_images)
+        for kind, rows in picks.items():
+            gallery(rows, data_root, f"{kind} {split} predictions", tmp / f"gallery_{kind}.png")
+        if objects is not None:
+            title = f"every object, random {split} images"
+            object_gallery(picks["random"], *objects, classes, data_root, title,
+                           tmp / "gallery_objects.png")  # fmt: skip
     return sorted(out_dir.glob("*.png"))
+
+
+def precision_recall(curves: pd.DataFrame, title: str, path: Path) -> Path:
+    """COCO's precision-recall curves (class-averaged) at IoU 0.5, 0.75 and 0.5:0.95; the
+    area under each is its mAP."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for column, label in (("precision_50", "IoU 0.50"), ("precision_75", "IoU 0.75"),
+                          ("precision_50_95", "IoU 0.50:0.95")):  # fmt: skip
+        area = curves[column].mean()  # COCO's AP: the mean over its 101 recall points
+        ax.plot(curves.recall, curves[column], label=f"{label} (AP {area:.3f})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    ax.set_title(f"precision-recall, {title} (mean over classes)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=9)
+    return _save(fig, path)
+
+
+def object_gallery(
+    picks: pd.DataFrame,
+    truth: list,
+    detections: list,
+    classes: list[str],
+    data_root: Path,
+    title: str,
+    path: Path,
+) -> Path:
+    """A grid of images with every ground-truth box (dashed) and every detection scored at
+    least ``SHOWN_SCORE`` (solid, the weakest drawn first); ``truth`` and ``detections`` are
+    indexed like the rows."""
+    cols = min(GALLERY_COLUMNS, len(picks))
+    rows = math.ceil(len(picks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.5 * rows), squeeze=False)
+    for ax, (index, row) in zip(axes.flat, picks.iterrows(), strict=False):
+        image = open_image_rgb(image_path(data_root, row.split, row.folder, row.image_id))
+        image.thumbnail((THUMBNAIL, THUMBNAIL))
+        boxes, labels = truth[index]
+        for box, label in zip(boxes, labels, strict=True):
+            draw_box(image, to_pixels(box, *image.size), classes[label], dashed=True)
+        found, scores, found_labels = (
+            d[detections[index][1] >= SHOWN_SCORE] for d in detections[index]
+        )
+        for box, score, label in list(zip(found, scores, found_labels, strict=True))[::-1]:
+            draw_box(image, to_pixels(box, *image.size), f"{classes[label]} {score:.2f}",
+                     label_below=True)  # fmt: skip
+        ax.imshow(image)
+        ax.set_title(f"{row.image_id}\nobjects: {len(boxes)}, detections: {len(found)}", fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    shown = f"solid: detections with score ≥ {SHOWN_SCORE}"
+    fig.suptitle(f"{title} — dashed: ground truth, {shown}", fontsize=11)
+    return _save(fig, path)

@@ -8,8 +8,9 @@ Writes, under outputs/evaluate/:
 - per_class.csv: accuracy, mean IoU, IoU≥0.5 rate, CorLoc, boxes and COCO AP per split and
   class;
 - splits.json: images and a data fingerprint per split (the promotion gate compares them);
-- plots/: confusion matrix, IoU histogram, per-class bars, training curves and galleries of
-  the best, worst and random predictions of the primary split (``evaluate.split``);
+- plots/: confusion matrix, IoU histogram, per-class bars, training curves, COCO's
+  precision-recall curves and galleries of the best, worst and random predictions of the
+  primary split (``evaluate.split``); a detector's every object in one more gallery;
 - summary.md: a markdown summary (also a Prefect artifact).
 
 Everything is also attached to the training run in MLflow.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from pipeline.data.contract import BOX_COLUMNS, read_clean_annotations
 from pipeline.evaluation import coco
 from pipeline.evaluation import metrics as scoring
 from pipeline.integrations import tracking
+from pipeline.model.answers import model_limits
 from pipeline.model.loader import SnackDataset, sample_table
 from pipeline.model.model import input_size, load_model
 
@@ -73,6 +76,20 @@ def predict(model, samples: pd.DataFrame, size: int, batch_size: int) -> dict[st
     return {name: np.asarray(v) for name, v in model.predict(data, verbose=0).items()}
 
 
+@dataclass(frozen=True)
+class SplitScores:
+    """One model on one split: headline metrics, one prediction row per image (the book's
+    answer), COCO AP per class, the precision-recall curves, and per image (in the rows'
+    order) every ground-truth box and every detection (``coco.Detections``)."""
+
+    metrics: dict[str, float]
+    predictions: pd.DataFrame
+    per_class_ap: pd.DataFrame
+    curves: pd.DataFrame
+    truth: list
+    detections: list
+
+
 def evaluate_split(
     model,
     samples: pd.DataFrame,
@@ -80,18 +97,18 @@ def evaluate_split(
     classes: list[str],
     image_size: int,
     batch_size: int,
-) -> tuple[dict[str, float], pd.DataFrame, pd.DataFrame]:
-    """Headline metrics (the book's and COCO's), the prediction table and the per-class AP
-    of one model on one split."""
+) -> SplitScores:
+    """Headline metrics (the book's and COCO's), predictions, per-class AP and curves of one
+    model on one split."""
     out = predict(model, samples, image_size, batch_size)
     probs, boxes = out["class"].astype("float64"), out["box"].astype("float64")
     same = scoring.best_iou_same_class(samples, rows, probs.argmax(axis=1), boxes, classes)
     labels, targets = samples.label.to_numpy(), samples[BOX_COLUMNS].to_numpy()
     scores = scoring.score(labels, targets, probs, clip_and_order(boxes), same)
-    truth = coco.ground_truth(samples, rows, classes)
-    detection, per_class_ap = coco.coco_scores(truth, coco.model_detections(out), len(classes))
+    truth, detections = coco.ground_truth(samples, rows, classes), coco.model_detections(out)
+    detection, per_class_ap, curves = coco.coco_scores(truth, detections, len(classes))
     table = scoring.prediction_table(samples, classes, probs, boxes, same)
-    return scores | detection, table, per_class_ap
+    return SplitScores(scores | detection, table, per_class_ap, curves, truth, detections)
 
 
 def baseline_scores(
@@ -100,30 +117,42 @@ def baseline_scores(
     """The trivial baseline on a split: the book's metrics and COCO's (one box per image)."""
     probs, boxes = scoring.baseline_answer(train, len(samples), len(classes))
     truth = coco.ground_truth(samples, rows, classes)
-    detection, _ = coco.coco_scores(truth, coco.one_box_detections(probs, boxes), len(classes))
+    detection, _, _ = coco.coco_scores(truth, coco.one_box_detections(probs, boxes), len(classes))
     return scoring.baseline(train, samples, rows, classes) | detection
 
 
 def score_splits(
     params: Params, outputs: Outputs, model, classes: list[str]
-) -> tuple[dict[str, dict], dict[str, dict], pd.DataFrame, pd.DataFrame]:
-    """Metrics and baseline of every configured split, their fingerprints, all predictions
-    and the per-class COCO AP."""
+) -> tuple[dict[str, dict], dict[str, dict], dict[str, SplitScores]]:
+    """Metrics and baseline of every configured split, their fingerprints, and each split's
+    ``SplitScores``."""
     train_rows = read_clean_annotations(outputs.deduped("train"))
     train = sample_table({"train": train_rows}, classes, params.data.root, params.train.target)
     size, batch = input_size(model), params.evaluate.batch_size
-    results, splits, tables, aps = {}, {}, [], []
+    results, splits, scored = {}, {}, {}
     for split in splits_to_score(params.evaluate):
         rows, samples = load_split(params, outputs, split, classes)
-        results[split], predictions, ap = evaluate_split(model, samples, rows, classes, size, batch)
+        scored[split] = evaluate_split(model, samples, rows, classes, size, batch)
+        results[split] = scored[split].metrics
         base = results[f"{split}_baseline"] = baseline_scores(train, samples, rows, classes)
         for name in params.evaluate.baseline_margin:  # into metrics.json and MLflow
             results[split][f"{name}_over_baseline"] = results[split][name] - base[name]
         splits[split] = {"images": len(samples), "fingerprint": fingerprint(samples)}
-        tables.append(predictions)
-        aps.append(ap.assign(split=split, class_name=[classes[c] for c in ap["class"]]))
+    return results, splits, scored
+
+
+def per_class_table(
+    scored: dict[str, SplitScores], predictions: pd.DataFrame, classes: list[str]
+) -> pd.DataFrame:
+    """The book's metrics per split and class (from ``predictions``) beside COCO's AP."""
+    aps = [
+        s.per_class_ap.assign(split=split, class_name=[classes[c] for c in s.per_class_ap["class"]])
+        for split, s in scored.items()
+    ]
     per_class_ap = pd.concat(aps, ignore_index=True).drop(columns="class")
-    return results, splits, pd.concat(tables, ignore_index=True), per_class_ap
+    return scoring.per_class_table(predictions, classes).merge(
+        per_class_ap, on=["split", "class_name"], how="left"
+    )
 
 
 def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, Any]:
@@ -132,21 +161,23 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
 
     classes = read_json(outputs.classes)["classes"]
     model = load_model(outputs.model)
-    results, splits, predictions, per_class_ap = score_splits(params, outputs, model, classes)
-    per_class = scoring.per_class_table(predictions, classes).merge(
-        per_class_ap, on=["split", "class_name"], how="left"
-    )
+    results, splits, scored = score_splits(params, outputs, model, classes)
+    predictions = pd.concat([s.predictions for s in scored.values()], ignore_index=True)
+    per_class = per_class_table(scored, predictions, classes)
 
     primary = params.evaluate.split
     history = pd.read_csv(outputs.history) if outputs.history.is_file() else None
     plot_files = plots.evaluation_plots(
-        predictions[predictions.split == primary].reset_index(drop=True),
+        scored[primary].predictions,
         per_class[per_class.split == primary],
         classes,
         history,
         params.data.root,
         outputs.plots_dir,
         params.evaluate.gallery_images,
+        scored[primary].curves,
+        # a detector: a gallery of every object too (the one-box model's is gallery_random)
+        (scored[primary].truth, scored[primary].detections) if model_limits(model) else None,
     )
     run_id = read_json(outputs.mlflow_run)["run_id"]
     margins = params.evaluate.baseline_margin

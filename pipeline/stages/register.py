@@ -106,7 +106,7 @@ def rescore(params: Params, outputs: Outputs, name: str, number: str, classes: l
             return None, "it predicts a different class list"
         rows, samples = evaluate.load_split(params, outputs, params.evaluate.split, classes)
         size, batch = input_size(model), params.evaluate.batch_size
-        metrics, _, _ = evaluate.evaluate_split(model, samples, rows, classes, size, batch)
+        metrics = evaluate.evaluate_split(model, samples, rows, classes, size, batch).metrics
     except Exception as exc:  # any failure means "not comparable", never a crash of the stage
         if tracking.is_transient(exc):
             raise  # the server is away: retried by run(), not a verdict on the champion
