@@ -131,6 +131,22 @@ def test_the_detector_weighs_its_box_loss_by_its_own_param_not_the_two_heads():
     assert loss(1.0, 10.0) == pytest.approx(loss(1.0, 2.0), rel=1e-6)
 
 
+def test_the_detector_learns_at_its_own_rate_the_two_heads_at_theirs():
+    from pipeline.model.fit import compile_phase
+    from pipeline.model.recipe import learning_rate_for
+
+    train = TrainParams(learning_rate=0.003, epochs=10)
+    for task, expected in (("detect", 0.007), ("localize", 0.003)):
+        model_params = DETECT_MODEL.model_copy(
+            update={"task": task, "detect": DetectParams(learning_rate=0.007)}
+        )
+        params = Params(model=model_params, train=train)
+        model = build_model(2, model_params)
+        compile_phase(model, model, params, hardware.configure(train), ema=0.0)
+        assert float(model.optimizer.learning_rate) == pytest.approx(expected)
+        assert learning_rate_for(1, params) == pytest.approx(expected)  # the cosine's peak
+
+
 def test_the_conv_stride_keeps_the_grid_and_moves_the_conv():
     def built(**detect):
         model = DETECT_MODEL.model_copy(update={"detect": DetectParams(**detect)})

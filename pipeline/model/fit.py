@@ -181,7 +181,7 @@ def compile_phase(
                 target,
                 grid_of(model),
                 detect.center_radius,
-                train.learning_rate,
+                detect.learning_rate,
                 detect.box_loss_weight,
                 train.weight_decay,
                 jit_compile=setup.jit_compile,

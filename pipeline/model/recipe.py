@@ -41,11 +41,18 @@ def head_epochs(params: Params) -> int:
     return min(params.train.transfer.head_epochs, params.train.epochs)
 
 
+def peak_learning_rate(params: Params) -> float:
+    """The task's learning rate: the detector's own (model.detect) or the two heads'."""
+    if params.model.task == "detect":
+        return params.model.detect.learning_rate
+    return params.train.learning_rate
+
+
 def learning_rate_for(epoch: int, params: Params) -> float:
     """The schedule's rate, times fine_tune_lr_factor once a frozen backbone is unfrozen."""
     train = params.train
     rate = learning_rate_at(
-        epoch, train.learning_rate, train.lr_drop_epochs, train.lr_schedule, train.epochs
+        epoch, peak_learning_rate(params), train.lr_drop_epochs, train.lr_schedule, train.epochs
     )
     if 0 < head_epochs(params) <= epoch:
         rate *= train.transfer.fine_tune_lr_factor
