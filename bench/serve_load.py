@@ -10,7 +10,8 @@ model's own batched throughput measured in the same run:
   (b) in process, the `snackloc predict` path per call: JPEG file -> decode/resize -> model;
   (c) `snackloc serve` on 127.0.0.1 (dynamic batching): the JPEG bytes as the request body;
   (d) `mlflow models serve -m MODEL --env-manager local` (registered models only, unless
-      ``--no-mlflow``): a JSON body ``{"inputs": [image]}`` of the resized image.
+      ``--no-mlflow``): a JSON body ``{"inputs": [image]}`` of the resized image, and then
+      the JPEG itself, base64 in ``{"dataframe_records": [{"image": ...}]}``.
 
 For each: latency p50 / p90 / p99 / max, throughput and the number of errors (an exception
 or an HTTP status other than 200). Ten warm-up requests per path are not counted. Images
@@ -32,6 +33,7 @@ Usage (~2-4 min on 2 cores):
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import itertools
 import json
@@ -159,7 +161,11 @@ class ModelServer:
     """`mlflow models serve` of ``model`` on 127.0.0.1 (local env manager), as a context."""
 
     def __init__(
-        self, model: str, workers: int, log_path: Path, serve_args: list[str] | None = None
+        self,
+        model: str,
+        workers: int,
+        log_path: Path,
+        serve_args: list[str] | None = None,
     ) -> None:
         self.model, self.workers, self.log_path = model, workers, log_path
         self.serve_args = serve_args  # `snackloc serve` with these arguments, not mlflow
@@ -388,17 +394,16 @@ def main() -> None:
         call = http_caller(server.port, jpegs, "/predict", "image/jpeg")
         results.append(run_load("snackloc serve (JPEG)", call, n, c, server.process.pid))
     if not args.no_mlflow and args.model.startswith("models:/"):
-        bodies = [json.dumps({"inputs": [a.astype("float32").tolist()]}).encode() for a in arrays]
+        pixels = [json.dumps({"inputs": [a.astype("float32").tolist()]}).encode() for a in arrays]
+        records = [
+            json.dumps({"dataframe_records": [{"image": base64.b64encode(j).decode()}]}).encode()
+            for j in jpegs
+        ]
         with ModelServer(args.model, args.workers, scratch / "mlflow-serve.log") as server:
-            results.append(
-                run_load(
-                    f"mlflow models serve (-w {args.workers})",
-                    http_caller(server.port, bodies),
-                    n,
-                    c,
-                    server.process.pid,
-                )
-            )
+            for kind, bodies in (("pixels", pixels), ("JPEG, base64", records)):
+                name = f"mlflow models serve -w {args.workers} ({kind})"
+                call = http_caller(server.port, bodies)
+                results.append(run_load(name, call, n, c, server.process.pid))
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")

@@ -275,11 +275,10 @@ def test_the_detector_trains_and_its_saved_model_returns_final_boxes(tmp_path):
     # The registered model (what `mlflow models serve` runs) lists the same detections.
     import mlflow
 
-    from pipeline.integrations.served_model import ARTIFACT, ImageModel
+    from pipeline.integrations.served_model import CLASSES, KERAS, ImageModel
 
-    artifacts = {ARTIFACT: str(tmp_path / "model.keras")}
-    mlflow.pyfunc.save_model(tmp_path / "pyfunc", python_model=ImageModel(),
-                             artifacts=artifacts, model_config={"classes": ["x", "y"]})  # fmt: skip
+    artifacts = {KERAS: str(tmp_path / "model.keras"), CLASSES: str(tmp_path / "classes.json")}
+    mlflow.pyfunc.save_model(tmp_path / "pyfunc", python_model=ImageModel(), artifacts=artifacts)
     encoded = [base64.b64encode(path.read_bytes()).decode() for path in images]
     answers = mlflow.pyfunc.load_model(tmp_path / "pyfunc").predict(
         pd.DataFrame({"image": encoded})

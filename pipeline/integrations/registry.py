@@ -99,19 +99,27 @@ def log_model_version(
     """Log the trained ``model_file`` (``.keras``) as a pyfunc model that answers images
     (pipeline/integrations/served_model.py) to the training run and register it as a new
     version of ``name``; return (version, run id)."""
+    import tempfile
+
     import mlflow
 
-    from pipeline.integrations.served_model import ARTIFACT, ImageModel
+    from pipeline.integrations.served_model import CLASSES, KERAS, ImageModel
 
-    with tracking.resumed_training_run(experiment, train_run_id, "register") as run:
+    with (
+        tracking.resumed_training_run(experiment, train_run_id, "register") as run,
+        tempfile.TemporaryDirectory() as scratch,
+    ):
         run_id = run.info.run_id
+        # The class list as a file beside the model (MLflow would log a model_config as
+        # params of the training run, which has a "classes" param already).
+        classes = Path(scratch) / "classes.json"
+        classes.write_text(json.dumps({"classes": metadata["classes"]}))
         with tracking.model_logging_run(run_id):
             # No signature: it takes encoded images or pixel arrays (served_model.py).
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=ImageModel(),
-                artifacts={ARTIFACT: str(model_file)},
-                model_config={"classes": metadata["classes"]},
+                artifacts={KERAS: str(model_file), CLASSES: str(classes)},
                 pip_requirements=requirements,
                 metadata=metadata,
             )

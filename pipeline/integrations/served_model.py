@@ -1,7 +1,7 @@
 """The registered model as MLflow serves it: image bytes in, `snackloc predict`'s answers out.
 
 A version is an MLflow pyfunc model (``ImageModel``) that holds the trained ``.keras`` file
-as its artifact and the class list as its model config, so that ``mlflow models serve``
+and its class list (``classes.json``) as artifacts, so that ``mlflow models serve``
 (and ``mlflow.pyfunc.load_model``) answer the way ``snackloc predict`` and ``snackloc
 serve`` do (pipeline/model/answers.py). ``predict`` takes:
 
@@ -19,17 +19,19 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 
+from pipeline.core.files import read_json
 from pipeline.data.contract import decode_for_model
 from pipeline.model.answers import Decoded, Predictor
 
 IMAGE_COLUMN = "image"
-ARTIFACT = "keras"  # the artifact key of the .keras file
+KERAS, CLASSES = "keras", "classes"  # the artifact keys of the .keras file and classes.json
 BATCH = 32
 
 
@@ -40,8 +42,8 @@ class ImageModel(mlflow.pyfunc.PythonModel):
         """Load the Keras model artifact once per process."""
         from pipeline.model.model import input_size, load_model
 
-        model = load_model(context.artifacts[ARTIFACT])
-        classes = list(context.model_config["classes"])
+        model = load_model(context.artifacts[KERAS])
+        classes = read_json(Path(context.artifacts[CLASSES]))["classes"]
         self.predictor = Predictor(model, classes, input_size(model), "mlflow pyfunc")
 
     @property
