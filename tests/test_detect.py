@@ -131,9 +131,9 @@ def test_the_detector_weighs_its_box_loss_by_its_own_param_not_the_two_heads():
     assert loss(1.0, 10.0) == pytest.approx(loss(1.0, 2.0), rel=1e-6)
 
 
-def test_the_detector_learns_at_its_own_rate_the_two_heads_at_theirs():
+def test_the_detector_learns_at_its_own_rate_from_random_init_else_at_trains():
     from pipeline.model.fit import compile_phase
-    from pipeline.model.recipe import learning_rate_for
+    from pipeline.model.recipe import learning_rate_for, peak_learning_rate
 
     train = TrainParams(learning_rate=0.003, epochs=10)
     for task, expected in (("detect", 0.007), ("localize", 0.003)):
@@ -145,6 +145,11 @@ def test_the_detector_learns_at_its_own_rate_the_two_heads_at_theirs():
         compile_phase(model, model, params, hardware.configure(train), ema=0.0)
         assert float(model.optimizer.learning_rate) == pytest.approx(expected)
         assert learning_rate_for(1, params) == pytest.approx(expected)  # the cosine's peak
+    # A pretrained backbone (the transfer recipe): train's rate for the detector too.
+    pretrained = params.model_copy(
+        update={"model": DETECT_MODEL.model_copy(update={"weights": "imagenet"})}
+    )
+    assert peak_learning_rate(pretrained) == pytest.approx(0.003)
 
 
 def test_the_conv_stride_keeps_the_grid_and_moves_the_conv():

@@ -125,9 +125,10 @@ class DetectParams(Section):
     # The box loss's weight against the class loss, the detector's own (train.box_loss_weight
     # is the two heads'): at 1.0 the class side learns more (docs/detection.md).
     box_loss_weight: Annotated[float, Field(ge=0)] = 1.0
-    # The detector's peak learning rate (train.learning_rate is the two heads'); the schedule,
-    # warmup and fine-tuning factor are train's. Its loss is another sum than the two heads':
-    # at 0.008 it fits more in the same epochs (docs/detection.md).
+    # The detector's peak learning rate from random init (train.learning_rate is the two
+    # heads', and the transfer recipe's of both); the schedule and warmup are train's. Its
+    # loss is another sum than the two heads': at 0.008 it fits more in the same epochs
+    # (docs/detection.md). Ignored with pretrained weights, where it lost.
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 8e-3
 
 

@@ -40,6 +40,7 @@ from pipeline.model.recipe import (
     ema_momentum_for,
     head_epochs,
     learning_rate_for,
+    peak_learning_rate,
     plan_phases,
     set_trainable,
 )
@@ -181,7 +182,7 @@ def compile_phase(
                 target,
                 grid_of(model),
                 detect.center_radius,
-                detect.learning_rate,
+                peak_learning_rate(params),
                 detect.box_loss_weight,
                 train.weight_decay,
                 jit_compile=setup.jit_compile,
@@ -193,7 +194,7 @@ def compile_phase(
         else:
             compile_model(
                 target,
-                train.learning_rate,
+                peak_learning_rate(params),
                 train.box_loss_weight,
                 train.box_loss,
                 train.weight_decay,

@@ -42,8 +42,10 @@ def head_epochs(params: Params) -> int:
 
 
 def peak_learning_rate(params: Params) -> float:
-    """The task's learning rate: the detector's own (model.detect) or the two heads'."""
-    if params.model.task == "detect":
+    """The detector's own rate from random init (model.detect), else train's: the two
+    heads', and the transfer recipe's for both tasks (a pretrained backbone lost at the
+    detector's rate: docs/detection.md)."""
+    if params.model.task == "detect" and not params.model.pretrained:
         return params.model.detect.learning_rate
     return params.train.learning_rate
 
