@@ -94,7 +94,12 @@ def test_mlflow_run_and_registered_version(project):
     assert "evaluation/plots/confusion_matrix.png" in artifacts
     tracking.use_store(f"sqlite:///{root / 'mlflow.db'}")
     info = mlflow.models.get_model_info("models:/snackloc@challenger")
-    assert info.signature is not None and info.signature.inputs.to_dict()[0]["tensor-spec"]
+    # The pyfunc model that answers images (no signature: it takes images or pixel arrays).
+    assert set(info.flavors) == {"python_function"} and info.signature is None
+    assert (
+        info.metadata["classes"]
+        == json.loads((root / "outputs/validate/classes.json").read_text())["classes"]
+    )
 
 
 def test_second_repro_is_a_noop_and_a_param_reruns_only_its_stages(project):
