@@ -128,14 +128,32 @@ def pick_gallery(predictions: pd.DataFrame, count: int) -> dict[str, pd.DataFram
     }
 
 
-def gallery(picks: pd.DataFrame, data_root: Path, title: str, path: Path) -> Path:
-    """A grid of images with their ground-truth (dashed) and predicted (solid) boxes."""
+def _thumbnails(picks: pd.DataFrame, data_root: Path):
+    """A grid figure with a slot per pick, and (axes, index, row, thumbnail) per pick."""
     cols = min(GALLERY_COLUMNS, len(picks))
     rows = math.ceil(len(picks) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.5 * rows), squeeze=False)
-    for ax, (_, row) in zip(axes.flat, picks.iterrows(), strict=False):
-        image = open_image_rgb(image_path(data_root, row.split, row.folder, row.image_id))
-        image.thumbnail((THUMBNAIL, THUMBNAIL))
+
+    def slots():
+        for ax, (index, row) in zip(axes.flat, picks.iterrows(), strict=False):
+            image = open_image_rgb(image_path(data_root, row.split, row.folder, row.image_id))
+            image.thumbnail((THUMBNAIL, THUMBNAIL))
+            yield ax, index, row, image
+
+    return fig, slots()
+
+
+def _save_grid(fig, title: str, path: Path) -> Path:
+    for ax in fig.axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def gallery(picks: pd.DataFrame, data_root: Path, title: str, path: Path) -> Path:
+    """A grid of images with their ground-truth (dashed) and predicted (solid) boxes."""
+    fig, slots = _thumbnails(picks, data_root)
+    for ax, _, row, image in slots:
         truth = to_pixels(row[BOX_COLUMNS].to_numpy(float), *image.size)
         draw_box(image, truth, row.class_name, dashed=True)
         guess = to_pixels(row[PRED_COLUMNS].to_numpy(float), *image.size)
@@ -143,10 +161,7 @@ def gallery(picks: pd.DataFrame, data_root: Path, title: str, path: Path) -> Pat
         ax.imshow(image)
         mark = "right" if row.correct else "wrong"
         ax.set_title(f"{row.image_id}\nIoU {row.iou:.2f}, class {mark}", fontsize=9)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.suptitle(f"{title} — dashed: ground truth, solid: prediction", fontsize=11)
-    return _save(fig, path)
+    return _save_grid(fig, f"{title} — dashed: ground truth, solid: prediction", path)
 
 
 def evaluation_plots(
@@ -209,12 +224,8 @@ def object_gallery(
     """A grid of images with every ground-truth box (dashed) and every detection scored at
     least ``SHOWN_SCORE`` (solid, the weakest drawn first); ``truth`` and ``detections`` are
     indexed like the rows."""
-    cols = min(GALLERY_COLUMNS, len(picks))
-    rows = math.ceil(len(picks) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.5 * rows), squeeze=False)
-    for ax, (index, row) in zip(axes.flat, picks.iterrows(), strict=False):
-        image = open_image_rgb(image_path(data_root, row.split, row.folder, row.image_id))
-        image.thumbnail((THUMBNAIL, THUMBNAIL))
+    fig, slots = _thumbnails(picks, data_root)
+    for ax, index, row, image in slots:
         boxes, labels = truth[index]
         for box, label in zip(boxes, labels, strict=True):
             draw_box(image, to_pixels(box, *image.size), classes[label], dashed=True)
@@ -226,8 +237,5 @@ def object_gallery(
                      label_below=True)  # fmt: skip
         ax.imshow(image)
         ax.set_title(f"{row.image_id}\nobjects: {len(boxes)}, detections: {len(found)}", fontsize=9)
-    for ax in axes.flat:
-        ax.axis("off")
     shown = f"solid: detections with score ≥ {SHOWN_SCORE}"
-    fig.suptitle(f"{title} — dashed: ground truth, {shown}", fontsize=11)
-    return _save(fig, path)
+    return _save_grid(fig, f"{title} — dashed: ground truth, {shown}", path)
