@@ -64,7 +64,7 @@ class ImageModel(mlflow.pyfunc.PythonModel):
             decoded = [decode_value(value, self.predictor.image_size) for value in chunk]
             names = [str(start + i) for i in range(len(chunk))]
             for result in self.predictor.answer(names, decoded):
-                answers.append({k: v for k, v in vars(result).items() if v is not None})
+                answers.append(result.to_dict())
         return answers
 
 

@@ -182,6 +182,10 @@ class Result:
     # A detector's every object, best first: class_name, score, box, box_pixels.
     detections: list[dict[str, Any]] | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields it has, as JSON types: what serve and the registered model answer."""
+        return {k: v for k, v in vars(self).items() if v is not None}
+
     def fill(
         self, classes: list[str], prob: np.ndarray, box: np.ndarray, top_k: int = TOP_K
     ) -> Result:

@@ -168,7 +168,7 @@ def create_app(predictor: Predictor, settings: ServeSettings = ServeSettings()) 
         for upload, (_, (width, height)), row in zip(uploads, decoded, rows, strict=True):
             result = Result(image=upload.name, width=width, height=height)
             result.fill_outputs(predictor.classes, row, top_k, chosen)
-            answers.append({k: v for k, v in vars(result).items() if v is not None})
+            answers.append(result.to_dict())
         return answers
 
     return app
