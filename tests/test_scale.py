@@ -15,6 +15,7 @@ missing. SNACKLOC_SCALE_REUSE=DIR runs against a stack already started with
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -26,11 +27,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from helpers_env import BIN, ROOT
 from helpers_project import make_project, sh, tiny_params
 
+from pipeline.data.contract import image_path
 from pipeline.integrations import tracking
 from pipeline.stages import NAMES as STAGES
 
@@ -347,8 +350,13 @@ def test_artifacts_and_the_model_are_in_the_s3_bucket(project, scale_env, tmp_pa
         == (root / "outputs/evaluate/plots/confusion_matrix.png").read_bytes()
     )
     tracking.use_store(scale_env["MLFLOW_TRACKING_URI"])
-    info = mlflow.models.get_model_info(f"models:/{MODEL}@champion")
-    assert info.signature is not None
+    # The registered pyfunc model comes back from the bucket and answers an image file.
+    served = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    row = pd.read_csv(root / "outputs/dedup/annotations-test.csv", dtype=str).iloc[0]
+    photo = image_path(root / "data", "test", row.folder, row.image_id)  # one validate kept
+    encoded = base64.b64encode(photo.read_bytes()).decode()
+    (answer,) = served.predict(pd.DataFrame({"image": [encoded]}))
+    assert answer.get("class_name") and len(answer["box_pixels"]) == 4, answer
 
 
 # ---------------------------------------------------------------- same results as the local default
