@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from helpers_env import ROOT
 
@@ -124,7 +125,8 @@ def test_an_untrained_model_on_real_photos_is_reported_below_the_baseline(real_p
     params = real_params(root)
     classes = ["raccoon"]
     model = build_model(len(classes), params.model)
-    results, _, predictions, _ = evaluate.score_splits(params, outputs, model, classes)
+    results, _, scored = evaluate.score_splits(params, outputs, model, classes)
+    predictions = pd.concat([s.predictions for s in scored.values()], ignore_index=True)
     per_class = metrics.per_class_table(predictions, classes)
     margins = params.evaluate.baseline_margin
     text = evaluate.summary_markdown(results, per_class, "test", [], "run", margins)
