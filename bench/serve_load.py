@@ -161,11 +161,7 @@ class ModelServer:
     """`mlflow models serve` of ``model`` on 127.0.0.1 (local env manager), as a context."""
 
     def __init__(
-        self,
-        model: str,
-        workers: int,
-        log_path: Path,
-        serve_args: list[str] | None = None,
+        self, model: str, workers: int, log_path: Path, serve_args: list[str] | None = None
     ) -> None:
         self.model, self.workers, self.log_path = model, workers, log_path
         self.serve_args = serve_args  # `snackloc serve` with these arguments, not mlflow

@@ -93,33 +93,28 @@ def log_model_version(
     train_run_id: str,
     name: str,
     model_file: Path,
+    classes_file: Path,
     metadata: dict[str, Any],
     requirements: list[str],
 ) -> tuple[str, str]:
-    """Log the trained ``model_file`` (``.keras``) as a pyfunc model that answers images
-    (pipeline/integrations/served_model.py) to the training run and register it as a new
-    version of ``name``; return (version, run id)."""
-    import tempfile
-
+    """Log the trained ``model_file`` (``.keras``) and its ``classes_file`` (validate's
+    classes.json) as a pyfunc model that answers images (pipeline/integrations/
+    served_model.py) to the training run and register it as a new version of ``name``;
+    return (version, run id)."""
     import mlflow
 
     from pipeline.integrations.served_model import CLASSES, KERAS, ImageModel
 
-    with (
-        tracking.resumed_training_run(experiment, train_run_id, "register") as run,
-        tempfile.TemporaryDirectory() as scratch,
-    ):
+    with tracking.resumed_training_run(experiment, train_run_id, "register") as run:
         run_id = run.info.run_id
-        # The class list as a file beside the model (MLflow would log a model_config as
-        # params of the training run, which has a "classes" param already).
-        classes = Path(scratch) / "classes.json"
-        classes.write_text(json.dumps({"classes": metadata["classes"]}))
         with tracking.model_logging_run(run_id):
-            # No signature: it takes encoded images or pixel arrays (served_model.py).
+            # No signature: it takes encoded images or pixel arrays (served_model.py). The
+            # class list is an artifact, not a model_config: MLflow would log that as params
+            # of the training run, which has a "classes" param already.
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=ImageModel(),
-                artifacts={KERAS: str(model_file), CLASSES: str(classes)},
+                artifacts={KERAS: str(model_file), CLASSES: str(classes_file)},
                 pip_requirements=requirements,
                 metadata=metadata,
             )

@@ -33,10 +33,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from pipeline.core.errors import UserError
 from pipeline.data.contract import decode_for_model
-from pipeline.model.answers import Limits, Result, choose_limits, describe_error
+from pipeline.model.answers import Limits, Predictor, Result, choose_limits, describe_error
 from pipeline.ops.batcher import MicroBatcher
 from pipeline.ops.http_inputs import BadRequest, Upload, parse
-from pipeline.ops.predict import Predictor
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 

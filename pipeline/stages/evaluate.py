@@ -36,7 +36,7 @@ from pipeline.data.contract import BOX_COLUMNS, read_clean_annotations
 from pipeline.evaluation import coco
 from pipeline.evaluation import metrics as scoring
 from pipeline.integrations import tracking
-from pipeline.model.answers import model_limits
+from pipeline.model.detect_head import is_detector
 from pipeline.model.loader import SnackDataset, sample_table
 from pipeline.model.model import input_size, load_model
 
@@ -177,7 +177,7 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
         params.evaluate.gallery_images,
         scored[primary].curves,
         # a detector: a gallery of every object too (the one-box model's is gallery_random)
-        (scored[primary].truth, scored[primary].detections) if model_limits(model) else None,
+        (scored[primary].truth, scored[primary].detections) if is_detector(model) else None,
     )
     run_id = read_json(outputs.mlflow_run)["run_id"]
     margins = params.evaluate.baseline_margin

@@ -89,6 +89,7 @@ def log_and_register(client, model, params: Params, outputs: Outputs, classes: l
         run_id,
         name,
         outputs.model,
+        outputs.classes,
         metadata={"classes": classes, "image_size": size},
         requirements=pip_requirements(),
     )
