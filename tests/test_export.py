@@ -17,7 +17,6 @@ from helpers_model import jitter_weights, save_tiny_detector, save_tiny_model
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.core.errors import UserError
 from pipeline.model.detect_decode import DETECTION_OUTPUTS
 from pipeline.ops import converters, export, predict
 
@@ -89,11 +88,52 @@ def test_a_detectors_export_returns_its_final_boxes_as_keras_does(detector, phot
     assert report["unmatched_detections"] == 0 and report["detections"] == check.detections
 
 
-def test_a_detector_is_refused_as_core_ml_with_a_reason(detector, tmp_path):
+def test_a_detector_exports_to_core_ml_as_vision_reads_one(detector, tmp_path):
+    """An ML program answering every cell's candidates, then Core ML's NMS with the class
+    names and the detector's own thresholds (its numbers: macOS only)."""
     predictor = predict.load_predictor(str(detector[0]), detector[1])
-    with pytest.raises(UserError, match="cannot convert its non-maximum suppression"):
-        export.export_coreml(predictor, tmp_path / "d.mlpackage", "float32")
-    assert not (tmp_path / "d.mlpackage").exists()
+    out = tmp_path / "d.mlpackage"
+    check = export.export_coreml(predictor, out, "float32")
+    assert check.passed and not check.problems, check.problems
+    face = check.interface
+    assert face["models"] == ["mlProgram", "nonMaximumSuppression"]
+    assert face["inputs"] == ["image", "iouThreshold", "confidenceThreshold"]
+    assert face["image"] == [64, 64, 20] and face["classes"] == CLASSES  # 20: RGB
+    assert face["candidates"] == {"raw_confidence": [16, 4], "raw_coordinates": [16, 4]}
+    assert (face["iou_threshold"], face["score_threshold"], face["per_class"]) == (0.5, 0.05, True)
+    assert face["outputs"] == {"confidence": [8, 4], "coordinates": [8, 4]}  # max_detections
+    assert (out / "Manifest.json").is_file()
+    assert "Core ML's NMS (per class, 4 classes named)" in export.summary(check)
+
+
+def test_every_detection_is_one_of_the_candidates_core_ml_gets(detector, photos):
+    """What the Core ML export converts (``vision_candidates``: centre boxes, probabilities
+    summing to at most 1) holds each detection of the saved model at its box and score."""
+    import keras
+
+    from pipeline.model.detect_decode import decoder_of, vision_candidates
+
+    predictor = predict.load_predictor(str(detector[0]), detector[1])
+    images, _ = export.check_images(predictor, photos)
+    candidates = vision_candidates(predictor.model)
+    logits = keras.Model(predictor.model.inputs, decoder_of(predictor.model).input)
+    found = 0
+    for image in images[:6]:
+        out = predictor.outputs(image[None])
+        cells = {k: np.asarray(v) for k, v in candidates([image[None]]).items()}
+        probabilities = 1 / (1 + np.exp(-np.asarray(logits([image[None]]))[0, :, 4:]))
+        x, y, w, h = cells["coordinates"].T
+        corners = np.stack([x - w / 2, x + w / 2, y - h / 2, y + h / 2], axis=1)
+        for i in range(int(out["num_detections"][0])):
+            box, cls = out["boxes"][0, i], out["classes"][0, i]
+            cell = np.abs(corners - box).max(axis=1).argmin()
+            np.testing.assert_allclose(corners[cell], box, atol=1e-5)
+            assert probabilities[cell, cls] == pytest.approx(out["scores"][0, i], abs=1e-5)
+            scaled = probabilities[cell] / max(1.0, probabilities[cell].sum())
+            np.testing.assert_allclose(cells["confidence"][cell], scaled, atol=1e-6)
+            found += 1
+    assert found > 6
+    assert (probabilities.sum(axis=1) > 1).any()  # the scaling was exercised
 
 
 def test_detections_are_compared_as_sets_per_image():

@@ -39,12 +39,12 @@ class Limits:
 def model_limits(model) -> Limits | None:
     """The score threshold and maximum count baked into a saved detector; None for a model
     without a detection decoder (the two-head model)."""
-    from pipeline.model.detect_decode import DetectionDecoder
+    from pipeline.model.detect_decode import decoder_of
 
-    for layer in model.layers:
-        if isinstance(layer, DetectionDecoder):
-            return Limits(float(layer.score_threshold), int(layer.max_detections))
-    return None
+    decoder = decoder_of(model)
+    if decoder is None:
+        return None
+    return Limits(float(decoder.score_threshold), int(decoder.max_detections))
 
 
 def choose_limits(

@@ -23,6 +23,9 @@ The saved detector answers, per image:
 - ``class`` (per-class best cell score, normalized) and ``box`` (the best cell's box): the
   one-box answer of the two-head model, so that everything that reads a two-head model
   (evaluate's book metrics, predict, serve, review) reads the detector too.
+
+``vision_candidates`` gives the same model's every cell before NMS, as Apple's Vision
+framework reads a detector (the Core ML export appends Core ML's own NMS to it).
 """
 
 from __future__ import annotations
@@ -125,3 +128,35 @@ def inference_model(model: keras.Model, params: DetectParams) -> keras.Model:
         dtype="float32",
     )
     return keras.Model(model.inputs, decoder(model.output[CELLS]), name="snackloc_detector")
+
+
+def decoder_of(model: keras.Model) -> DetectionDecoder | None:
+    """The saved detector's decoder (its NMS values); None for the two-head model."""
+    found = [layer for layer in model.layers if isinstance(layer, DetectionDecoder)]
+    return found[0] if found else None
+
+
+def vision_candidates(model: keras.Model) -> keras.Model:
+    """The saved detector's every cell for one image, before NMS, as Vision's detectors
+    answer: ``confidence`` (cells, classes) class probabilities and ``coordinates``
+    (cells, 4) as (x_centre, y_centre, width, height), normalized, y down.
+
+    The batch is folded into the cells: fed one image, the outputs are exactly what Core
+    ML's NonMaximumSuppression model takes (rank 2). Vision reads the sum of a row as the
+    chance of any object, so a row whose independent (sigmoid) class probabilities sum
+    above 1 is scaled down to 1; its best class stays the same."""
+    cells = decoder_of(model).input
+    classes = cells.shape[-1] - 4
+    x_min, x_max, y_min, y_max = (cells[..., i] for i in range(4))
+    probs = ops.sigmoid(cells[..., 4:])
+    centre = ops.stack(
+        [(x_min + x_max) / 2, (y_min + y_max) / 2, x_max - x_min, y_max - y_min], axis=-1
+    )
+    outputs = {
+        "confidence": ops.reshape(
+            probs / ops.maximum(ops.sum(probs, -1, keepdims=True), 1.0), (-1, classes)
+        ),
+        "coordinates": ops.reshape(centre, (-1, 4)),
+    }
+    named = {name: layers.Identity(name=name)(value) for name, value in outputs.items()}
+    return keras.Model(model.inputs, named, name="snackloc_candidates")

@@ -15,8 +15,10 @@ exports and checks the same way.
   onnxruntime's CPU provider, in batches.
 - ``coreml``: a Core ML ML program (an ``.mlpackage`` folder) converted by coremltools, input
   ``image`` (a batch of 1 to ``COREML_MAX_BATCH``), outputs renamed to the model's; float32
-  computes in float32 (coremltools' default is float16), float16 in half precision. Core ML
-  predicts only on macOS: elsewhere the file's interface is checked, not its numbers.
+  computes in float32 (coremltools' default is float16), float16 in half precision. A
+  detector: a pipeline of its every cell and Core ML's own NMS, as Vision reads detectors
+  (``write_coreml_detector``). Core ML predicts only on macOS: elsewhere the file's
+  interface is checked, not its numbers.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -165,35 +168,126 @@ def run_onnx(content: bytes) -> Runner:
 def write_coreml(model, quantize: str, out: Path) -> dict:
     """Write the model as a Core ML ML program to the folder ``out`` (replaced whole) and
     return what its interface says (``coreml_interface``), read from the converted program."""
-    import shutil
-
     import coremltools as ct
 
     size = tuple(model.input_shape[1:])
     image = ct.TensorType(
         name="image", shape=(ct.RangeDim(1, COREML_MAX_BATCH), *size), dtype=np.float32
     )
+    converted, shapes = coreml_program(model, image, quantize)
+    interface = coreml_interface(converted.get_spec(), [shape[1:] for shape in shapes])
+    save_package(converted, out)
+    return interface
+
+
+def write_coreml_detector(
+    candidates, classes: list[str], decoder, quantize: str, out: Path
+) -> dict:
+    """Write a detector as Vision reads one: a Core ML pipeline of the ML program
+    ``candidates`` (pipeline/model/detect_decode.py ``vision_candidates``: every cell's
+    ``confidence`` and ``coordinates`` for one image) and Core ML's NonMaximumSuppression
+    model with the class names and the ``decoder``'s values (IoU and score thresholds,
+    maximum count: pipeline/model/detect_decode.py). The pipeline's inputs: the
+    ``image`` (an RGB image, size×size) and, optional, ``iouThreshold`` and
+    ``confidenceThreshold``; its outputs ``confidence`` (objects, classes) and
+    ``coordinates`` (objects, 4), as Apple's own detectors (Create ML, Turi Create)."""
+    import coremltools as ct
+
+    size = candidates.input_shape[1]
+    image = ct.ImageType(name="image", shape=(1, size, size, 3), color_layout=ct.colorlayout.RGB)
+    program, _ = coreml_program(candidates, image, quantize, ct.target.iOS15)
+    spec = program.get_spec()
+    for output in spec.description.output:  # the NMS model answers under the plain names
+        ct.utils.rename_feature(spec, output.name, "raw_" + output.name)
+    program = ct.models.MLModel(spec, weights_dir=program.weights_dir, skip_model_load=True)
+    nms = nms_model(spec, classes, decoder)
+    pipeline = ct.utils.make_pipeline(program, nms)
+    description = pipeline._spec.description
+    defaults = {
+        "iouThreshold": decoder.iou_threshold,
+        "confidenceThreshold": decoder.score_threshold,
+    }
+    for name, value in defaults.items():
+        threshold = description.input.add()
+        threshold.name = name
+        threshold.type.doubleType.SetInParent()
+        threshold.type.isOptional = True
+        threshold.shortDescription = f"optional, default {value:g}"
+    description.metadata.userDefined["classes"] = ",".join(classes)
+    pipeline = ct.models.MLModel(
+        pipeline._spec, weights_dir=pipeline.weights_dir, skip_model_load=True
+    )
+    save_package(pipeline, out)
+    return coreml_detector_interface(pipeline.get_spec())
+
+
+def nms_model(candidates_spec, classes: list[str], decoder):
+    """Core ML's NonMaximumSuppression model on the outputs ``raw_confidence`` and
+    ``raw_coordinates`` of ``candidates_spec``: per class (a cell under its best class), with
+    the detector's thresholds, at most its ``max_detections`` objects."""
+    import coremltools as ct
+
+    spec = ct.proto.Model_pb2.Model()
+    spec.specificationVersion = 5  # iOS 13: NMS with optional threshold inputs
+    widths = {"confidence": len(classes), "coordinates": 4}
+    for raw in candidates_spec.description.output:
+        spec.description.input.add().CopyFrom(raw)
+        output = spec.description.output.add()
+        output.CopyFrom(raw)
+        output.name = raw.name.removeprefix("raw_")
+        array = output.type.multiArrayType
+        del array.shape[:]  # objects: however many NMS keeps
+        array.shapeRange.sizeRanges.add(lowerBound=0, upperBound=decoder.max_detections)
+        width = widths[output.name]
+        array.shapeRange.sizeRanges.add(lowerBound=width, upperBound=width)
+    for name in ("iouThreshold", "confidenceThreshold"):
+        threshold = spec.description.input.add()
+        threshold.name = name
+        threshold.type.doubleType.SetInParent()
+        threshold.type.isOptional = True
+    nms = spec.nonMaximumSuppression
+    nms.confidenceInputFeatureName, nms.confidenceOutputFeatureName = "raw_confidence", "confidence"
+    nms.coordinatesInputFeatureName = "raw_coordinates"
+    nms.coordinatesOutputFeatureName = "coordinates"
+    nms.iouThresholdInputFeatureName = "iouThreshold"
+    nms.confidenceThresholdInputFeatureName = "confidenceThreshold"
+    nms.iouThreshold = decoder.iou_threshold
+    nms.confidenceThreshold = decoder.score_threshold
+    nms.pickTop.perClass = True
+    nms.stringClassLabels.vector.extend(classes)
+    return ct.models.MLModel(spec, skip_model_load=True)
+
+
+def coreml_program(model, image, quantize: str, target=None) -> tuple[Any, list[tuple]]:
+    """The Keras ``model`` converted to an ML program, its outputs under their Keras names
+    (coremltools calls them Identity, Identity_1, ... in the order of ``output_names``), and
+    the shapes of those outputs in the converted program (which confirm the order)."""
+    import coremltools as ct
+
     precision = ct.precision.FLOAT32 if quantize == "float32" else ct.precision.FLOAT16
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")  # "TensorFlow 2.21 has not been tested", tqdm bars
         converted = ct.convert(
             model, source="tensorflow", convert_to="mlprogram", inputs=[image],
-            compute_precision=precision,
+            compute_precision=precision, minimum_deployment_target=target,
         )  # fmt: skip
-    # coremltools names the outputs Identity, Identity_1, ... in the order of Keras'
-    # output_names; the program's own output shapes (checked in coreml_interface) confirm it
-    program = converted._mil_program.functions["main"].outputs
     spec = converted.get_spec()
     for old, new in zip([o.name for o in spec.description.output], model.output_names, strict=True):
         ct.utils.rename_feature(spec, old, new)
+    shapes = [tuple(v.shape) for v in converted._mil_program.functions["main"].outputs]
     renamed = ct.models.MLModel(spec, weights_dir=converted.weights_dir, skip_model_load=True)
-    interface = coreml_interface(spec, [tuple(v.shape[1:]) for v in program])
+    return renamed, shapes
+
+
+def save_package(mlmodel, out: Path) -> None:
+    """Save a Core ML model as the package folder ``out``, replacing it whole."""
+    import shutil
+
     with tempfile.TemporaryDirectory(prefix="snackloc-coreml-", dir=out.parent) as folder:
         package = Path(folder) / "model.mlpackage"  # coremltools adds the suffix if absent
-        renamed.save(str(package))
+        mlmodel.save(str(package))
         shutil.rmtree(out, ignore_errors=True)
         package.rename(out)
-    return interface
 
 
 def coreml_interface(spec, output_shapes: list[tuple]) -> dict:
@@ -209,4 +303,29 @@ def coreml_interface(spec, output_shapes: list[tuple]) -> dict:
             o.name: list(shape)
             for o, shape in zip(spec.description.output, output_shapes, strict=True)
         },
+    }
+
+
+def coreml_detector_interface(spec) -> dict:
+    """What a Core ML detector pipeline says of itself: its inputs (the image's size and
+    colour space, the optional thresholds), outputs and the NMS model's values."""
+    inputs = {i.name: i.type for i in spec.description.input}
+    image = inputs["image"].imageType if "image" in inputs else None
+    program, nms = spec.pipeline.models
+    return {
+        "inputs": list(inputs),
+        "image": None if image is None else [image.width, image.height, image.colorSpace],
+        "optional": [name for name, kind in inputs.items() if kind.isOptional],
+        "outputs": {
+            o.name: [r.upperBound for r in o.type.multiArrayType.shapeRange.sizeRanges]
+            for o in spec.description.output
+        },
+        "candidates": {
+            o.name: list(o.type.multiArrayType.shape) for o in program.description.output
+        },
+        "models": [m.WhichOneof("Type") for m in spec.pipeline.models],
+        "classes": list(nms.nonMaximumSuppression.stringClassLabels.vector),
+        "iou_threshold": nms.nonMaximumSuppression.iouThreshold,
+        "score_threshold": nms.nonMaximumSuppression.confidenceThreshold,
+        "per_class": nms.nonMaximumSuppression.pickTop.perClass,
     }

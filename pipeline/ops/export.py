@@ -39,10 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.errors import UserError
 from pipeline.core.files import atomic_path
 from pipeline.model.answers import Predictor
-from pipeline.model.detect_decode import DETECTION_OUTPUTS
+from pipeline.model.detect_decode import DETECTION_OUTPUTS, decoder_of, vision_candidates
 from pipeline.ops import converters
 from pipeline.ops.predict import decoded_chunks
 
@@ -238,26 +237,15 @@ def metrics(check: ExportCheck) -> dict[str, float]:
 def export_coreml(predictor: Predictor, out: Path, quantize: str) -> ExportCheck:
     """Write the Core ML package ``out`` and check its interface against the Keras model:
     input ``image`` (float32, size×size×3, a range of batch sizes) and every named output
-    with its shape. Its numbers are not checked: Core ML predicts only on macOS. A
-    detector is refused: coremltools 9.0 converts neither its NMS loop nor TensorFlow's
-    CombinedNonMaxSuppression (docs/detection.md, "Exports")."""
+    with its shape; a detector's as Vision reads one (``coreml_detector``). Its
+    numbers are not checked: Core ML predicts only on macOS."""
     converters.offered("coreml", quantize)
     if predictor.limits is not None:
-        raise UserError(
-            f"{predictor.source} is a detector: coremltools 9.0 cannot convert its "
-            "non-maximum suppression (a TensorFlow while loop over the batch)",
-            hint="export it as --format tflite or --format onnx",
-        )
-    interface = converters.write_coreml(predictor.model, quantize, out)
-    size = predictor.image_size
-    expected = {name: list(t.shape[1:]) for name, t in predictor.model.output.items()}
-    problems = []
-    if interface["inputs"] != ["image"] or not interface["input_float32"]:
-        problems.append(f"input {interface['inputs']} is not one float32 image")
-    if [tuple(r) for r in interface["input_shape_ranges"][1:]] != [(size, size)] * 2 + [(3, 3)]:
-        problems.append(f"input shapes {interface['input_shape_ranges']}, not n×{size}×{size}×3")
-    if interface["outputs"] != expected:
-        problems.append(f"outputs {interface['outputs']}, Keras answers {expected}")
+        interface, problems, expected = coreml_detector(predictor, out, quantize)
+    else:
+        interface = converters.write_coreml(predictor.model, quantize, out)
+        expected = {name: list(t.shape[1:]) for name, t in predictor.model.output.items()}
+        problems = coreml_problems(interface, expected, predictor.image_size)
     check = ExportCheck(
         str(out), "coreml", predictor.source, quantize,
         sum(f.stat().st_size for f in out.rglob("*") if f.is_file()), 0,
@@ -268,6 +256,51 @@ def export_coreml(predictor: Predictor, out: Path, quantize: str) -> ExportCheck
     with atomic_path(out.with_name(out.name + ".check.json")) as tmp:
         tmp.write_text(json.dumps(as_record(check), indent=2) + "\n")
     return check
+
+
+def coreml_problems(interface: dict, expected: dict, size: int) -> list[str]:
+    """How a two-head model's Core ML interface differs from the Keras model's."""
+    problems = []
+    if interface["inputs"] != ["image"] or not interface["input_float32"]:
+        problems.append(f"input {interface['inputs']} is not one float32 image")
+    if [tuple(r) for r in interface["input_shape_ranges"][1:]] != [(size, size)] * 2 + [(3, 3)]:
+        problems.append(f"input shapes {interface['input_shape_ranges']}, not n×{size}×{size}×3")
+    if interface["outputs"] != expected:
+        problems.append(f"outputs {interface['outputs']}, Keras answers {expected}")
+    return problems
+
+
+def coreml_detector(predictor: Predictor, out: Path, quantize: str) -> tuple[dict, list, dict]:
+    """Write a detector as a Core ML pipeline (ML program + Core ML's NMS, the form Vision
+    reads) and list how its interface differs from what the Keras detector implies: the
+    image size, every cell's candidates, the class names and the NMS values."""
+    decoder = decoder_of(predictor.model)
+    candidates = vision_candidates(predictor.model)
+    interface = converters.write_coreml_detector(
+        candidates, predictor.classes, decoder, quantize, out
+    )
+    classes, size = len(predictor.classes), predictor.image_size
+    cells = decoder.input.shape[1]  # the feature map's cells, one candidate each
+    most = decoder.max_detections
+    expected = {"confidence": [most, classes], "coordinates": [most, 4]}
+    wanted = {
+        "inputs": ["image", "iouThreshold", "confidenceThreshold"],
+        "image": [size, size, 20],  # ImageFeatureType.RGB
+        "optional": ["iouThreshold", "confidenceThreshold"],
+        "outputs": expected,
+        "candidates": {"raw_confidence": [cells, classes], "raw_coordinates": [cells, 4]},
+        "models": ["mlProgram", "nonMaximumSuppression"],
+        "classes": predictor.classes,
+        "iou_threshold": decoder.iou_threshold,
+        "score_threshold": decoder.score_threshold,
+        "per_class": True,
+    }
+    problems = [
+        f"{key}: {interface[key]}, expected {value}"
+        for key, value in wanted.items()
+        if interface[key] != value
+    ]
+    return interface, problems, expected
 
 
 def summary(check: ExportCheck) -> str:
@@ -307,13 +340,26 @@ def summary(check: ExportCheck) -> str:
 
 def coreml_summary(check: ExportCheck) -> str:
     """What the command prints for a Core ML package (interface checked, numbers not)."""
-    outputs = ", ".join(f"{n} {shape}" for n, shape in check.interface["outputs"].items())
+    face = check.interface
+    outputs = ", ".join(f"{n} {shape}" for n, shape in face["outputs"].items())
     verdict = "matches the Keras model" if check.passed else "DIFFERS: " + "; ".join(check.problems)
+    if "image" in face:  # a detector: a pipeline with Core ML's NMS
+        width, height, _ = face["image"]
+        cells = face["candidates"]["raw_coordinates"][0]
+        source = (
+            f"interface: input image (RGB, {width}×{height}; optional iouThreshold "
+            f"{face['iou_threshold']:g}, confidenceThreshold {face['score_threshold']:g}), "
+            f"{cells} candidates per image into Core ML's NMS (per class, "
+            f"{len(face['classes'])} classes named), outputs {outputs}: {verdict}"
+        )
+    else:
+        source = (
+            f"interface: input image (float32, batch {face['input_shape_ranges'][0]}), "
+            f"outputs {outputs}: {verdict}"
+        )
     return (
         f"wrote {check.file} ({check.size_bytes / 1e6:.2f} MB, coreml {check.quantize}) from "
-        f"{check.source}\n"
-        f"interface: input image (float32, batch {check.interface['input_shape_ranges'][0]}), "
-        f"outputs {outputs}: {verdict}\n"
+        f"{check.source}\n{source}\n"
         "numbers not checked: Core ML predicts only on macOS (there, compare with "
         "coremltools' MLModel.predict)"
     )
