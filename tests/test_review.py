@@ -141,6 +141,76 @@ def test_the_ranking_finds_each_kind_of_noise_in_twice_as_many_suspects(noisy_da
     assert review.precision_at(ranked, manifest["defects"], cut) >= 0.4
 
 
+ANY_OBJECT = NOISY.model_copy(update={"label_noise_objects": "any", "label_noise": 0.6})
+
+
+def good_detector(rows, root, manifest, seed=0):
+    """A decent detector's list: every true object (the noise undone) at its true class,
+    score 0.5-0.95, box within ±5 %, best first; padded like the saved detector's outputs."""
+    rng = np.random.default_rng(seed)
+    tables = {
+        s: pd.read_csv(annotations_path(root, s), dtype=str, keep_default_na=False) for s in SPLITS
+    }
+    for entry in manifest["defects"]:
+        if entry["expect"] == "review":
+            undo(tables, entry)
+    true = pd.concat([t.assign(split=s) for s, t in tables.items()], ignore_index=True)
+    images = rows.drop_duplicates(["split", "folder", "image_id"])[["split", "folder", "image_id"]]
+    most = int(true.groupby(["split", "image_id"]).size().max())
+    count = len(images)
+    out = {
+        "boxes": np.zeros((count, most, 4)),
+        "scores": np.zeros((count, most)),
+        "classes": np.full((count, most), -1),
+        "num_detections": np.zeros(count, int),
+    }
+    for n, image in enumerate(images.itertuples()):
+        objects = true[(true.split == image.split) & (true.image_id == image.image_id)]
+        scores = np.sort(rng.uniform(0.5, 0.95, len(objects)))[::-1]
+        for k, obj in enumerate(objects.itertuples()):
+            box = np.array([float(getattr(obj, c)) for c in BOX_COLUMNS])
+            w, h = box[1] - box[0], box[3] - box[2]
+            out["boxes"][n, k] = np.clip(box + rng.uniform(-0.05, 0.05, 4) * (w, w, h, h), 0, 1)
+            out["scores"][n, k] = scores[k]
+            out["classes"][n, k] = SNACK_CLASSES.index(obj.class_name)
+        out["num_detections"][n] = len(objects)
+    return out
+
+
+def test_a_detectors_list_judges_the_classes_a_one_box_answer_cannot(tmp_path):
+    """Noise on any object of an image: the one-box answer leaves the secondary rows
+    unjudged; a detector's list judges their class (each row under the detections on it)
+    and finds their wrong classes, while the rows the one-box answer judges keep their
+    scores, and a row no detection is on stays unjudged."""
+    root = tmp_path / "data"
+    manifest = synth.generate(root, ANY_OBJECT, progress=False, workers=1)
+    rows = annotation_rows(root)
+    images, probs, boxes = good_model(rows, manifest, root)
+    detections = good_detector(rows, root, manifest)
+    noise = [d for d in manifest["defects"] if d["expect"] == "review"]
+    one_box = review.score_rows(rows, images, probs, boxes, list(SNACK_CLASSES))
+    listed = review.score_rows(rows, images, probs, boxes, list(SNACK_CLASSES), detections)
+    unjudged = one_box[0][one_box[0].kind == "not_judged"]
+    elsewhere = [  # wrong classes of rows the one-box answer does not speak for
+        d for d in noise
+        if d["kind"] == "wrong_class"
+        and ((unjudged.split == d["split"]) & (unjudged.row == d["row"])).any()
+    ]  # fmt: skip
+    assert len(elsewhere) >= 2
+    assert all(review.found_in_top(review.rank(*listed), elsewhere, len(noise)))
+    judged = one_box[0].kind != "not_judged"
+    pd.testing.assert_series_equal(listed[0].score[judged], one_box[0].score[judged])
+    secondary = listed[0][~judged]
+    assert (~judged).sum() > 10 and (secondary.kind == "class").mean() > 0.8
+    moved = {(d["split"], d["row"]) for d in noise if "true_box" in d}  # off their object
+    left = secondary[secondary.kind == "not_judged"]
+    assert set(zip(left.split, left.row, strict=True)) <= moved  # the others: on a detection
+    # a row whose object the detector missed is not judged from the list
+    detections["num_detections"][:] = 0
+    missed = review.score_rows(rows, images, probs, boxes, list(SNACK_CLASSES), detections)
+    assert (missed[0].kind == "not_judged").sum() == (~judged).sum()
+
+
 def test_the_review_stage_ranks_the_held_out_rows_and_reports(noisy_data, tmp_path, monkeypatch):
     """The real stage on real files: validate, dedup, a tiny saved model, an MLflow store."""
     import mlflow
@@ -241,3 +311,40 @@ def test_every_training_image_is_held_out_by_exactly_one_fold():
     assert sorted(np.bincount(fold)) == [4, 4, 5, 5, 5]  # balanced, every image once
     assert (fold == fold_of(23, 5, seed=3)).all()  # seeded: the same folds every run
     assert (fold != fold_of(23, 5, seed=4)).any()
+
+
+def test_the_review_stage_judges_a_detectors_other_rows_from_its_list(
+    noisy_data, tmp_path, monkeypatch
+):
+    """The stage with a saved detector: held-out rows beside the one-box answer's are
+    judged for their class from the detections on them, where there are any."""
+    import mlflow
+    from helpers_model import save_tiny_detector
+
+    from pipeline.core.config import DataParams, Params, ValidateParams
+    from pipeline.core.files import write_json
+    from pipeline.core.paths import Outputs
+    from pipeline.integrations import tracking
+    from pipeline.stages import run_stage
+
+    root, _ = noisy_data
+    monkeypatch.chdir(tmp_path)
+    params = Params(
+        data=DataParams(root=root),
+        validate=ValidateParams(data_docs=False, max_bad_fraction=1.0),
+        review={"gallery_images": 4, "folds": 0},
+    )
+    outputs = Outputs(tmp_path / "outputs")
+    run_stage("validate", params, outputs, progress=False)
+    run_stage("dedup", params, outputs, progress=False)
+    classes = json.loads(outputs.classes.read_text())["classes"]
+    save_tiny_detector(outputs.train_dir, classes, max_detections=20)
+    run = mlflow.MlflowClient(tracking.tracking_uri()).create_run(
+        tracking.setup_experiment(params.mlflow.experiment)
+    )
+    write_json(outputs.mlflow_run, {"run_id": run.info.run_id})
+    run_stage("review", params, outputs, progress=False)
+    table = pd.read_csv(outputs.review_table)
+    per_image = table[table.row >= 0].groupby(["split", "image_id"]).kind
+    judged = per_image.apply(lambda kinds: int((kinds != "not_judged").sum()))
+    assert (judged > 1).any()  # more than the one row the one-box answer speaks for

@@ -133,8 +133,9 @@ def test_layout_header_and_counts(dataset):
         }
         assert {p.parent.name for p in files} <= set(SNACK_CLASSES)
     assert manifest["seed"] == SMALL.seed
-    # label_noise only when set, so that the default dataset's manifest keeps its bytes
-    assert manifest["params"] == SMALL.model_dump(mode="json", exclude={"label_noise"})
+    # the noise params only when set, so that the default dataset's manifest keeps its bytes
+    noise = {"label_noise", "label_noise_objects"}
+    assert manifest["params"] == SMALL.model_dump(mode="json", exclude=noise)
 
 
 def test_clean_rows_are_valid_and_their_images_decode(dataset):

@@ -65,6 +65,8 @@ class SynthParams(Section):
     inject_defects: bool = True
     # Share of images given one wrong but well-formed annotation (pipeline/data/synth/noise.py).
     label_noise: Fraction = 0.0
+    # Which object of an image gets it: the main one (what a one-box model finds) or any.
+    label_noise_objects: Literal["main", "any"] = "main"
 
 
 class ValidateParams(Section):

@@ -3,8 +3,9 @@
 The model answers one class and one box per image, so on an image with several rows it speaks
 for one of them: the *judged* row is the row whose box overlaps the prediction most (IoU ≥
 ``MATCH_IOU``), else the row the model is trained to find (``select_targets``: a main-class box,
-then the largest). The other rows of the image are ``not_judged``: this model cannot tell
-whether a secondary object's label is right.
+then the largest). The other rows of the image are ``not_judged`` by a two-head model: it
+cannot tell whether a secondary object's label is right. A detector's list of every object
+judges their class too (``score_secondary``), from the detections on each.
 
 Scores, each in [0, 1], low = suspect, all computed over one pool (every scored split at
 once, as cleanlab's scores depend on the pool):
@@ -61,6 +62,7 @@ def score_rows(
     probs: np.ndarray,
     pred_boxes: np.ndarray,
     classes: list[str],
+    detections: dict[str, np.ndarray] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score every row and every image; return (rows with scores, image-level suspects).
 
@@ -69,7 +71,8 @@ def score_rows(
     ``rows``: annotation rows (split, folder, image_id, class_name, boxes, ``row``: the data-row
     index in its split's CSV, ``target``: the row the model is trained to find).
     ``images``: one per image (split, folder, image_id, width, height), in the order of
-    ``probs`` (N × classes) and ``pred_boxes`` (N × 4, normalized).
+    ``probs`` (N × classes) and ``pred_boxes`` (N × 4, normalized); ``detections``: a
+    detector's ``boxes``, ``scores``, ``classes`` and ``num_detections`` in that order too.
     """
     from cleanlab.object_detection import rank as od_rank
     from cleanlab.rank import get_label_quality_scores
@@ -132,6 +135,9 @@ def score_rows(
         np.asarray(v, dtype="float64") / max(float(np.median(v)), 1e-9)
         for v in (class_scores, box_scores, lost)
     )
+    if detections is not None:
+        secondary = [(i, np.delete(where, j)) for i, where, j in judged if len(where) > 1]
+        score_secondary(scored, secondary, detections, classes)
     image_rows = []
     for n, (i, where, j) in enumerate(judged):
         at = scored.index[where[j]]
@@ -156,6 +162,63 @@ def score_rows(
             }
         )
     return scored, pd.DataFrame(image_rows)
+
+
+def listed(detections: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, ...]:
+    """Image ``i``'s detections: boxes (clipped, ordered), scores and class indices."""
+    count = int(detections["num_detections"][i])
+    return (
+        clip_and_order(detections["boxes"][i][:count]),
+        detections["scores"][i][:count],
+        detections["classes"][i][:count].astype(int),
+    )
+
+
+def score_secondary(
+    scored: pd.DataFrame,
+    secondary: list[tuple[int, np.ndarray]],
+    detections: dict[str, np.ndarray],
+    classes: list[str],
+) -> None:
+    """Judge the class of the rows the one-box answer does not speak for from a detector's
+    list, in place. ``secondary``: (image index, positions in ``scored`` of its other rows).
+
+    A row's class distribution is each class's best score among the detections on it (IoU ≥
+    ``MATCH_IOU``), normalized to sum 1; its score is ``get_label_quality_scores`` of the
+    given class under it, divided by the median of these rows' own scores (detection scores
+    are calibrated otherwise than the one-box answer's probabilities). A row no detection is
+    on stays ``not_judged``. Their boxes are not judged: measured, the list's boxes of
+    secondary objects flagged more right rows than wrong ones (docs/review.md).
+    """
+    from cleanlab.rank import get_label_quality_scores
+
+    index = {name: i for i, name in enumerate(classes)}
+    positions, dists, suggested = [], [], []
+    for i, where in secondary:
+        boxes, scores, kinds = listed(detections, i)
+        given = scored.iloc[where][BOX_COLUMNS].to_numpy(float)
+        for k, at in enumerate(where):
+            overlap = iou(np.repeat(given[k][None], len(boxes), 0), boxes)
+            on = overlap >= MATCH_IOU
+            if on.any():
+                dist = np.zeros(len(classes))
+                np.maximum.at(dist, kinds[on], scores[on])
+                positions.append(at)
+                dists.append(dist / dist.sum())
+                suggested.append(boxes[np.argmax(overlap)])
+    if not positions:
+        return
+    given_classes = scored.class_name.iloc[positions].map(index).to_numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        values = get_label_quality_scores(given_classes, np.array(dists))
+    median = max(float(np.median(values)), 1e-9)
+    rows = scored.index[positions]
+    scored.loc[rows, "class_score"] = values
+    scored.loc[rows, "score"] = values / median
+    scored.loc[rows, "kind"] = "class"
+    scored.loc[rows, "suggest_class"] = [classes[int(np.argmax(d))] for d in dists]
+    scored.loc[rows, SUGGEST_COLUMNS] = np.array(suggested)
 
 
 def rank(scored: pd.DataFrame, image_suspects: pd.DataFrame) -> pd.DataFrame:

@@ -38,6 +38,7 @@ from pipeline.data.contract import BOX_COLUMNS, MANIFEST_NAME, read_clean_annota
 from pipeline.evaluation import review
 from pipeline.integrations import tracking
 from pipeline.model import crossval
+from pipeline.model.detect_decode import DETECTION_OUTPUTS
 from pipeline.model.detect_head import is_detector
 from pipeline.model.loader import SnackDataset, sample_table, select_targets
 from pipeline.model.model import input_size, load_model
@@ -62,7 +63,8 @@ def predict(
     params: Params, model: keras.Model, rows: pd.DataFrame, classes: list[str], folds: int = 0
 ):
     """One sample per image (with its pixel size), class probabilities and boxes: the
-    model's own, or with ``folds`` out-of-fold heads' (pipeline/model/crossval.py)."""
+    model's own, or with ``folds`` out-of-fold heads' (pipeline/model/crossval.py); and a
+    detector's every object (``DETECTION_OUTPUTS``; None for the two heads)."""
     parts = {
         s: rows[rows.split == s].drop(columns=["split", "target"]) for s in rows.split.unique()
     }
@@ -85,7 +87,9 @@ def predict(
         width=[w for w, _ in sizes], height=[h for _, h in sizes]
     )
     probs = np.asarray(out["class"], dtype="float64")
-    return images.reset_index(drop=True), probs, np.asarray(out["box"], dtype="float64")
+    listed = {name: np.asarray(out[name]) for name in DETECTION_OUTPUTS if name in out}
+    detections = listed if len(listed) == len(DETECTION_OUTPUTS) else None
+    return images.reset_index(drop=True), probs, np.asarray(out["box"], "float64"), detections
 
 
 def noise_figures(ranked: pd.DataFrame, root: Path) -> dict[str, Any]:
@@ -140,8 +144,8 @@ def run(params: Params, outputs: Outputs, progress: bool = True) -> dict[str, An
     scored, suspects = [], []
     for splits, folds in pools:
         rows = load_rows(outputs, classes, splits)
-        images, probs, boxes = predict(params, model, rows, classes, folds)
-        pool_rows, pool_images = review.score_rows(rows, images, probs, boxes, classes)
+        images, probs, boxes, detections = predict(params, model, rows, classes, folds)
+        pool_rows, pool_images = review.score_rows(rows, images, probs, boxes, classes, detections)
         scored.append(pool_rows)
         suspects.append(pool_images)
     rows = pd.concat(scored, ignore_index=True)

@@ -88,16 +88,24 @@ def _finish(
         kinds |= {k: {"expect": "review", "summary": s.summary} for k, s in NOISE_SPECS.items()}
     manifest = {
         "seed": params.seed,
-        # label_noise only when set: the default dataset's manifest stays byte-identical
-        "params": params.model_dump(
-            mode="json", exclude=None if params.label_noise else {"label_noise"}
-        ),
+        # the noise params only when set: the default dataset's manifest stays byte-identical
+        "params": params.model_dump(mode="json", exclude=unset_noise_params(params)),
         "counts": counts,
         "kinds": kinds,
         "defects": entries,
     }
     (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+def unset_noise_params(params: SynthParams) -> set[str]:
+    """The label-noise params left out of the manifest: those at their default."""
+    unset = set()
+    if not params.label_noise:
+        unset.add("label_noise")
+    if params.label_noise_objects == "main":
+        unset.add("label_noise_objects")
+    return unset
 
 
 def generate(
@@ -130,8 +138,7 @@ def generate(
             defects = Injector(tmp, rows, records, rng).run(len(records))
         if params.label_noise:  # its own generator: the other defects stay where they were
             rng = np.random.default_rng([entropy(params.seed), 4])
-            defects += NoiseInjector(rows, records, defects, rng).run(
-                params.label_noise, len(records)
-            )
+            injector = NoiseInjector(rows, records, defects, rng, params.label_noise_objects)
+            defects += injector.run(params.label_noise, len(records))
         manifest = _finish(tmp, rows, defects, params)
     return manifest

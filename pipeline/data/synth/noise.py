@@ -3,8 +3,9 @@
 Validate and dedup cannot see these by design: every row stays a valid box of a known class.
 Only a model that disagrees with the label can (the review stage). ``label_noise`` is the
 share of images given one noisy annotation, spread evenly over the kinds, each into a
-different image that no other defect touched, always on the image's main object (the row
-the model is trained to find):
+different image that no other defect touched, on the image's main object (the row a one-box
+model is trained to find) or, with ``label_noise_objects: any``, on one of its objects drawn
+at random (what a detector's review should find too). Below, "main" is that object:
 
   wrong_class     the class_name of another snack (``true_class``)
   shifted_box     the box moved by 25-50 % of its size, same size (``true_box``)
@@ -69,9 +70,10 @@ class NoiseInjector:
         records: list[ImageRecord],
         defects: list[Defect],
         rng: Generator,
+        objects: str = "main",
     ) -> None:
         touched = {(d.split, d.image_id) for d in defects}
-        self.rows, self.rng = rows, rng
+        self.rows, self.rng, self.objects = rows, rng, objects
         pool = [r for r in records if (r.split, r.image_id) not in touched]
         self.pool = [pool[int(i)] for i in rng.permutation(len(pool))]
         self.defects: list[Defect] = []
@@ -97,8 +99,10 @@ class NoiseInjector:
         return None
 
     def _main(self, record: ImageRecord) -> Row:
-        """The image's main-object row (rendered first among the image's rows)."""
-        return next(r for r in self.rows[record.split] if r.get("image_id") == record.image_id)
+        """The row to make wrong: the image's main-object row (rendered first among the
+        image's rows), or any of its rows with ``objects: any``."""
+        mine = [r for r in self.rows[record.split] if r.get("image_id") == record.image_id]
+        return mine[int(self.rng.integers(len(mine)))] if self.objects == "any" else mine[0]
 
     def _add(self, kind: str, record: ImageRecord, description: str, row: Row | None, **extra):
         rows = [r for r in self.rows[record.split] if r.get("image_id") == record.image_id]
