@@ -15,7 +15,7 @@ from pipeline.core.errors import UserError
 from pipeline.data import synth
 from pipeline.data.contract import BOX_COLUMNS, SPLITS, annotations_path, image_path
 from pipeline.data.synth.noise import undo
-from pipeline.evaluation import review
+from pipeline.evaluation import coco, review
 from pipeline.model.loader import select_targets
 
 NOISY = SynthParams(
@@ -186,7 +186,8 @@ def test_a_detectors_list_judges_the_classes_a_one_box_answer_cannot(tmp_path):
     manifest = synth.generate(root, ANY_OBJECT, progress=False, workers=1)
     rows = annotation_rows(root)
     images, probs, boxes = good_model(rows, manifest, root)
-    detections = good_detector(rows, root, manifest)
+    outputs = good_detector(rows, root, manifest)  # as the saved detector answers
+    detections = coco.model_detections(outputs)
     noise = [d for d in manifest["defects"] if d["expect"] == "review"]
     one_box = review.score_rows(rows, images, probs, boxes, list(SNACK_CLASSES))
     listed = review.score_rows(rows, images, probs, boxes, list(SNACK_CLASSES), detections)
@@ -206,8 +207,10 @@ def test_a_detectors_list_judges_the_classes_a_one_box_answer_cannot(tmp_path):
     left = secondary[secondary.kind == "not_judged"]
     assert set(zip(left.split, left.row, strict=True)) <= moved  # the others: on a detection
     # a row whose object the detector missed is not judged from the list
-    detections["num_detections"][:] = 0
-    missed = review.score_rows(rows, images, probs, boxes, list(SNACK_CLASSES), detections)
+    outputs["num_detections"][:] = 0
+    missed = review.score_rows(
+        rows, images, probs, boxes, list(SNACK_CLASSES), coco.model_detections(outputs)
+    )
     assert (missed[0].kind == "not_judged").sum() == (~judged).sum()
 
 

@@ -32,6 +32,7 @@ import pandas as pd
 
 from pipeline.data.boxes import clip_and_order, iou
 from pipeline.data.contract import BOX_COLUMNS
+from pipeline.evaluation.coco import Detections
 
 MATCH_IOU = 0.5
 KINDS = ("class", "box", "overlooked")
@@ -62,7 +63,7 @@ def score_rows(
     probs: np.ndarray,
     pred_boxes: np.ndarray,
     classes: list[str],
-    detections: dict[str, np.ndarray] | None = None,
+    detections: list[Detections] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score every row and every image; return (rows with scores, image-level suspects).
 
@@ -72,7 +73,7 @@ def score_rows(
     index in its split's CSV, ``target``: the row the model is trained to find).
     ``images``: one per image (split, folder, image_id, width, height), in the order of
     ``probs`` (N × classes) and ``pred_boxes`` (N × 4, normalized); ``detections``: a
-    detector's ``boxes``, ``scores``, ``classes`` and ``num_detections`` in that order too.
+    detector's lists in that order too (``coco.model_detections``).
     """
     from cleanlab.object_detection import rank as od_rank
     from cleanlab.rank import get_label_quality_scores
@@ -164,20 +165,10 @@ def score_rows(
     return scored, pd.DataFrame(image_rows)
 
 
-def listed(detections: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, ...]:
-    """Image ``i``'s detections: boxes (clipped, ordered), scores and class indices."""
-    count = int(detections["num_detections"][i])
-    return (
-        clip_and_order(detections["boxes"][i][:count]),
-        detections["scores"][i][:count],
-        detections["classes"][i][:count].astype(int),
-    )
-
-
 def score_secondary(
     scored: pd.DataFrame,
     secondary: list[tuple[int, np.ndarray]],
-    detections: dict[str, np.ndarray],
+    detections: list[Detections],
     classes: list[str],
 ) -> None:
     """Judge the class of the rows the one-box answer does not speak for from a detector's
@@ -195,7 +186,7 @@ def score_secondary(
     index = {name: i for i, name in enumerate(classes)}
     positions, dists, suggested = [], [], []
     for i, where in secondary:
-        boxes, scores, kinds = listed(detections, i)
+        boxes, scores, kinds = detections[i]
         given = scored.iloc[where][BOX_COLUMNS].to_numpy(float)
         for k, at in enumerate(where):
             overlap = iou(np.repeat(given[k][None], len(boxes), 0), boxes)

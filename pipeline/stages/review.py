@@ -35,10 +35,9 @@ from pipeline.core.files import read_json, write_csv, write_json
 from pipeline.core.paths import Outputs
 from pipeline.data.boxes import iou
 from pipeline.data.contract import BOX_COLUMNS, MANIFEST_NAME, read_clean_annotations
-from pipeline.evaluation import review
+from pipeline.evaluation import coco, review
 from pipeline.integrations import tracking
 from pipeline.model import crossval
-from pipeline.model.detect_decode import DETECTION_OUTPUTS
 from pipeline.model.detect_head import is_detector
 from pipeline.model.loader import SnackDataset, sample_table, select_targets
 from pipeline.model.model import input_size, load_model
@@ -64,7 +63,7 @@ def predict(
 ):
     """One sample per image (with its pixel size), class probabilities and boxes: the
     model's own, or with ``folds`` out-of-fold heads' (pipeline/model/crossval.py); and a
-    detector's every object (``DETECTION_OUTPUTS``; None for the two heads)."""
+    detector's every object (``coco.model_detections``; None for the two heads)."""
     parts = {
         s: rows[rows.split == s].drop(columns=["split", "target"]) for s in rows.split.unique()
     }
@@ -87,8 +86,7 @@ def predict(
         width=[w for w, _ in sizes], height=[h for _, h in sizes]
     )
     probs = np.asarray(out["class"], dtype="float64")
-    listed = {name: np.asarray(out[name]) for name in DETECTION_OUTPUTS if name in out}
-    detections = listed if len(listed) == len(DETECTION_OUTPUTS) else None
+    detections = coco.model_detections(out) if is_detector(model) else None
     return images.reset_index(drop=True), probs, np.asarray(out["box"], "float64"), detections
 
 
