@@ -203,16 +203,7 @@ def write_coreml_detector(
     nms = nms_model(spec, classes, decoder)
     pipeline = ct.utils.make_pipeline(program, nms)
     description = pipeline._spec.description
-    defaults = {
-        "iouThreshold": decoder.iou_threshold,
-        "confidenceThreshold": decoder.score_threshold,
-    }
-    for name, value in defaults.items():
-        threshold = description.input.add()
-        threshold.name = name
-        threshold.type.doubleType.SetInParent()
-        threshold.type.isOptional = True
-        threshold.shortDescription = f"optional, default {value:g}"
+    add_threshold_inputs(description, decoder)
     description.metadata.userDefined["classes"] = ",".join(classes)
     pipeline = ct.models.MLModel(
         pipeline._spec, weights_dir=pipeline.weights_dir, skip_model_load=True
@@ -240,11 +231,7 @@ def nms_model(candidates_spec, classes: list[str], decoder):
         array.shapeRange.sizeRanges.add(lowerBound=0, upperBound=decoder.max_detections)
         width = widths[output.name]
         array.shapeRange.sizeRanges.add(lowerBound=width, upperBound=width)
-    for name in ("iouThreshold", "confidenceThreshold"):
-        threshold = spec.description.input.add()
-        threshold.name = name
-        threshold.type.doubleType.SetInParent()
-        threshold.type.isOptional = True
+    add_threshold_inputs(spec.description, decoder)
     nms = spec.nonMaximumSuppression
     nms.confidenceInputFeatureName, nms.confidenceOutputFeatureName = "raw_confidence", "confidence"
     nms.coordinatesInputFeatureName = "raw_coordinates"
@@ -256,6 +243,21 @@ def nms_model(candidates_spec, classes: list[str], decoder):
     nms.pickTop.perClass = True
     nms.stringClassLabels.vector.extend(classes)
     return ct.models.MLModel(spec, skip_model_load=True)
+
+
+def add_threshold_inputs(description, decoder) -> None:
+    """The optional ``iouThreshold`` and ``confidenceThreshold`` inputs (doubles) that
+    override the NMS values, each described with the detector's default."""
+    defaults = {
+        "iouThreshold": decoder.iou_threshold,
+        "confidenceThreshold": decoder.score_threshold,
+    }
+    for name, value in defaults.items():
+        threshold = description.input.add()
+        threshold.name = name
+        threshold.type.doubleType.SetInParent()
+        threshold.type.isOptional = True
+        threshold.shortDescription = f"optional, default {value:g}"
 
 
 def coreml_program(model, image, quantize: str, target=None) -> tuple[Any, list[tuple]]:

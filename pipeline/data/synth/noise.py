@@ -101,11 +101,15 @@ class NoiseInjector:
     def _main(self, record: ImageRecord) -> Row:
         """The row to make wrong: the image's main-object row (rendered first among the
         image's rows), or any of its rows with ``objects: any``."""
-        mine = [r for r in self.rows[record.split] if r.get("image_id") == record.image_id]
+        mine = self._rows_of(record)
         return mine[int(self.rng.integers(len(mine)))] if self.objects == "any" else mine[0]
 
+    def _rows_of(self, record: ImageRecord) -> list[Row]:
+        """The image's rows, in the order they were rendered."""
+        return [r for r in self.rows[record.split] if r.get("image_id") == record.image_id]
+
     def _add(self, kind: str, record: ImageRecord, description: str, row: Row | None, **extra):
-        rows = [r for r in self.rows[record.split] if r.get("image_id") == record.image_id]
+        rows = self._rows_of(record)
         self.defects.append(
             Defect(
                 kind,
