@@ -58,6 +58,9 @@ class Command:
         os.kill(self.process.pid, signum)
         try:
             self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as late:  # fail with what it printed: where it hung
+            message = f"still running {timeout} s after the signal:\n{self.output}"
+            raise AssertionError(message) from late
         finally:
             if self.process.poll() is None:
                 os.killpg(self.process.pid, 9)
