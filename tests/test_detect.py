@@ -29,7 +29,7 @@ from pipeline.model.augment import augment_boxes, crop_resize, visible_fraction
 from pipeline.model.detect_decode import DetectionDecoder
 from pipeline.model.detect_head import decode_shares, encode_shares, grid_of
 from pipeline.model.detect_loss import detection_loss
-from pipeline.model.detect_targets import assign, pad_boxes
+from pipeline.model.detect_targets import aligned_assign, assign, pad_boxes
 from pipeline.model.loader import SnackDataset, every_box, sample_table
 from pipeline.model.model import backbone_of, build_model, cell_centres, load_model
 from pipeline.ops.predict import load_predictor, predict_images
@@ -89,6 +89,32 @@ def test_cells_learn_the_smallest_box_whose_centre_region_they_are_in():
     np.testing.assert_allclose(boxes[cell(2, 0)], [0.0, 0.5, 0.0, 1.0])
     assert positive[cell(1, 3)] == 0 and classes[cell(1, 3)].tolist() == [0, 0]  # right half
     assert gt[2, 4] == -1  # the padding row is nobody's target
+
+
+def test_aligned_cells_are_those_whose_predictions_fit_not_those_nearest_the_centre():
+    # 4 x 4 grid. A box over the whole image (class 0), a small one (class 1) around cell
+    # (0, 0), padding. Every cell predicts a box around itself, the larger the later the cell,
+    # except cell (3, 3), whose prediction is the whole image, and cell (0, 0), which fits the
+    # small box exactly.
+    gt = pad_boxes(np.array([[0.0, 1.0, 0.0, 1.0], [0.05, 0.2, 0.05, 0.2]]), np.array([0, 1]), 3)
+    cx, cy = cell_centres(4, 4)
+    half = 0.05 + 0.01 * np.arange(16)
+    pred = np.clip(np.stack([cx - half, cx + half, cy - half, cy + half], axis=1), 0, 1)
+    pred[15], pred[0] = [0.0, 1.0, 0.0, 1.0], [0.05, 0.2, 0.05, 0.2]
+    logits = np.zeros((1, 16, 2), dtype="float32")
+    out = aligned_assign(gt[None], pred[None].astype("float32"), logits, (4, 4), 2)
+    boxes, classes, positive = (np.asarray(t)[0] for t in out)
+    # The whole-image box: its best-fitting cell (3, 3) and the next, (3, 2), not the central
+    # ones; (0, 0) learns the small box it fits, not the big one it also lies in.
+    assert np.flatnonzero(positive).tolist() == [0, 14, 15]
+    np.testing.assert_allclose(boxes[15], [0.0, 1.0, 0.0, 1.0])
+    np.testing.assert_allclose(boxes[0], [0.05, 0.2, 0.05, 0.2])
+    # The best cell of each box is asked for the best IoU among its cells (1 here), the
+    # others for less, in their alignment's proportion; a background cell for nothing.
+    assert classes[15].tolist() == pytest.approx([1.0, 0.0])
+    assert classes[0].tolist() == pytest.approx([0.0, 1.0])
+    assert 0 < classes[14, 0] < 0.1 and classes[14, 1] == 0
+    assert classes[positive == 0].sum() == 0
 
 
 def test_the_quality_target_asks_a_half_fitting_box_for_a_half_score():

@@ -117,6 +117,10 @@ class DetectParams(Section):
     # Centre sampling: a cell learns a box when its centre lies inside the box and within
     # this many cells of the box centre (FCOS: 1.5 strides).
     center_radius: Annotated[float, Field(gt=0, le=8)] = 1.5
+    # Which cells learn a box: "centre" (centre sampling, above) or "aligned" (of the cells
+    # inside it, the ``topk`` whose predictions fit it best: TOOD's task alignment).
+    assigner: Literal["centre", "aligned"] = "centre"
+    topk: Annotated[int, Field(ge=1, le=64)] = 9
     # The class target of a cell that learns a box: "onehot" (focal loss, 1 for its class) or
     # "iou" (quality focal loss: the IoU of the cell's predicted box, so that scores rank the
     # well-placed boxes first).

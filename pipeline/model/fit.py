@@ -177,18 +177,15 @@ def compile_phase(
     train = params.train
     with setup.strategy.scope():
         if is_detector(model):
-            detect = params.model.detect
             compile_detector(
                 target,
                 grid_of(model),
-                detect.center_radius,
+                params.model.detect,
                 peak_learning_rate(params),
-                detect.box_loss_weight,
                 train.weight_decay,
                 jit_compile=setup.jit_compile,
                 run_eagerly=setup.run_eagerly,
                 ema_momentum=ema,
-                class_target=detect.class_target,
                 clip_norm=train.clip_norm,
             )
         else:

@@ -172,14 +172,14 @@ class BoxMeanIoU(keras.metrics.Metric):
 
 def _overlap(true, pred):
     """Intersection, union and the ordered predicted corners (x0, x1, y0, y1) per row."""
-    x0 = ops.minimum(pred[:, 0], pred[:, 1])
-    x1 = ops.maximum(pred[:, 0], pred[:, 1])
-    y0 = ops.minimum(pred[:, 2], pred[:, 3])
-    y1 = ops.maximum(pred[:, 2], pred[:, 3])
-    inter_w = ops.maximum(0.0, ops.minimum(true[:, 1], x1) - ops.maximum(true[:, 0], x0))
-    inter_h = ops.maximum(0.0, ops.minimum(true[:, 3], y1) - ops.maximum(true[:, 2], y0))
+    x0 = ops.minimum(pred[..., 0], pred[..., 1])
+    x1 = ops.maximum(pred[..., 0], pred[..., 1])
+    y0 = ops.minimum(pred[..., 2], pred[..., 3])
+    y1 = ops.maximum(pred[..., 2], pred[..., 3])
+    inter_w = ops.maximum(0.0, ops.minimum(true[..., 1], x1) - ops.maximum(true[..., 0], x0))
+    inter_h = ops.maximum(0.0, ops.minimum(true[..., 3], y1) - ops.maximum(true[..., 2], y0))
     inter = inter_w * inter_h
-    area_true = (true[:, 1] - true[:, 0]) * (true[:, 3] - true[:, 2])
+    area_true = (true[..., 1] - true[..., 0]) * (true[..., 3] - true[..., 2])
     union = area_true + (x1 - x0) * (y1 - y0) - inter
     return inter, union, (x0, x1, y0, y1)
 
