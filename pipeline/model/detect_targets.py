@@ -85,7 +85,8 @@ def aligned_assign(gt, pred_boxes, logits, grid: tuple[int, int], topk: int):
     metric = ops.stop_gradient(score**ALIGN_ALPHA * iou**ALIGN_BETA)
     metric = ops.where(candidate, metric, 0.0)
     kth = ops.top_k(ops.transpose(metric, (0, 2, 1)), topk)[0][..., -1]  # (batch, boxes)
-    chosen = candidate & ((metric >= kth[:, None, :]) & (metric > 0) | _own(candidate, metric))
+    top = (metric >= kth[:, None, :]) & (metric > 0)
+    chosen = candidate & (top | _best_cell(candidate, metric))
     pick = ops.one_hot(ops.argmax(ops.where(chosen, metric, -1.0), axis=-1), ops.shape(boxes)[1])
     positive = ops.cast(ops.any(chosen, axis=-1), "float32")
     best_metric = ops.max(ops.where(chosen, metric, 0.0), axis=1, keepdims=True)
@@ -95,7 +96,7 @@ def aligned_assign(gt, pred_boxes, logits, grid: tuple[int, int], topk: int):
     return target_boxes, target_classes * quality[..., None], positive
 
 
-def _own(candidate, metric):
+def _best_cell(candidate, metric):
     """The best candidate cell of each box, so that no box goes without one."""
     best = ops.argmax(ops.where(candidate, metric + 1e-9, -1.0), axis=1)  # (batch, boxes)
     return ops.transpose(ops.one_hot(best, ops.shape(metric)[1]), (0, 2, 1)) > 0
