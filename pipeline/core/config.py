@@ -118,7 +118,8 @@ class DetectParams(Section):
     # this many cells of the box centre (FCOS: 1.5 strides).
     center_radius: Annotated[float, Field(gt=0, le=8)] = 1.5
     # Which cells learn a box: "centre" (centre sampling, above) or "aligned" (of the cells
-    # inside it, the ``topk`` whose predictions fit it best: TOOD's task alignment).
+    # inside it, the ``topk`` whose predictions fit it best: TOOD's task alignment, with
+    # soft class targets of its own, so ``class_target`` applies to "centre" only).
     assigner: Literal["centre", "aligned"] = "centre"
     topk: Annotated[int, Field(ge=1, le=64)] = 9
     # The class target of a cell that learns a box: "onehot" (focal loss, 1 for its class) or

@@ -41,9 +41,13 @@ def _candidates(boxes, labels, grid: tuple[int, int], radius: float | None):
     return (inside | own) & (labels >= 0)[:, None, :]
 
 
-def _targets(pick, positive, boxes, labels, num_classes: int):
+def _onehot(labels, num_classes: int):
+    """(batch, boxes, num_classes) one-hot classes; padding rows read as class 0."""
+    return ops.one_hot(ops.cast(ops.maximum(labels, 0), "int32"), num_classes)
+
+
+def _targets(pick, positive, boxes, onehot):
     """Each cell's target box and one-hot class from ``pick`` (batch, cells, boxes)."""
-    onehot = ops.one_hot(ops.cast(ops.maximum(labels, 0), "int32"), num_classes)
     target_boxes = ops.einsum("bkm,bmd->bkd", pick, boxes)
     target_classes = ops.einsum("bkm,bmc->bkc", pick, onehot) * positive[..., None]
     return target_boxes, target_classes
@@ -62,7 +66,7 @@ def assign(gt, grid: tuple[int, int], radius: float, num_classes: int):
     cost = ops.where(candidate, area, 2.0)  # larger than any normalized area
     pick = ops.one_hot(ops.argmin(cost, axis=-1), ops.shape(boxes)[1])  # (batch, cells, boxes)
     positive = ops.cast(ops.any(candidate, axis=-1), "float32")
-    return (*_targets(pick, positive, boxes, labels, num_classes), positive)
+    return (*_targets(pick, positive, boxes, _onehot(labels, num_classes)), positive)
 
 
 def aligned_assign(gt, pred_boxes, logits, grid: tuple[int, int], topk: int):
@@ -77,9 +81,8 @@ def aligned_assign(gt, pred_boxes, logits, grid: tuple[int, int], topk: int):
     """
     gt = ops.cast(gt, "float32")
     boxes, labels = gt[..., :4], gt[..., 4]
-    num_classes = logits.shape[-1]
     candidate = _candidates(boxes, labels, grid, None)
-    onehot = ops.one_hot(ops.cast(ops.maximum(labels, 0), "int32"), num_classes)
+    onehot = _onehot(labels, logits.shape[-1])
     score = ops.einsum("bkc,bmc->bkm", ops.sigmoid(logits), onehot)
     iou = box_iou(boxes[:, None, :, :], pred_boxes[:, :, None, :])  # (batch, cells, boxes)
     metric = ops.stop_gradient(score**ALIGN_ALPHA * iou**ALIGN_BETA)
@@ -92,13 +95,13 @@ def aligned_assign(gt, pred_boxes, logits, grid: tuple[int, int], topk: int):
     best_metric = ops.max(ops.where(chosen, metric, 0.0), axis=1, keepdims=True)
     best_iou = ops.max(ops.where(chosen, ops.stop_gradient(iou), 0.0), axis=1, keepdims=True)
     quality = ops.sum(pick * ops.divide_no_nan(metric * best_iou, best_metric), axis=-1)
-    target_boxes, target_classes = _targets(pick, positive, boxes, labels, num_classes)
+    target_boxes, target_classes = _targets(pick, positive, boxes, onehot)
     return target_boxes, target_classes * quality[..., None], positive
 
 
 def _best_cell(candidate, metric):
     """The best candidate cell of each box, so that no box goes without one."""
-    best = ops.argmax(ops.where(candidate, metric + 1e-9, -1.0), axis=1)  # (batch, boxes)
+    best = ops.argmax(ops.where(candidate, metric, -1.0), axis=1)  # (batch, boxes)
     return ops.transpose(ops.one_hot(best, ops.shape(metric)[1]), (0, 2, 1)) > 0
 
 
