@@ -100,3 +100,32 @@ def test_a_sigterm_a_library_swallowed_is_raised_again_where_stopping_is_safe():
     )
     assert "swallowed" in run.stdout, run.stderr
     assert run.returncode == 130, run.stderr
+
+
+INSIDE_AN_IMPORT = """
+import sys, time
+from pipeline.ops import children
+children.stop_on_sigterm()
+sys.path.insert(0, sys.argv[1])
+try:
+    import signalling  # its body sends SIGTERM to this process, then works on
+except children.Terminated:
+    sys.exit("raised inside the import")
+try:
+    time.sleep(30)
+except children.Terminated:
+    sys.exit(130 if signalling.DONE else "the import did not finish")
+"""
+
+
+def test_a_sigterm_inside_an_import_is_raised_when_the_import_is_over(tmp_path):
+    # raised inside, it can leave the import lock held: another thread's import then hangs
+    module = "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\nDONE = sum(range(10**6))\n"
+    (tmp_path / "signalling.py").write_text(module)
+    run = subprocess.run(
+        [str(BIN / "python"), "-c", INSIDE_AN_IMPORT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 130, run.stderr

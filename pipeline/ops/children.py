@@ -6,7 +6,8 @@ reaps what a snackloc command runs (servers, the MLflow UI, training workers).
   handler runs: a run lock is released, Prefect stops its temporary server, and children
   are stopped as below. ``snackloc`` (pipeline/cli.py) installs it for every command. A
   library that catches every exception can swallow that one: ``raise_if_terminated``
-  raises it again where stopping is safe.
+  raises it again where stopping is safe. A SIGTERM that arrives inside an import is
+  raised when the import is over (raised inside, it can leave the import lock held).
 - ``defer_sigterm`` is for a command with an event loop of its own (``snackloc schedule``):
   SIGTERM only sets an event that the loop checks, so a signal that arrives at any instant
   is acted on. An exception raised from a signal handler lands in whatever code runs then,
@@ -20,6 +21,7 @@ reaps what a snackloc command runs (servers, the MLflow UI, training workers).
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import ctypes
 import os
@@ -30,6 +32,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
 
 STOP_TIMEOUT = 20.0  # seconds between SIGTERM and SIGKILL
@@ -46,8 +49,32 @@ class Terminated(KeyboardInterrupt):
 _terminated = threading.Event()  # set for good by the first SIGTERM
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
+RETRY_AFTER = 0.05  # seconds: a SIGTERM that arrived inside an import is sent again
+
+
+def _inside_import(frame: FrameType | None) -> bool:
+    """Whether ``frame`` or a caller of it is Python's import machinery."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _send_again_later(signum: int) -> None:
+    time.sleep(RETRY_AFTER)
+    os.kill(os.getpid(), signum)
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     _terminated.set()
+    if _inside_import(frame):
+        # Raised here, it can leave the interpreter's import lock held for good: the next
+        # import in any other thread (Prefect's event loop) hangs, and this thread with it,
+        # waiting on that loop. Raise once the import is over. A bare thread: it takes no
+        # lock that the interrupted code could hold.
+        _thread.start_new_thread(_send_again_later, (signum,))
+        return
     raise Terminated(f"signal {signum}")
 
 
