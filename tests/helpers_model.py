@@ -72,7 +72,7 @@ def _spread_the_heads(model, seed: int) -> None:
     import keras
     import numpy as np
 
-    features = keras.Model(model.inputs, model.get_layer("detect_relu").output)
+    features = keras.Model(model.inputs, model.get_layer("detect_class_logits").input)
     noise = np.random.default_rng(seed).uniform(0, 255, (8, *model.input_shape[1:]))
     x = np.asarray(features([noise.astype("float32")]))
     for name in ("detect_class_logits", "detect_shares"):

@@ -190,6 +190,22 @@ def test_the_conv_stride_keeps_the_grid_and_moves_the_conv():
     assert at32.get_layer("detect_conv").output.shape[1:3] == (2, 2)  # before the upsampling
 
 
+def test_the_lateral_connection_adds_the_backbones_stride16_map_to_the_head():
+    def built(**detect):
+        return build_model(2, DETECT_MODEL.model_copy(update={"detect": DetectParams(**detect)}))
+
+    plain, model = built(lateral=False), built(lateral=True)
+    assert len(backbone_of(plain).outputs) == 1
+    final, stride16 = backbone_of(model).outputs  # one nested backbone, one more output
+    assert final.shape[1:3] == (2, 2) and stride16.shape[1:3] == (4, 4) == grid_of(model)
+    assert model.get_layer("detect_lateral").input.shape == stride16.shape
+    assert model.output["cells"].shape == plain.output["cells"].shape
+    # the same backbone weights: a pretrained file or a frozen phase treats both alike
+    assert [w.shape for w in backbone_of(model).weights] == [
+        w.shape for w in backbone_of(plain).weights
+    ]
+
+
 def test_nms_keeps_the_best_of_overlapping_boxes_per_class():
     logit = lambda p: np.log(p / (1 - p))  # noqa: E731
     cells = np.full((1, 3, 4 + 2), logit(0.001), dtype="float32")

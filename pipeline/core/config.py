@@ -129,6 +129,10 @@ class DetectParams(Section):
     # Where the head's Conv2D 3x3 runs: 16 (on the backbone's map upsampled to stride 16) or
     # 32 (on the backbone's map, then upsampled: a quarter of the multiply-adds, a wider view).
     conv_stride: Literal[16, 32] = 32
+    # FPN's lateral connection: the backbone's own stride-16 map (through a Conv2D 1x1 and
+    # BatchNorm) added to the upsampled head, so that the cells of two objects side by side
+    # see each its own, not one view interpolated from stride 32 (docs/detection.md).
+    lateral: bool = True
     # The box loss's weight against the class loss, the detector's own (train.box_loss_weight
     # is the two heads'): at 1.0 the class side learns more (docs/detection.md).
     box_loss_weight: Annotated[float, Field(ge=0)] = 1.0

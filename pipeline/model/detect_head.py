@@ -3,7 +3,9 @@
 An anchor-free per-cell head in the FCOS line (Tian et al. 2019): a Conv2D 3x3 on the
 backbone's feature map, then upsampled once (stride 16: a 128 px image gives an 8 x 8 grid,
 so that two objects side by side fall in different cells; ``detect.conv_stride: 16``
-upsamples before the Conv2D, at four times its multiply-adds), and each cell predicts
+upsamples before the Conv2D, at four times its multiply-adds), with the backbone's own
+stride-16 map added (``detect.lateral``: FPN's lateral connection, so that neighbouring
+cells see more than one interpolated stride-32 view), and each cell predicts
 
 - one logit per class (sigmoid, not softmax: a cell may see no object at all), and
 - the distances from its centre to the box's left, right, top and bottom edges, each a
@@ -76,12 +78,13 @@ class CellBoxes(layers.Layer):
 
 
 def build_detector(num_classes: int, params: ModelParams) -> keras.Model:
-    """Backbone → Conv2D, BatchNorm, ReLU → upsample x2 → per-cell class logits and box
-    (``detect.conv_stride`` 16: the upsampling before the Conv2D).
+    """Backbone → Conv2D, BatchNorm, ReLU → upsample x2 (``detect.conv_stride`` 16: before
+    the Conv2D) → plus the backbone's stride-16 map (``detect.lateral``) → per-cell class
+    logits and box.
 
     Output ``cells``: (batch, cells, 4 + num_classes), see the module docstring.
     """
-    image, x = image_features(params)
+    image, x, *stride16 = image_features(params, stride16=params.detect.lateral)
     upsample = layers.UpSampling2D(2, interpolation="bilinear", name="detect_upsample")
     if params.detect.conv_stride == 16:
         x = upsample(x)
@@ -90,6 +93,8 @@ def build_detector(num_classes: int, params: ModelParams) -> keras.Model:
     x = layers.ReLU(name="detect_relu")(x)
     if params.detect.conv_stride == 32:
         x = upsample(x)
+    if stride16:
+        x = lateral(x, stride16[0])
     logits = layers.Conv2D(
         num_classes,
         1,
@@ -103,6 +108,14 @@ def build_detector(num_classes: int, params: ModelParams) -> keras.Model:
     logits = layers.Activation("linear", dtype="float32", name="detect_logits32")(logits)
     out = layers.Concatenate(name=CELLS, dtype="float32")([boxes, logits])
     return keras.Model(image, {CELLS: out}, name="snackloc_detector")
+
+
+def lateral(x, stride16):
+    """FPN's lateral connection: ``stride16`` through a Conv2D 1x1 and BatchNorm, added to
+    the head's map ``x`` of the same grid, then ReLU."""
+    side = layers.Conv2D(x.shape[-1], 1, name="detect_lateral")(stride16)
+    side = layers.BatchNormalization(momentum=SCRATCH_BN_MOMENTUM, name="detect_lateral_bn")(side)
+    return layers.ReLU(name="detect_merge_relu")(layers.Add(name="detect_merge")([x, side]))
 
 
 def is_detector(model: keras.Model) -> bool:

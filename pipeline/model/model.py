@@ -50,8 +50,10 @@ def build_model(num_classes: int, params: ModelParams) -> keras.Model:
     return keras.Model(image, {"class": class_out, "box": box_out}, name="snackloc")
 
 
-def image_features(params: ModelParams):
-    """The model's pixel input and the backbone's feature map of it (shared by every head)."""
+def image_features(params: ModelParams, stride16: bool = False) -> tuple:
+    """The model's pixel input and the backbone's feature map of it (shared by every head);
+    with ``stride16`` a third item, the backbone's last map at twice the final map's side
+    (MobileNetV2's ``block_13_expand_relu``, v1's ``conv_pw_11_relu``: SSDLite's taps)."""
     size = params.image_size
     image = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
     if FAMILIES[params.backbone].rescales_input:
@@ -59,7 +61,14 @@ def image_features(params: ModelParams):
     else:
         # MobileNet v1 and v2 expect [-1, 1].
         scaled = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(image)
-    return image, build_backbone(params)(scaled)
+    backbone = build_backbone(params)
+    if not stride16:
+        return image, backbone(scaled)
+    side = backbone.output.shape[1]
+    tap = [layer for layer in backbone.layers if layer.output.shape[1] == 2 * side][-1]
+    # The same layers and weights with one more output: still the model's one nested model.
+    taps = keras.Model(backbone.inputs, [backbone.output, tap.output], name=backbone.name)
+    return image, *taps(scaled)
 
 
 def cell_centres(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
